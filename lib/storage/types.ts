@@ -1,4 +1,4 @@
-/** Random-access bytes: a local file now, a blob later. Reads never modify the source. */
+/** Random-access bytes: a local file or a blob. Reads never modify the source. */
 export interface ByteSource {
   /** Where the bytes come from, for error messages (a path or a blob reference). */
   readonly name: string;
@@ -10,4 +10,37 @@ export interface ByteSource {
    */
   read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
   close(): Promise<void>;
+}
+
+/**
+ * One output file written front to back, except for a fixed-length prefix (the safetensors
+ * header) that is written last. It becomes visible under its name only on commit.
+ */
+export interface ShardSink {
+  readonly name: string;
+  /** Appends to the body. The caller must not touch `data` until the promise settles. */
+  write(data: Uint8Array): Promise<void>;
+  /** Cuts the body back to `length` bytes, to write a tensor again. */
+  truncate(length: number): Promise<void>;
+  /** Writes the prefix, makes the file visible, and returns its sha256 and size. */
+  commit(prefix: Uint8Array): Promise<{ sha256: string; bytes: number }>;
+  /** Drops everything written; the name stays as it was. */
+  abort(): Promise<void>;
+}
+
+/** A folder: a local directory, or a container and prefix in blob storage. */
+export interface Store {
+  /** How users name it (a path or `az://container/prefix`), for messages. */
+  readonly ref: string;
+  /** Names of the files directly in this folder. */
+  list(): Promise<string[]>;
+  exists(file: string): Promise<boolean>;
+  openRead(file: string): Promise<ByteSource>;
+  readText(file: string): Promise<string>;
+  /** Writes a small file whole; it becomes visible complete or not at all. */
+  writeFile(file: string, data: Uint8Array | string): Promise<void>;
+  /** Starts a shard whose prefix will be exactly `prefixLength` bytes. `provisionalPrefix`, when given, lets the sink hash while streaming. */
+  createShard(file: string, prefixLength: number, provisionalPrefix?: Uint8Array): Promise<ShardSink>;
+  /** Properties recorded with a committed shard (the plan hash that produced it), or null. */
+  shardTag?(file: string): Promise<string | null>;
 }

@@ -1,0 +1,168 @@
+import type { DType } from './dtype.js';
+import { dtypeSize } from './dtype.js';
+import { readHeader, elementCount, type SafetensorsHeader } from './safetensors.js';
+import type { Store } from '../storage/types.js';
+import { InputError } from '../errors.js';
+
+export const SINGLE_FILE = 'model.safetensors';
+export const MODEL_INDEX = 'model.safetensors.index.json';
+
+/** One tensor of a checkpoint, located in its shard. */
+export interface CheckpointTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  /** Shard file name inside the checkpoint folder. */
+  file: string;
+  /** Absolute byte offset of the tensor's data in the shard. */
+  offset: number;
+  byteLength: number;
+  elements: number;
+}
+
+export interface Checkpoint {
+  store: Store;
+  /** Shard files in order. */
+  files: string[];
+  /** Tensors in checkpoint order: shard by shard, each by data offset. */
+  tensors: CheckpointTensor[];
+  byName: Map<string, CheckpointTensor>;
+  /** Parsed config.json, or null when there is none. */
+  config: Record<string, unknown> | null;
+  headers: Map<string, SafetensorsHeader>;
+}
+
+export interface CheckpointLayout {
+  /** The single-file name, tried first (as transformers does). */
+  single: string;
+  /** The index name, used when the single file is absent. */
+  index: string;
+}
+
+export const MODEL_LAYOUT: CheckpointLayout = { single: SINGLE_FILE, index: MODEL_INDEX };
+
+/** Zero-padded HF shard names: model-00001-of-00004.safetensors. */
+export function shardFileName(stem: string, i: number, n: number): string {
+  const w = Math.max(5, String(n).length);
+  return `${stem}-${String(i + 1).padStart(w, '0')}-of-${String(n).padStart(w, '0')}.safetensors`;
+}
+
+async function readJson(store: Store, file: string): Promise<unknown> {
+  const text = await store.readText(file);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new InputError(`${store.ref}/${file}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/** Reads the shard list from an index, checking its shape. */
+async function readIndex(store: Store, indexFile: string): Promise<Map<string, string>> {
+  const where = `${store.ref}/${indexFile}`;
+  const index = await readJson(store, indexFile);
+  if (typeof index !== 'object' || index === null || Array.isArray(index)) {
+    throw new InputError(`${where}: must be a JSON object with "weight_map"`);
+  }
+  const map = (index as Record<string, unknown>).weight_map;
+  if (typeof map !== 'object' || map === null || Array.isArray(map)) {
+    throw new InputError(`${where}: field "weight_map" must be an object mapping tensor names to shard files`);
+  }
+  const out = new Map<string, string>();
+  for (const [name, file] of Object.entries(map as Record<string, unknown>)) {
+    if (typeof file !== 'string' || !file.endsWith('.safetensors') || file.includes('/') || file.includes('\\')) {
+      throw new InputError(`${where}: weight_map["${name}"] must name a .safetensors file in the same folder`);
+    }
+    out.set(name, file);
+  }
+  return out;
+}
+
+/**
+ * Opens a checkpoint folder: reads every shard header (never tensor data) and checks that
+ * the index and the headers agree.
+ */
+export async function openCheckpoint(store: Store, layout: CheckpointLayout = MODEL_LAYOUT): Promise<Checkpoint> {
+  const present = new Set(await listOrFail(store));
+  let files: string[];
+  let weightMap: Map<string, string> | null = null;
+  if (present.has(layout.single)) {
+    files = [layout.single];
+  } else if (present.has(layout.index)) {
+    weightMap = await readIndex(store, layout.index);
+    files = [...new Set(weightMap.values())].sort();
+    const missing = files.filter((f) => !present.has(f));
+    if (missing.length) {
+      throw new InputError(`${store.ref}/${layout.index}: names shard files that are missing: ${missing.join(', ')}`);
+    }
+  } else {
+    throw new InputError(`${store.ref}: no ${layout.single} and no ${layout.index}; is this a checkpoint folder?`);
+  }
+
+  const headers = new Map<string, SafetensorsHeader>();
+  const tensors: CheckpointTensor[] = [];
+  const byName = new Map<string, CheckpointTensor>();
+  for (const file of files) {
+    const src = await store.openRead(file);
+    let header: SafetensorsHeader;
+    try {
+      header = await readHeader(src);
+    } finally {
+      await src.close();
+    }
+    headers.set(file, header);
+    for (const t of header.tensors) {
+      const prior = byName.get(t.name);
+      if (prior) {
+        throw new InputError(`${store.ref}: tensor "${t.name}" is in both ${prior.file} and ${file}`);
+      }
+      if (weightMap && weightMap.get(t.name) !== file) {
+        const listed = weightMap.get(t.name);
+        throw new InputError(
+          `${store.ref}/${layout.index}: tensor "${t.name}" is in ${file} but the index ${listed ? `maps it to ${listed}` : 'does not list it'}`,
+        );
+      }
+      const ct: CheckpointTensor = {
+        name: t.name,
+        dtype: t.dtype,
+        shape: t.shape,
+        file,
+        offset: header.dataStart + t.begin,
+        byteLength: t.end - t.begin,
+        elements: elementCount(t.shape),
+      };
+      tensors.push(ct);
+      byName.set(t.name, ct);
+    }
+  }
+  if (weightMap) {
+    for (const [name, file] of weightMap) {
+      if (!byName.has(name)) {
+        throw new InputError(`${store.ref}/${layout.index}: maps tensor "${name}" to ${file}, whose header does not have it`);
+      }
+    }
+  }
+  const config = present.has('config.json') ? ((await readJson(store, 'config.json')) as Record<string, unknown>) : null;
+  return { store, files, tensors, byName, config, headers };
+}
+
+async function listOrFail(store: Store): Promise<string[]> {
+  try {
+    return await store.list();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new InputError(`${store.ref}: no such folder`);
+    throw e;
+  }
+}
+
+/** Byte size of a tensor stored in `dtype`. */
+export function tensorBytes(shape: readonly number[], dtype: DType): number {
+  return elementCount(shape) * dtypeSize(dtype);
+}
+
+/** The weight_map index transformers reads; written last, it marks a checkpoint complete. */
+export function indexJson(entries: { name: string; file: string }[], totalSize: number, extra?: Record<string, unknown>): string {
+  const weight_map: Record<string, string> = {};
+  for (const e of entries) weight_map[e.name] = e.file;
+  return JSON.stringify({ metadata: { total_size: totalSize, ...extra }, weight_map }, null, 2) + '\n';
+}

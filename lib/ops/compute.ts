@@ -1,0 +1,212 @@
+import { createHash } from 'node:crypto';
+import { dtypeSize, type FloatDType } from '../format/dtype.js';
+import { encodeHeader } from '../format/safetensors.js';
+import { openCheckpoint, indexJson, MODEL_LAYOUT, type Checkpoint } from '../format/checkpoint.js';
+import { newSubtractStats, type SubtractStats } from '../kernels/index.js';
+import type { Store } from '../storage/types.js';
+import { InputError } from '../errors.js';
+import { TOOL_VERSION } from '../version.js';
+import { DELTA_LAYOUT, DELTA_MANIFEST, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
+import { planCompute, SHARD_METADATA, type ComputePlan, type DeltaDtypePolicy } from './plan.js';
+import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { DEFAULT_BUFFER_BYTES, kernelsFor, type ExecEnv } from './env.js';
+
+export interface ComputeShardResult {
+  file: string;
+  sha256: string;
+  bytes: number;
+  tensors: Record<string, DeltaTensorEntry>;
+}
+
+/**
+ * Plans a delta: reads both checkpoints' headers, checks names, shapes and dtypes, and checks that
+ * non-float tensors are equal. Every problem is raised here, before any output byte is written.
+ */
+export async function prepareCompute(
+  env: ExecEnv,
+  baseRef: string,
+  postRef: string,
+  opts: { policy?: DeltaDtypePolicy; shardSize: number },
+): Promise<ComputePlan> {
+  const base = await openCheckpoint(env.resolve(baseRef), MODEL_LAYOUT);
+  const post = await openCheckpoint(env.resolve(postRef), MODEL_LAYOUT);
+  const plan = planCompute(base, post, { policy: opts.policy ?? 'auto', shardSize: opts.shardSize, postFiles: await post.store.list() });
+  await checkNonFloatEqual(env, plan);
+  return plan;
+}
+
+async function checkNonFloatEqual(env: ExecEnv, plan: ComputePlan): Promise<void> {
+  const sources = new SourceCache(env.resolve);
+  const chunk = 8 << 20;
+  const a = new Uint8Array(chunk);
+  const b = new Uint8Array(chunk);
+  const differ: string[] = [];
+  try {
+    for (const c of plan.nonFloatChecks) {
+      const sb = await sources.get(plan.base, c.base.file);
+      const sp = await sources.get(plan.post, c.post.file);
+      for (let off = 0; off < c.byteLength; off += chunk) {
+        const n = Math.min(chunk, c.byteLength - off);
+        const [x, y] = await Promise.all([sb.read(c.base.offset + off, n, a), sp.read(c.post.offset + off, n, b)]);
+        if (!Buffer.from(x.buffer, x.byteOffset, n).equals(Buffer.from(y.buffer, y.byteOffset, n))) {
+          differ.push(c.name);
+          break;
+        }
+      }
+    }
+  } finally {
+    await sources.closeAll();
+  }
+  if (differ.length) {
+    throw new InputError(
+      `non-float tensors differ between base and post, and ParamΔ only differences floating-point weights: ${differ.map((n) => `"${n}"`).join(', ')}`,
+    );
+  }
+}
+
+/** Which dtype to try first: F32 when it is a candidate (most 16-bit deltas need it), else the only one. */
+function speculate(candidates: FloatDType[]): FloatDType {
+  return candidates.includes('F32') ? 'F32' : candidates[0];
+}
+
+/** Writes one delta shard. Safe to run again: it rewrites the same file with the same bytes. */
+export async function executeComputeShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
+  const shard = plan.shards[index];
+  const budget = env.bufferBytes ?? DEFAULT_BUFFER_BYTES;
+  const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
+  const chunk = chunkElementsFor(2 * maxIn + 8, budget);
+  const kernels = await kernelsFor(env, 2 * chunk * (2 * maxIn + 8));
+  const slot = (): Slot => ({ inputs: [kernels.alloc(chunk * maxIn), kernels.alloc(chunk * maxIn)], out: kernels.alloc(chunk * 8) });
+  const slots: [Slot, Slot] = [slot(), slot()];
+
+  const dtypes: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));
+  const header = () => encodeHeader(shard.tensors.map((t, i) => ({ name: t.name, dtype: dtypes[i], shape: t.shape })), SHARD_METADATA, shard.prefixLength - 8).bytes;
+  const sink = await out.createShard(shard.file, shard.prefixLength, header());
+  const sources = new SourceCache(env.resolve);
+  const stats: SubtractStats[] = shard.tensors.map(() => newSubtractStats());
+  let bodyLength = 0;
+  const tensorStart: number[] = [];
+  let redoing = false;
+
+  try {
+    await streamTensors(
+      {
+        count: shard.tensors.length,
+        elements: (t) => shard.tensors[t].elements,
+        read: async (t, start, n, s) => {
+          const tp = shard.tensors[t];
+          const size = dtypeSize(tp.modelDtype);
+          if (start === 0) tensorStart[t] = bodyLength;
+          const [sb, sp] = await Promise.all([sources.get(plan.base, tp.base.file), sources.get(plan.post, tp.post.file)]);
+          await Promise.all([
+            sb.read(tp.base.offset + start * size, n * size, s.inputs[0]),
+            sp.read(tp.post.offset + start * size, n * size, s.inputs[1]),
+          ]);
+        },
+        compute: (t, _start, n, s) => {
+          const tp = shard.tensors[t];
+          const probe = !redoing && dtypeSize(tp.candidates[0]) < dtypeSize(dtypes[t]) ? tp.candidates[0] : undefined;
+          kernels.subtract(tp.modelDtype, s.inputs[0], s.inputs[1], n, dtypes[t], s.out, stats[t], probe);
+          env.onProgress?.(2 * n * dtypeSize(tp.modelDtype));
+          const bytes = s.out.subarray(0, n * dtypeSize(dtypes[t]));
+          bodyLength += bytes.length;
+          return bytes;
+        },
+        write: (bytes) => sink.write(bytes),
+        finish: (t) => {
+          const tp = shard.tensors[t];
+          const st = stats[t];
+          const wasRedo = redoing;
+          redoing = false;
+          if (wasRedo || tp.candidates.length === 1) return 'next';
+          if (tp.elements === 0) {
+            dtypes[t] = tp.candidates[0];
+            return 'next';
+          }
+          const probe = tp.candidates[0];
+          let best = dtypes[t];
+          if (dtypeSize(probe) < dtypeSize(best) && st.probeMisses === 0) best = probe;
+          else if (st.rounded > 0) best = tp.candidates[tp.candidates.length - 1];
+          if (best === dtypes[t]) return 'next';
+          dtypes[t] = best;
+          redoing = true;
+          return 'redo';
+        },
+        redo: async (t) => {
+          bodyLength = tensorStart[t];
+          stats[t] = newSubtractStats();
+          await sink.truncate(bodyLength);
+        },
+      },
+      slots,
+      chunk,
+    );
+    const result = await sink.commit(header());
+    const tensors: Record<string, DeltaTensorEntry> = {};
+    shard.tensors.forEach((t, i) => {
+      const st = stats[i];
+      tensors[t.name] = {
+        dtype: dtypes[i],
+        modelDtype: t.modelDtype,
+        shape: t.shape,
+        file: shard.file,
+        zero: st.sumSqDelta === 0 && st.rounded === 0,
+        rounded: st.rounded,
+        maxError: st.maxError,
+        relNorm: st.sumSqBase > 0 ? Math.sqrt(st.sumSqDelta / st.sumSqBase) : 0,
+      };
+    });
+    return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
+  } catch (e) {
+    await sink.abort().catch(() => undefined);
+    throw e;
+  } finally {
+    await sources.closeAll();
+  }
+}
+
+/** Writes the delta index, the post model's chat files, and `delta.json` last: the mark of a complete delta. */
+export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardResult[], env: ExecEnv, out: Store): Promise<DeltaManifest> {
+  const post = env.resolve(plan.post);
+  const files: DeltaManifest['files'] = [];
+  for (const file of plan.files) {
+    const src = await post.openRead(file);
+    let data: Uint8Array;
+    try {
+      data = await src.read(0, src.size);
+    } finally {
+      await src.close();
+    }
+    await out.writeFile(file, data);
+    files.push({ file, sha256: createHash('sha256').update(data).digest('hex'), bytes: data.length });
+  }
+  const tensors: DeltaManifest['tensors'] = {};
+  const entries: { name: string; file: string }[] = [];
+  let total = 0;
+  for (const s of shards) {
+    for (const [name, t] of Object.entries(s.tensors)) {
+      tensors[name] = t;
+      entries.push({ name, file: s.file });
+      total += t.shape.reduce((a, b) => a * b, 1) * dtypeSize(t.dtype);
+    }
+  }
+  await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total));
+  const manifest: DeltaManifest = {
+    format: 'paramdelta.delta',
+    formatVersion: 1,
+    tool: { name: 'paramdelta', version: TOOL_VERSION },
+    createdAt: new Date().toISOString(),
+    base: plan.identity.base,
+    post: plan.identity.post,
+    dtypePolicy: plan.policy,
+    index: DELTA_LAYOUT.index,
+    shards: shards.map((s) => ({ file: s.file, sha256: s.sha256, bytes: s.bytes })),
+    tensors,
+    unchangedNonFloat: plan.unchangedNonFloat,
+    files,
+  };
+  await out.writeFile(DELTA_MANIFEST, JSON.stringify(manifest, null, 2) + '\n');
+  return manifest;
+}
+
+export type { Checkpoint };

@@ -1,0 +1,99 @@
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import { DTYPE_SIZES, FLOAT_DTYPES, type DType } from '../format/dtype.js';
+import type { Checkpoint, CheckpointLayout } from '../format/checkpoint.js';
+import { InputError } from '../errors.js';
+
+export const DELTA_MANIFEST = 'delta.json';
+export const DELTA_LAYOUT: CheckpointLayout = { single: 'delta.safetensors', index: 'delta.safetensors.index.json' };
+export const DELTA_SHARD_STEM = 'delta';
+
+/** Non-tensor files a chat model needs; copied from post into the delta, then into every applied model. */
+export const CHAT_FILES = [
+  'tokenizer_config.json',
+  'tokenizer.json',
+  'tokenizer.model',
+  'special_tokens_map.json',
+  'generation_config.json',
+  'chat_template.jinja',
+  'added_tokens.json',
+] as const;
+
+/** config.json fields that identify an architecture and its shapes. */
+const IDENTITY_CONFIG_FIELDS = [
+  'architectures', 'model_type', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
+  'num_attention_heads', 'num_key_value_heads', 'head_dim', 'vocab_size', 'tie_word_embeddings', 'torch_dtype',
+];
+
+const floatDType = z.enum(FLOAT_DTYPES);
+const anyDType = z.enum(Object.keys(DTYPE_SIZES) as [DType, ...DType[]]);
+
+const identitySchema = z.object({
+  config: z.record(z.string(), z.unknown()),
+  /** sha256 over the sorted (name, dtype, shape) list: equal signatures mean interchangeable tensor layouts. */
+  signature: z.string(),
+  tensors: z.array(z.tuple([z.string(), anyDType, z.array(z.number().int().nonnegative())])),
+});
+export type ModelIdentity = z.infer<typeof identitySchema>;
+
+const deltaTensorSchema = z.object({
+  dtype: floatDType,
+  modelDtype: floatDType,
+  shape: z.array(z.number().int().nonnegative()),
+  file: z.string(),
+  /** True when post equals base here; the tensor is still stored (as zeros in the model dtype). */
+  zero: z.boolean(),
+  /** Elements the chosen dtype could not hold exactly, and the largest resulting error. */
+  rounded: z.number().int().nonnegative(),
+  maxError: z.number().nonnegative(),
+  /** ‖Δ‖ / ‖base‖ over finite elements (0 when base is all zero). */
+  relNorm: z.number().nonnegative(),
+});
+export type DeltaTensorEntry = z.infer<typeof deltaTensorSchema>;
+
+const fileEntry = z.object({ file: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/), bytes: z.number().int().nonnegative() });
+
+export const deltaManifestSchema = z.object({
+  format: z.literal('paramdelta.delta'),
+  formatVersion: z.literal(1),
+  tool: z.object({ name: z.literal('paramdelta'), version: z.string() }),
+  createdAt: z.string(),
+  base: identitySchema,
+  post: identitySchema,
+  dtypePolicy: z.enum(['auto', 'f32', 'f64', 'bf16', 'f16']),
+  index: z.string(),
+  shards: z.array(fileEntry),
+  tensors: z.record(z.string(), deltaTensorSchema),
+  /** Integer/bool/F8 tensors, checked equal in base and post and so not part of the delta. */
+  unchangedNonFloat: z.array(z.string()),
+  /** Post-model files a chat model needs, copied next to the shards. */
+  files: z.array(fileEntry),
+});
+export type DeltaManifest = z.infer<typeof deltaManifestSchema>;
+
+export function modelIdentity(ckpt: Checkpoint): ModelIdentity {
+  const config: Record<string, unknown> = {};
+  for (const k of IDENTITY_CONFIG_FIELDS) if (ckpt.config && k in ckpt.config) config[k] = ckpt.config[k];
+  const tensors = ckpt.tensors.map((t) => [t.name, t.dtype, t.shape] as [string, DType, number[]]);
+  return { config, signature: tensorSignature(tensors), tensors };
+}
+
+export function tensorSignature(tensors: readonly [string, string, readonly number[]][]): string {
+  const sorted = [...tensors].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return createHash('sha256').update(JSON.stringify(sorted)).digest('hex');
+}
+
+export function parseDeltaManifest(text: string, where: string): DeltaManifest {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new InputError(`${where}: not valid JSON (${(e as Error).message})`);
+  }
+  const r = deltaManifestSchema.safeParse(json);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new InputError(`${where}: field "${issue.path.join('.')}": ${issue.message}`);
+  }
+  return r.data;
+}

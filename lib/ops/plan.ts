@@ -1,0 +1,249 @@
+import { createHash } from 'node:crypto';
+import { dtypeSize, isFloatDType, type DType, type FloatDType } from '../format/dtype.js';
+import { encodeHeader, maxHeaderLength } from '../format/safetensors.js';
+import { shardFileName, tensorBytes, MODEL_LAYOUT, type Checkpoint, type CheckpointTensor } from '../format/checkpoint.js';
+import { PlanError } from '../errors.js';
+import {
+  CHAT_FILES, DELTA_LAYOUT, DELTA_SHARD_STEM, modelIdentity,
+  type DeltaManifest, type ModelIdentity,
+} from './manifest.js';
+
+export type DeltaDtypePolicy = 'auto' | 'f32' | 'f64' | 'bf16' | 'f16';
+export const DELTA_DTYPE_POLICIES: readonly DeltaDtypePolicy[] = ['auto', 'f32', 'f64', 'bf16', 'f16'];
+export const DEFAULT_SHARD_SIZE = 5e9;
+export const SHARD_METADATA = { format: 'pt' };
+
+/** Where one tensor's bytes are: a shard of an input checkpoint. */
+export interface TensorRef {
+  file: string;
+  offset: number;
+  dtype: DType;
+}
+
+export interface ComputeTensorPlan {
+  name: string;
+  shape: number[];
+  elements: number;
+  modelDtype: FloatDType;
+  /** The dtypes the delta may take, smallest first; one entry when the policy fixes it. */
+  candidates: FloatDType[];
+  base: TensorRef;
+  post: TensorRef;
+}
+
+export interface ShardPlan<T> {
+  file: string;
+  /** Bytes reserved for the 8-byte length plus the JSON header. */
+  prefixLength: number;
+  tensors: T[];
+  /** Input bytes this shard reads (for progress). */
+  inputBytes: number;
+}
+
+export interface ComputePlan {
+  kind: 'compute';
+  base: string;
+  post: string;
+  policy: DeltaDtypePolicy;
+  shards: ShardPlan<ComputeTensorPlan>[];
+  /** Post-model chat files to copy into the delta. */
+  files: string[];
+  identity: { base: ModelIdentity; post: ModelIdentity };
+  unchangedNonFloat: string[];
+  /** Non-float tensors to compare during execution's planning step (name, base, post, byteLength). */
+  nonFloatChecks: { name: string; base: TensorRef; post: TensorRef; byteLength: number }[];
+  hash: string;
+}
+
+export interface ApplyDeltaSource {
+  ref: string;
+  scale: number;
+}
+
+export interface ApplyTensorPlan {
+  name: string;
+  shape: number[];
+  elements: number;
+  dtype: DType;
+  base: TensorRef;
+  /** Empty: copied from the new base unchanged. */
+  deltas: { delta: number; ref: TensorRef }[];
+}
+
+export interface ApplyPlan {
+  kind: 'apply';
+  base: string;
+  deltas: ApplyDeltaSource[];
+  shards: ShardPlan<ApplyTensorPlan>[];
+  /** Tensors of the new base that no delta touches, copied as they are. */
+  copied: string[];
+  /** Non-tensor files for the output: config.json from the new base, chat files from the first delta that has them. */
+  files: { from: string; file: string }[];
+  hash: string;
+}
+
+function ref(t: CheckpointTensor): TensorRef {
+  return { file: t.file, offset: t.offset, dtype: t.dtype };
+}
+
+function withHash<T extends { hash: string }>(plan: Omit<T, 'hash'>): T {
+  const hash = createHash('sha256').update(JSON.stringify(plan)).digest('hex');
+  return { ...plan, hash } as T;
+}
+
+const POLICY_DTYPE: Record<Exclude<DeltaDtypePolicy, 'auto'>, FloatDType> = { f32: 'F32', f64: 'F64', bf16: 'BF16', f16: 'F16' };
+
+/** `auto`: the smallest of (model dtype, F32, F64) that holds the delta exactly, decided per tensor while it streams. */
+export function deltaCandidates(modelDtype: FloatDType, policy: DeltaDtypePolicy): FloatDType[] {
+  if (policy !== 'auto') return [POLICY_DTYPE[policy]];
+  const c: FloatDType[] = [modelDtype, 'F32', 'F64'];
+  return [...new Set(c)].sort((a, b) => dtypeSize(a) - dtypeSize(b));
+}
+
+/** Greedy split into shards of at most `maxBytes` (a tensor larger than that gets a shard of its own). */
+function splitShards<T>(items: T[], bytes: (t: T) => number, maxBytes: number): T[][] {
+  const groups: T[][] = [];
+  let cur: T[] = [];
+  let size = 0;
+  for (const it of items) {
+    const b = bytes(it);
+    if (cur.length && size + b > maxBytes) {
+      groups.push(cur);
+      cur = [];
+      size = 0;
+    }
+    cur.push(it);
+    size += b;
+  }
+  if (cur.length || groups.length === 0) groups.push(cur);
+  return groups;
+}
+
+export function planCompute(
+  base: Checkpoint,
+  post: Checkpoint,
+  opts: { policy: DeltaDtypePolicy; shardSize: number; postFiles: readonly string[] },
+): ComputePlan {
+  const problems: string[] = [];
+  const tensors: ComputeTensorPlan[] = [];
+  const nonFloatChecks: ComputePlan['nonFloatChecks'] = [];
+  for (const b of base.tensors) {
+    const p = post.byName.get(b.name);
+    if (!p) {
+      problems.push(`tensor "${b.name}" is in the base (${base.store.ref}) but not in post (${post.store.ref})`);
+      continue;
+    }
+    if (JSON.stringify(b.shape) !== JSON.stringify(p.shape)) {
+      problems.push(`tensor "${b.name}": shape [${b.shape}] in the base but [${p.shape}] in post`);
+      continue;
+    }
+    if (b.dtype !== p.dtype) {
+      problems.push(`tensor "${b.name}": dtype ${b.dtype} in the base but ${p.dtype} in post; convert one model first`);
+      continue;
+    }
+    if (isFloatDType(b.dtype)) {
+      tensors.push({
+        name: b.name, shape: b.shape, elements: b.elements, modelDtype: b.dtype,
+        candidates: deltaCandidates(b.dtype, opts.policy), base: ref(b), post: ref(p),
+      });
+    } else {
+      nonFloatChecks.push({ name: b.name, base: ref(b), post: ref(p), byteLength: b.byteLength });
+    }
+  }
+  for (const p of post.tensors) {
+    if (!base.byName.has(p.name)) problems.push(`tensor "${p.name}" is in post (${post.store.ref}) but not in the base (${base.store.ref})`);
+  }
+  if (problems.length) throw new PlanError(problems);
+
+  // Size shards by the most likely dtype: F32 for 16-bit models, the model dtype otherwise.
+  const likely = (t: ComputeTensorPlan) => tensorBytes(t.shape, t.candidates.length > 1 ? t.candidates[1] : t.candidates[0]);
+  const groups = splitShards(tensors, likely, opts.shardSize);
+  const shards = groups.map((g, i) => ({
+    file: shardFileName(DELTA_SHARD_STEM, i, groups.length),
+    prefixLength: 8 + maxHeaderLength(g.map((t) => ({ name: t.name, shape: t.shape, dtypes: t.candidates })), SHARD_METADATA),
+    tensors: g,
+    inputBytes: g.reduce((s, t) => s + 2 * tensorBytes(t.shape, t.modelDtype), 0),
+  }));
+  return withHash<ComputePlan>({
+    kind: 'compute',
+    base: base.store.ref,
+    post: post.store.ref,
+    policy: opts.policy,
+    shards,
+    files: chatFilesIn(opts.postFiles),
+    identity: { base: modelIdentity(base), post: modelIdentity(post) },
+    unchangedNonFloat: nonFloatChecks.map((c) => c.name),
+    nonFloatChecks,
+  });
+}
+
+export function chatFilesIn(listing: readonly string[]): string[] {
+  return CHAT_FILES.filter((f) => listing.includes(f));
+}
+
+export interface OpenedDelta {
+  ref: string;
+  scale: number;
+  manifest: DeltaManifest;
+  ckpt: Checkpoint;
+}
+
+export function planApply(base: Checkpoint, deltas: OpenedDelta[], opts: { shardSize: number; baseFiles: string[] }): ApplyPlan {
+  const problems: string[] = [];
+  const perTensor = new Map<string, { delta: number; ref: TensorRef }[]>();
+  deltas.forEach((d, i) => {
+    for (const dt of d.ckpt.tensors) {
+      const b = base.byName.get(dt.name);
+      if (!b) {
+        problems.push(`delta ${d.ref}: tensor "${dt.name}" is not in the new base (${base.store.ref})`);
+        continue;
+      }
+      if (JSON.stringify(b.shape) !== JSON.stringify(dt.shape)) {
+        problems.push(`delta ${d.ref}: tensor "${dt.name}" has shape [${dt.shape}] but the new base has [${b.shape}]`);
+        continue;
+      }
+      if (!isFloatDType(b.dtype) || !isFloatDType(dt.dtype)) {
+        problems.push(`delta ${d.ref}: tensor "${dt.name}" is ${dt.dtype} and the new base's is ${b.dtype}; both must be floating point`);
+        continue;
+      }
+      const list = perTensor.get(dt.name) ?? [];
+      list.push({ delta: i, ref: ref(dt) });
+      perTensor.set(dt.name, list);
+    }
+    if (!Number.isFinite(d.scale)) problems.push(`delta ${d.ref}: scale ${d.scale} is not a finite number`);
+  });
+  if (problems.length) throw new PlanError(problems);
+
+  const tensors: ApplyTensorPlan[] = base.tensors.map((b) => ({
+    name: b.name, shape: b.shape, elements: b.elements, dtype: b.dtype, base: ref(b), deltas: perTensor.get(b.name) ?? [],
+  }));
+  const groups = splitShards(tensors, (t) => tensorBytes(t.shape, t.dtype), opts.shardSize);
+  const shards = groups.map((g, i) => ({
+    file: shardFileName('model', i, groups.length),
+    prefixLength: encodeHeader(g, SHARD_METADATA).bytes.length,
+    tensors: g,
+    inputBytes: g.reduce(
+      (s, t) => s + tensorBytes(t.shape, t.dtype) + t.deltas.reduce((a, d) => a + tensorBytes(t.shape, d.ref.dtype), 0),
+      0,
+    ),
+  }));
+
+  const files: ApplyPlan['files'] = [];
+  if (opts.baseFiles.includes('config.json')) files.push({ from: base.store.ref, file: 'config.json' });
+  const chatSource = deltas.find((d) => d.manifest.files.length > 0);
+  const chat = chatSource ? chatSource.manifest.files.map((f) => ({ from: chatSource.ref, file: f.file })) : [];
+  // Without a post model's chat files, keep the new base's own tokenizer so the output still loads.
+  const fallback = chatSource ? [] : chatFilesIn(opts.baseFiles).map((file) => ({ from: base.store.ref, file }));
+  files.push(...chat, ...fallback);
+
+  return withHash<ApplyPlan>({
+    kind: 'apply',
+    base: base.store.ref,
+    deltas: deltas.map((d) => ({ ref: d.ref, scale: d.scale })),
+    shards,
+    copied: tensors.filter((t) => t.deltas.length === 0).map((t) => t.name),
+    files,
+  });
+}
+
+export { MODEL_LAYOUT, DELTA_LAYOUT };

@@ -1,0 +1,52 @@
+import type { OutputTarget } from '../storage/output.js';
+import { prepareCompute, executeComputeShard, finalizeCompute } from './compute.js';
+import { prepareApply, executeApplyShard, finalizeApply } from './apply.js';
+import type { DeltaManifest } from './manifest.js';
+import type { ApplyPlan, ComputePlan, DeltaDtypePolicy } from './plan.js';
+import type { ExecEnv } from './env.js';
+
+export interface RunHooks {
+  /** Called once the plan is checked, before anything is written; gets the total input bytes. */
+  onPlan?(plan: ComputePlan | ApplyPlan, inputBytes: number): void;
+}
+
+/** Runs a whole compute in this process: plan, every shard, then the index and manifest. */
+export async function runCompute(
+  env: ExecEnv & RunHooks,
+  args: { base: string; post: string; policy?: DeltaDtypePolicy; shardSize: number },
+  output: () => Promise<OutputTarget>,
+): Promise<{ plan: ComputePlan; manifest: DeltaManifest }> {
+  const plan = await prepareCompute(env, args.base, args.post, { policy: args.policy, shardSize: args.shardSize });
+  env.onPlan?.(plan, plan.shards.reduce((a, s) => a + s.inputBytes, 0));
+  const out = await output();
+  try {
+    const results = [];
+    for (let i = 0; i < plan.shards.length; i++) results.push(await executeComputeShard(plan, i, env, out.store));
+    const manifest = await finalizeCompute(plan, results, env, out.store);
+    await out.publish();
+    return { plan, manifest };
+  } catch (e) {
+    await out.discard().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** Runs a whole apply in this process: plan, every shard, then the files and the index last. */
+export async function runApply(
+  env: ExecEnv & RunHooks,
+  args: { base: string; deltas: { ref: string; scale?: number }[]; shardSize: number },
+  output: () => Promise<OutputTarget>,
+): Promise<{ plan: ApplyPlan }> {
+  const plan = await prepareApply(env, args.base, args.deltas, { shardSize: args.shardSize });
+  env.onPlan?.(plan, plan.shards.reduce((a, s) => a + s.inputBytes, 0));
+  const out = await output();
+  try {
+    for (let i = 0; i < plan.shards.length; i++) await executeApplyShard(plan, i, env, out.store);
+    await finalizeApply(plan, env, out.store);
+    await out.publish();
+    return { plan };
+  } catch (e) {
+    await out.discard().catch(() => undefined);
+    throw e;
+  }
+}

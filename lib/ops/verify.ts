@@ -1,0 +1,104 @@
+import { dtypeSize } from '../format/dtype.js';
+import { openCheckpoint, MODEL_LAYOUT } from '../format/checkpoint.js';
+import { sha256OfSource } from '../storage/digest.js';
+import { planApply } from './plan.js';
+import { openDelta } from './delta.js';
+import { ApplyChunks, applySlots } from './apply.js';
+import { SourceCache, streamTensors } from './stream.js';
+import type { ExecEnv } from './env.js';
+
+export interface VerifyMismatch {
+  tensor: string;
+  /** Elements whose bytes differ; -1 when the tensor is missing or shaped differently. */
+  elements: number;
+  detail: string;
+}
+
+export interface VerifyResult {
+  ok: boolean;
+  tensors: number;
+  mismatches: VerifyMismatch[];
+  /** Delta shards whose sha256 differs from delta.json. */
+  corruptShards: string[];
+}
+
+/** Applies the delta to the original base in memory and compares with post, byte for byte. Writes nothing. */
+export async function verify(env: ExecEnv, baseRef: string, postRef: string, deltaRef: string): Promise<VerifyResult> {
+  const base = await openCheckpoint(env.resolve(baseRef), MODEL_LAYOUT);
+  const post = await openCheckpoint(env.resolve(postRef), MODEL_LAYOUT);
+  const delta = await openDelta(env.resolve, deltaRef, 1);
+  const corruptShards: string[] = [];
+  for (const s of delta.manifest.shards) {
+    const src = await delta.ckpt.store.openRead(s.file);
+    try {
+      if ((await sha256OfSource(src)) !== s.sha256) corruptShards.push(s.file);
+    } finally {
+      await src.close();
+    }
+  }
+
+  const plan = planApply(base, [delta], { shardSize: Number.MAX_SAFE_INTEGER, baseFiles: [] });
+  const mismatches: VerifyMismatch[] = [];
+  for (const p of post.tensors) {
+    if (!base.byName.has(p.name)) mismatches.push({ tensor: p.name, elements: -1, detail: 'in post but not in the base' });
+  }
+  const tensors = plan.shards.flatMap((s) => s.tensors).filter((t) => {
+    const p = post.byName.get(t.name);
+    const problem = !p
+      ? 'in the base but not in post'
+      : p.dtype !== t.dtype || JSON.stringify(p.shape) !== JSON.stringify(t.shape)
+        ? `post has ${p.dtype} [${p.shape}], the result would be ${t.dtype} [${t.shape}]`
+        : null;
+    if (problem) mismatches.push({ tensor: t.name, elements: -1, detail: problem });
+    return !problem;
+  });
+
+  const { kernels, slots, chunk } = await applySlots(env, ApplyChunks.inputsPerSlot(plan), 1);
+  const sources = new SourceCache(env.resolve);
+  const chunks = new ApplyChunks(plan, sources, kernels);
+  const postSlot = ApplyChunks.inputsPerSlot(plan);
+  const differing = new Map<string, number>();
+  try {
+    await streamTensors(
+      {
+        count: tensors.length,
+        elements: (t) => tensors[t].elements,
+        read: async (t, start, n, s) => {
+          const tp = tensors[t];
+          const p = post.byName.get(tp.name)!;
+          const size = dtypeSize(p.dtype);
+          const src = await sources.get(postRef, p.file);
+          await Promise.all([chunks.read(tp, start, n, s), src.read(p.offset + start * size, n * size, s.inputs[postSlot])]);
+        },
+        compute: (t, _start, n, s) => {
+          const tp = tensors[t];
+          const size = dtypeSize(tp.dtype);
+          const got = chunks.compute(tp, n, s);
+          const want = s.inputs[postSlot].subarray(0, n * size);
+          env.onProgress?.(n * size * (2 + tp.deltas.length));
+          if (!Buffer.from(got.buffer, got.byteOffset, got.length).equals(Buffer.from(want.buffer, want.byteOffset, want.length))) {
+            let bad = 0;
+            for (let i = 0; i < n; i++) {
+              for (let b = 0; b < size; b++) {
+                if (got[i * size + b] !== want[i * size + b]) {
+                  bad++;
+                  break;
+                }
+              }
+            }
+            differing.set(tp.name, (differing.get(tp.name) ?? 0) + bad);
+          }
+          return null;
+        },
+      },
+      slots,
+      chunk,
+    );
+  } finally {
+    await sources.closeAll();
+  }
+  for (const [tensor, elements] of differing) {
+    mismatches.push({ tensor, elements, detail: `${elements} elements differ from post` });
+  }
+  return { ok: mismatches.length === 0 && corruptShards.length === 0, tensors: tensors.length, mismatches, corruptShards };
+}

@@ -1,0 +1,147 @@
+import { open, readdir, readFile, rename, rm, stat, writeFile, mkdir } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import type { ByteSource, ShardSink, Store } from './types.js';
+import { StreamingDigest, sha256OfSource } from './digest.js';
+
+export class LocalFileSource implements ByteSource {
+  private constructor(readonly name: string, readonly size: number, private readonly fh: FileHandle) {}
+
+  static async open(file: string): Promise<LocalFileSource> {
+    const fh = await open(file, 'r');
+    const { size } = await fh.stat();
+    return new LocalFileSource(file, size, fh);
+  }
+
+  async read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`${this.name}: read of ${length} bytes at ${offset} is past the end (${this.size} bytes)`);
+    }
+    const buf = into ? into.subarray(0, length) : new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
+      if (bytesRead === 0) throw new Error(`${this.name}: file ended early at byte ${offset + done}`);
+      done += bytesRead;
+    }
+    return buf;
+  }
+
+  close(): Promise<void> {
+    return this.fh.close();
+  }
+}
+
+function tempName(file: string): string {
+  return `${file}.partial-${randomBytes(4).toString('hex')}`;
+}
+
+class LocalShardSink implements ShardSink {
+  private bodyLength = 0;
+  private readonly digest: StreamingDigest;
+  constructor(
+    readonly name: string,
+    private readonly temp: string,
+    private readonly fh: FileHandle,
+    private readonly prefixLength: number,
+    provisional: Uint8Array | undefined,
+  ) {
+    this.digest = new StreamingDigest(provisional);
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    const at = this.prefixLength + this.bodyLength;
+    this.bodyLength += data.length;
+    this.digest.update(data);
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, at + done);
+      done += bytesWritten;
+    }
+  }
+
+  async truncate(length: number): Promise<void> {
+    this.digest.invalidate();
+    this.bodyLength = length;
+    await this.fh.truncate(this.prefixLength + length);
+  }
+
+  async commit(prefix: Uint8Array): Promise<{ sha256: string; bytes: number }> {
+    if (prefix.length !== this.prefixLength) {
+      throw new Error(`${this.name}: prefix is ${prefix.length} bytes, ${this.prefixLength} were reserved`);
+    }
+    await this.fh.write(prefix, 0, prefix.length, 0);
+    await this.fh.truncate(this.prefixLength + this.bodyLength);
+    await this.fh.close();
+    let sha256 = this.digest.finish(prefix);
+    if (sha256 === null) {
+      const src = await LocalFileSource.open(this.temp);
+      try {
+        sha256 = await sha256OfSource(src);
+      } finally {
+        await src.close();
+      }
+    }
+    await rename(this.temp, this.name);
+    return { sha256, bytes: this.prefixLength + this.bodyLength };
+  }
+
+  async abort(): Promise<void> {
+    await this.fh.close().catch(() => undefined);
+    await rm(this.temp, { force: true });
+  }
+}
+
+/** A local directory. Writes go to temporary names and are renamed into place when complete. */
+export class LocalStore implements Store {
+  constructor(readonly dir: string) {}
+
+  get ref(): string {
+    return this.dir;
+  }
+
+  private path(file: string): string {
+    if (file.includes('/') || file.includes('\\') || file === '..' || file === '.') {
+      throw new Error(`${this.dir}: "${file}" is not a plain file name`);
+    }
+    return path.join(this.dir, file);
+  }
+
+  async list(): Promise<string[]> {
+    const entries = await readdir(this.dir, { withFileTypes: true });
+    return entries.filter((e) => e.isFile()).map((e) => e.name).sort();
+  }
+
+  async exists(file: string): Promise<boolean> {
+    try {
+      return (await stat(this.path(file))).isFile();
+    } catch {
+      return false;
+    }
+  }
+
+  openRead(file: string): Promise<ByteSource> {
+    return LocalFileSource.open(this.path(file));
+  }
+
+  readText(file: string): Promise<string> {
+    return readFile(this.path(file), 'utf8');
+  }
+
+  async writeFile(file: string, data: Uint8Array | string): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    const target = this.path(file);
+    const temp = tempName(target);
+    await writeFile(temp, data);
+    await rename(temp, target);
+  }
+
+  async createShard(file: string, prefixLength: number, provisionalPrefix?: Uint8Array): Promise<ShardSink> {
+    await mkdir(this.dir, { recursive: true });
+    const target = this.path(file);
+    const temp = tempName(target);
+    const fh = await open(temp, 'w');
+    return new LocalShardSink(target, temp, fh, prefixLength, provisionalPrefix);
+  }
+}

@@ -1,0 +1,66 @@
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { LocalStore } from './local.js';
+import type { Store } from './types.js';
+import { InputError } from '../errors.js';
+
+/** Where an operation writes: a store that is invisible until `publish`. */
+export interface OutputTarget {
+  store: Store;
+  publish(): Promise<void>;
+  discard(): Promise<void>;
+}
+
+async function isNonEmptyDir(dir: string): Promise<boolean> {
+  try {
+    const s = await stat(dir);
+    if (!s.isDirectory()) return true;
+    return (await readdir(dir)).length > 0;
+  } catch {
+    return false;
+  }
+}
+
+function inside(child: string, parent: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/**
+ * A local output folder, built as a hidden sibling and renamed into place when complete, so an
+ * interrupted run never leaves a folder that looks finished. An existing folder needs `force`.
+ */
+export async function localOutput(dir: string, opts: { force?: boolean; inputs?: string[] } = {}): Promise<OutputTarget> {
+  const target = path.resolve(dir);
+  for (const input of opts.inputs ?? []) {
+    const inp = path.resolve(input);
+    if (inside(target, inp) || inside(inp, target)) {
+      throw new InputError(`--out ${dir}: overlaps the input ${input}; inputs are never modified, choose another folder`);
+    }
+  }
+  if (!opts.force && (await isNonEmptyDir(target))) {
+    throw new InputError(`--out ${dir}: already exists; pass --force to replace it`);
+  }
+  const parent = path.dirname(target);
+  await mkdir(parent, { recursive: true });
+  const staging = path.join(parent, `.${path.basename(target)}.partial-${randomBytes(4).toString('hex')}`);
+  await mkdir(staging);
+  return {
+    store: new LocalStore(staging),
+    async publish() {
+      if (await isNonEmptyDir(target)) {
+        const old = path.join(parent, `.${path.basename(target)}.old-${randomBytes(4).toString('hex')}`);
+        await rename(target, old);
+        await rename(staging, target);
+        await rm(old, { recursive: true, force: true });
+      } else {
+        await rm(target, { recursive: true, force: true });
+        await rename(staging, target);
+      }
+    },
+    async discard() {
+      await rm(staging, { recursive: true, force: true });
+    },
+  };
+}
