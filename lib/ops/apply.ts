@@ -85,7 +85,7 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
   const shard = plan.shards[index];
   const { kernels, slots, chunk } = await applySlots(env, ApplyChunks.inputsPerSlot(plan));
   const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
-  const sink = await out.createShard(shard.file, prefix.length, prefix);
+  const sink = await out.createShard(shard.file, prefix.length);
   const sources = new SourceCache(env.resolve);
   const chunks = new ApplyChunks(plan, sources, kernels);
   try {

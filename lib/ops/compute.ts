@@ -156,7 +156,7 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
         relNorm: st.sumSqBase > 0 ? Math.sqrt(st.sumSqDelta / st.sumSqBase) : 0,
       };
     });
-    return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
+    return { file: shard.file, sha256: result.sha256!, bytes: result.bytes, tensors };
   } catch (e) {
     await sink.abort().catch(() => undefined);
     throw e;

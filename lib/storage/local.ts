@@ -48,7 +48,9 @@ class LocalShardSink implements ShardSink {
     provisional: Uint8Array | undefined,
   ) {
     this.digest = new StreamingDigest(provisional);
+    this.hashing = provisional !== undefined;
   }
+  private readonly hashing: boolean;
 
   async write(data: Uint8Array): Promise<void> {
     const at = this.prefixLength + this.bodyLength;
@@ -67,15 +69,15 @@ class LocalShardSink implements ShardSink {
     await this.fh.truncate(this.prefixLength + length);
   }
 
-  async commit(prefix: Uint8Array): Promise<{ sha256: string; bytes: number }> {
+  async commit(prefix: Uint8Array): Promise<{ sha256: string | null; bytes: number }> {
     if (prefix.length !== this.prefixLength) {
       throw new Error(`${this.name}: prefix is ${prefix.length} bytes, ${this.prefixLength} were reserved`);
     }
     await this.fh.write(prefix, 0, prefix.length, 0);
     await this.fh.truncate(this.prefixLength + this.bodyLength);
     await this.fh.close();
-    let sha256 = this.digest.finish(prefix);
-    if (sha256 === null) {
+    let sha256 = this.hashing ? this.digest.finish(prefix) : null;
+    if (this.hashing && sha256 === null) {
       const src = await LocalFileSource.open(this.temp);
       try {
         sha256 = await sha256OfSource(src);
@@ -137,11 +139,11 @@ export class LocalStore implements Store {
     await rename(temp, target);
   }
 
-  async createShard(file: string, prefixLength: number, provisionalPrefix?: Uint8Array): Promise<ShardSink> {
+  async createShard(file: string, prefixLength: number, hashFrom?: Uint8Array): Promise<ShardSink> {
     await mkdir(this.dir, { recursive: true });
     const target = this.path(file);
     const temp = tempName(target);
     const fh = await open(temp, 'w');
-    return new LocalShardSink(target, temp, fh, prefixLength, provisionalPrefix);
+    return new LocalShardSink(target, temp, fh, prefixLength, hashFrom);
   }
 }

@@ -22,8 +22,8 @@ export interface ShardSink {
   write(data: Uint8Array): Promise<void>;
   /** Cuts the body back to `length` bytes, to write a tensor again. */
   truncate(length: number): Promise<void>;
-  /** Writes the prefix, makes the file visible, and returns its sha256 and size. */
-  commit(prefix: Uint8Array): Promise<{ sha256: string; bytes: number }>;
+  /** Writes the prefix, makes the file visible, and returns its size and, when asked for at creation, its sha256. */
+  commit(prefix: Uint8Array): Promise<{ sha256: string | null; bytes: number }>;
   /** Drops everything written; the name stays as it was. */
   abort(): Promise<void>;
 }
@@ -39,8 +39,11 @@ export interface Store {
   readText(file: string): Promise<string>;
   /** Writes a small file whole; it becomes visible complete or not at all. */
   writeFile(file: string, data: Uint8Array | string): Promise<void>;
-  /** Starts a shard whose prefix will be exactly `prefixLength` bytes. `provisionalPrefix`, when given, lets the sink hash while streaming. */
-  createShard(file: string, prefixLength: number, provisionalPrefix?: Uint8Array): Promise<ShardSink>;
+  /**
+   * Starts a shard whose prefix will be exactly `prefixLength` bytes. With `hashFrom` (the prefix as
+   * planned) the sink computes the file's sha256, while streaming when the final prefix matches.
+   */
+  createShard(file: string, prefixLength: number, hashFrom?: Uint8Array): Promise<ShardSink>;
   /** Properties recorded with a committed shard (the plan hash that produced it), or null. */
   shardTag?(file: string): Promise<string | null>;
 }

@@ -1,0 +1,82 @@
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
+import { readHeader } from '../format/safetensors.js';
+import { elementCount } from '../format/safetensors.js';
+import { openCheckpoint, MODEL_LAYOUT } from '../format/checkpoint.js';
+import { LocalStore } from '../storage/local.js';
+import type { Store } from '../storage/types.js';
+import { DELTA_MANIFEST } from './manifest.js';
+import { openDelta } from './delta.js';
+
+export interface InspectTensor {
+  name: string;
+  dtype: string;
+  shape: number[];
+  parameters: number;
+  bytes: number;
+  file: string;
+  /** Deltas only: ‖Δ‖/‖W‖ with W the base tensor. */
+  relNorm?: number;
+  zero?: boolean;
+  rounded?: number;
+}
+
+export interface InspectResult {
+  kind: 'checkpoint' | 'shard' | 'delta';
+  path: string;
+  files: string[];
+  tensors: InspectTensor[];
+  parameters: number;
+  bytes: number;
+  dtypes: Record<string, number>;
+  config: Record<string, unknown> | null;
+  /** Deltas: the dtype policy, tool version and the post model's files carried along. */
+  delta?: { policy: string; tool: string; createdAt: string; files: string[]; baseSignature: string; postSignature: string };
+}
+
+function summarize(kind: InspectResult['kind'], where: string, files: string[], tensors: InspectTensor[], config: InspectResult['config']): InspectResult {
+  const dtypes: Record<string, number> = {};
+  for (const t of tensors) dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + t.parameters;
+  return {
+    kind, path: where, files, tensors, config, dtypes,
+    parameters: tensors.reduce((a, t) => a + t.parameters, 0),
+    bytes: tensors.reduce((a, t) => a + t.bytes, 0),
+  };
+}
+
+/** Describes a checkpoint folder, a delta folder or a single .safetensors file; reads headers and manifests only. */
+export async function inspect(target: string, resolve: (ref: string) => Store = (r) => new LocalStore(r)): Promise<InspectResult> {
+  const isFile = !target.includes('://') && (await stat(target)).isFile();
+  if (isFile) {
+    const store = new LocalStore(path.dirname(target));
+    const src = await store.openRead(path.basename(target));
+    try {
+      const h = await readHeader(src);
+      const tensors = h.tensors.map((t) => ({
+        name: t.name, dtype: t.dtype, shape: t.shape, parameters: elementCount(t.shape), bytes: t.end - t.begin, file: path.basename(target),
+      }));
+      return summarize('shard', target, [path.basename(target)], tensors, null);
+    } finally {
+      await src.close();
+    }
+  }
+  const store = resolve(target);
+  if (await store.exists(DELTA_MANIFEST)) {
+    const d = await openDelta(resolve, target);
+    const m = d.manifest;
+    const tensors = d.ckpt.tensors.map((t) => ({
+      name: t.name, dtype: t.dtype, shape: t.shape, parameters: t.elements, bytes: t.byteLength, file: t.file,
+      relNorm: m.tensors[t.name].relNorm, zero: m.tensors[t.name].zero, rounded: m.tensors[t.name].rounded,
+    }));
+    return {
+      ...summarize('delta', target, d.ckpt.files, tensors, m.post.config),
+      delta: {
+        policy: m.dtypePolicy, tool: `${m.tool.name} ${m.tool.version}`, createdAt: m.createdAt,
+        files: m.files.map((f) => f.file), baseSignature: m.base.signature, postSignature: m.post.signature,
+      },
+    };
+  }
+  const c = await openCheckpoint(store, MODEL_LAYOUT);
+  const tensors = c.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, parameters: t.elements, bytes: t.byteLength, file: t.file }));
+  return summarize('checkpoint', target, c.files, tensors, c.config);
+}
