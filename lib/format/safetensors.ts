@@ -70,7 +70,7 @@ function objectKeys(t: string, i: number): { key: string; at: number }[] {
     const c = t[i];
     if (c === '"') {
       let j = i + 1;
-      while (t[j] !== '"') j += 1;
+      while (j < t.length && t[j] !== '"') j += t[j] === '\\' ? 2 : 1;
       const colon = skipWs(t, j + 1);
       if (depth === 1 && t[colon] === ':') keys.push({ key: JSON.parse(t.slice(i, j + 1)), at: skipWs(t, colon + 1) });
       i = j;
