@@ -2,7 +2,7 @@
 // WebAssembly kernels bit for bit. Node has no Float16Array and no bfloat16 type, and Math.fround is the only
 // built-in narrowing, so rounding to BF16/F16 is written out here.
 import { dtypeSize, type FloatDType } from '../format/dtype.js';
-import { BumpArena, checkApply, checkSubtract, combine8 } from './common.js';
+import { BumpArena, checkApply, checkSubtract, combine4 } from './common.js';
 import type { DeltaInput, Kernels, SubtractStats } from './types.js';
 
 // Bit reinterpretation through shared scratch (single-threaded). Little-endian host: w64[0] is the low word.
@@ -194,9 +194,9 @@ export function referenceSubtract(
   const bv = viewOf(base);
   const pv = viewOf(post);
   const ov = viewOf(out);
-  // Squares go to 8 partial sums by i mod 8, combined in a fixed order: the order the SIMD kernels use.
-  const sqD = new Float64Array(8);
-  const sqB = new Float64Array(8);
+  // Squares go to 4 partial sums by i mod 4, combined in a fixed order: the order the SIMD kernels use.
+  const sqD = new Float64Array(4);
+  const sqB = new Float64Array(4);
   let rounded = 0;
   let maxError = 0;
   let misses = 0;
@@ -216,16 +216,16 @@ export function referenceSubtract(
         if (err > maxError) maxError = err;
       }
       if (useProbe && roundValue(probe, d) !== d) misses++;
-      if (Math.abs(d) < Infinity) sqD[i & 7] += d * d;
+      if (Math.abs(d) < Infinity) sqD[i & 3] += d * d;
     }
-    if (Math.abs(b) < Infinity) sqB[i & 7] += b * b;
+    if (Math.abs(b) < Infinity) sqB[i & 3] += b * b;
   }
   stats.elements += n;
   stats.rounded += rounded;
   stats.maxError = Math.max(stats.maxError, maxError);
   stats.probeMisses += misses;
-  stats.sumSqDelta += combine8(sqD);
-  stats.sumSqBase += combine8(sqB);
+  stats.sumSqDelta += combine4(sqD);
+  stats.sumSqBase += combine4(sqB);
 }
 
 export function referenceApply(baseDtype: FloatDType, base: Uint8Array, deltas: readonly DeltaInput[], n: number, outDtype: FloatDType, out: Uint8Array): void {

@@ -42,8 +42,12 @@ export interface Store {
   /**
    * Starts a shard whose prefix will be exactly `prefixLength` bytes. With `hashFrom` (the prefix as
    * planned) the sink computes the file's sha256, while streaming when the final prefix matches.
+   * `opts.metadata` is recorded with the committed shard where the store can (blob metadata;
+   * `paramdeltaplan` is what `shardTag` reads back); LocalStore ignores it.
    */
-  createShard(file: string, prefixLength: number, hashFrom?: Uint8Array): Promise<ShardSink>;
+  createShard(file: string, prefixLength: number, hashFrom?: Uint8Array, opts?: { metadata?: Record<string, string> }): Promise<ShardSink>;
   /** Properties recorded with a committed shard (the plan hash that produced it), or null. */
   shardTag?(file: string): Promise<string | null>;
+  /** Deletes one file if it is there. */
+  remove?(file: string): Promise<void>;
 }

@@ -21,7 +21,8 @@ export interface FamilyOptions {
 
 function llamaTensors(bytes: number, hidden: number, elemSize: number): PlannedTensor[] {
   const inter = Math.round((hidden * 8) / 3 / 64) * 64;
-  const vocab = 32000;
+  // Small models get a small vocabulary, so the embeddings do not dwarf the layers.
+  const vocab = Math.min(32000, Math.max(256, Math.round(bytes / elemSize / hidden / 16)));
   const perLayer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden;
   const fixed = 2 * vocab * hidden + hidden;
   const layers = Math.max(1, Math.round((bytes / elemSize - fixed) / perLayer));
@@ -92,7 +93,7 @@ async function writeModel(
 }
 
 export async function writeSyntheticFamily(root: string, opts: FamilyOptions): Promise<{ base: string; post: string; newbase: string; bytes: number }> {
-  const hidden = opts.hidden ?? 1024;
+  const hidden = opts.hidden ?? (opts.bytes < 256 * 2 ** 20 ? 512 : 1024);
   const tensors = llamaTensors(opts.bytes, hidden, 2);
   // Exponent field range for magnitudes 2^-9 .. 2^-2 (norm weights sit near 1).
   const [expShift, expLo, expSpan, one] = opts.dtype === 'BF16' ? [7, 118, 8, 0x3f80] : [10, 6, 8, 0x3c00];
@@ -105,11 +106,17 @@ export async function writeSyntheticFamily(root: string, opts: FamilyOptions): P
       out[i] = norm ? one + (x & 0x1f) : ((x >>> 31) << 15) | ((expLo + ((x >>> 8) % expSpan)) << expShift) | (x & ((1 << expShift) - 1));
     }
   };
-  // A variant moves each element a few units in the last place (crossing exponents is fine for these magnitudes).
+  // A variant moves each element a few units in the last place, and about 1 in 64 by a large amount
+  // (a sign flip), as fine-tuning does; those large moves are why BF16 deltas usually need F32.
   const variant = (salt: number, spread: number) => (name: string, out: Uint16Array, start: number) => {
     baseValue(name, out, start);
     const r = rng(seedOf(name) ^ salt ^ start);
-    for (let i = 0; i < out.length; i++) out[i] += (r() % (2 * spread + 1)) - spread;
+    const norm = name.endsWith('norm.weight');
+    for (let i = 0; i < out.length; i++) {
+      const x = r();
+      out[i] += (x % (2 * spread + 1)) - spread;
+      if (!norm && (x >>> 26) === 0) out[i] ^= 0x8000;
+    }
   };
   const config = (t: string) =>
     JSON.stringify({ architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: hidden, torch_dtype: t }, null, 2);

@@ -1,0 +1,157 @@
+// The WebAssembly SIMD kernels: the text from wat.ts, assembled once per process with wabt, instantiated per
+// createKernels over a fixed-size memory whose arena the caller's buffers live in.
+import { dtypeSize, type FloatDType } from '../format/dtype.js';
+import { BumpArena, checkApply, checkSubtract, combine4 } from './common.js';
+import type { DeltaInput, Kernels, SubtractStats } from './types.js';
+import { LAYOUT, STATS, applyName, kernelsWat, subtractName } from './wat.js';
+
+// The few WebAssembly JS API members used here (the project's TypeScript libs do not declare the namespace).
+interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+}
+interface WasmApi {
+  Memory: new (d: { initial: number; maximum: number }) => WasmMemory;
+  compile(bytes: Uint8Array): Promise<object>;
+  instantiate(module: object, imports: object): Promise<{ exports: Record<string, unknown> }>;
+}
+const WA = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+type SubtractFn = (pb: number, pp: number, po: number, n: number) => void;
+type ApplyFn = (pb: number, pd: number, po: number, s: number, sneg: number, n: number) => void;
+
+let compiled: Promise<object> | undefined;
+
+/** The compiled module, assembled on first use and shared by every instance. */
+function kernelModule(): Promise<object> {
+  if (!compiled) {
+    compiled = assemble();
+    compiled.catch(() => (compiled = undefined)); // let a later call retry
+  }
+  return compiled;
+}
+
+async function assemble(): Promise<object> {
+  const wabt = await (await import('wabt')).default();
+  const parsed = wabt.parseWat('kernels.wat', kernelsWat(), { simd: true });
+  try {
+    return await WA.compile(parsed.toBinary({}).buffer);
+  } finally {
+    parsed.destroy();
+  }
+}
+
+const PAGE = 65536;
+const BLOCK = LAYOUT.block;
+
+const f64 = new Float64Array(1);
+const w64 = new Uint32Array(f64.buffer);
+/** Sign bit of a scale, which the kernels pass on when the scale itself is NaN. */
+function signOf(x: number): number {
+  f64[0] = x;
+  return w64[1] >>> 31;
+}
+
+class WasmKernels implements Kernels {
+  readonly impl = 'wasm' as const;
+  private readonly arena: BumpArena;
+  private readonly u8: Uint8Array;
+  private readonly stats: Float64Array;
+  private readonly counts: BigInt64Array;
+
+  constructor(
+    private readonly memory: WasmMemory,
+    private readonly exports: Record<string, unknown>,
+    arenaBytes: number,
+  ) {
+    this.arena = new BumpArena(LAYOUT.arena, LAYOUT.arena + arenaBytes);
+    this.u8 = new Uint8Array(memory.buffer);
+    this.stats = new Float64Array(memory.buffer, 0, STATS.bytes / 8);
+    this.counts = new BigInt64Array(memory.buffer, 0, STATS.bytes / 8);
+  }
+
+  alloc(bytes: number): Uint8Array {
+    return new Uint8Array(this.memory.buffer, this.arena.take(bytes), bytes);
+  }
+
+  /** Byte offset of `buf` in the instance's memory, or −1 when it lies elsewhere. */
+  private offsetOf(buf: Uint8Array): number {
+    return buf.buffer === this.memory.buffer ? buf.byteOffset : -1;
+  }
+
+  /** Pointer to elements [j, j+len) of an input: in place, or copied to staging area `area`. */
+  private input(buf: Uint8Array, size: number, j: number, len: number, area: number): number {
+    const at = this.offsetOf(buf);
+    if (at >= 0) return at + j * size;
+    const to = LAYOUT.stage + area * BLOCK * 8;
+    this.u8.set(buf.subarray(j * size, (j + len) * size), to);
+    return to;
+  }
+
+  subtract(dtype: FloatDType, base: Uint8Array, post: Uint8Array, n: number, outDtype: FloatDType, out: Uint8Array, stats: SubtractStats, probe?: FloatDType): void {
+    checkSubtract(dtype, base, post, n, outDtype, out, probe);
+    const fn = this.exports[subtractName(dtype, outDtype, probe)] as SubtractFn;
+    this.u8.fill(0, 0, STATS.bytes);
+    const size = dtypeSize(dtype);
+    const osize = dtypeSize(outDtype);
+    const [pb, pp, po] = [base, post, out].map((b) => this.offsetOf(b));
+    if (pb >= 0 && pp >= 0 && po >= 0) fn(pb, pp, po, n);
+    else {
+      // Blocks are multiples of 8 elements, so the i mod 4 partial sums line up as in one call.
+      for (let j = 0; j < n; j += BLOCK) {
+        const len = Math.min(BLOCK, n - j);
+        const o = po >= 0 ? po + j * osize : LAYOUT.stage + 2 * BLOCK * 8;
+        fn(this.input(base, size, j, len, 0), this.input(post, size, j, len, 1), o, len);
+        if (po < 0) out.set(this.u8.subarray(o, o + len * osize), j * osize);
+      }
+    }
+    const s = this.stats;
+    stats.elements += n;
+    stats.rounded += Number(this.counts[STATS.rounded / 8]);
+    stats.probeMisses += probe === undefined ? 0 : Number(this.counts[STATS.misses / 8]);
+    stats.maxError = Math.max(stats.maxError, s[STATS.maxError / 8]);
+    stats.sumSqDelta += combine4(s.subarray(STATS.sqD / 8, STATS.sqD / 8 + 4));
+    stats.sumSqBase += combine4(s.subarray(STATS.sqB / 8, STATS.sqB / 8 + 4));
+  }
+
+  apply(baseDtype: FloatDType, base: Uint8Array, deltas: readonly DeltaInput[], n: number, outDtype: FloatDType, out: Uint8Array): void {
+    checkApply(baseDtype, base, deltas, n, outDtype, out);
+    const bsize = dtypeSize(baseDtype);
+    const osize = dtypeSize(outDtype);
+    const ds = deltas.map((d) => ({ ...d, size: dtypeSize(d.dtype), sneg: signOf(d.scale) }));
+    const po = this.offsetOf(out);
+    if (ds.length === 1) {
+      const d = ds[0];
+      const fn = this.exports[applyName(baseDtype, d.dtype, outDtype)] as ApplyFn;
+      const pb = this.offsetOf(base);
+      const pd = this.offsetOf(d.data);
+      if (pb >= 0 && pd >= 0 && po >= 0) return fn(pb, pd, po, d.scale, d.sneg, n);
+    }
+    // Block by block: x goes base → (F64 scratch → …) → out, each step one kernel call; inputs from outside
+    // the instance's memory are staged per block.
+    const last = ds.length - 1;
+    for (let j = 0; j < n; j += BLOCK) {
+      const len = Math.min(BLOCK, n - j);
+      const o = po >= 0 ? po + j * osize : LAYOUT.stage + 2 * BLOCK * 8;
+      let x = this.input(base, bsize, j, len, 0);
+      let xDtype = baseDtype;
+      ds.forEach((d, k) => {
+        const yDtype = k === last ? outDtype : 'F64';
+        const y = k === last ? o : LAYOUT.scratch;
+        const fn = this.exports[applyName(xDtype, d.dtype, yDtype)] as ApplyFn;
+        fn(x, this.input(d.data, d.size, j, len, 1), y, d.scale, d.sneg, len);
+        x = y;
+        xDtype = yDtype;
+      });
+      if (po < 0) out.set(this.u8.subarray(o, o + len * osize), j * osize);
+    }
+  }
+}
+
+export async function createWasmKernels(arenaBytes: number): Promise<Kernels> {
+  const pages = Math.ceil((LAYOUT.arena + arenaBytes) / PAGE);
+  if (pages > 65536) throw new RangeError(`kernel arena of ${arenaBytes} bytes exceeds the 4 GiB WebAssembly memory`);
+  const module = await kernelModule();
+  const memory = new WA.Memory({ initial: pages, maximum: pages });
+  const instance = await WA.instantiate(module, { env: { mem: memory } });
+  return new WasmKernels(memory, instance.exports, arenaBytes);
+}

@@ -1,0 +1,582 @@
+// Generates the WebAssembly text of the SIMD kernels: one function per (input dtype, output dtype, probe) for
+// subtract and per (base dtype, delta dtype, output dtype) for apply, each with a scalar twin for tails and for
+// the rare lanes the vector path hands off (NaNs, F16 Inf/NaN inputs, non-finite sums). No library emits SIMD
+// rounding to BF16/F16, so the snippets below are written out; every one is checked against reference.ts.
+import type { FloatDType } from '../format/dtype.js';
+
+export const FORMATS: readonly FloatDType[] = ['BF16', 'F16', 'F32', 'F64'];
+const SIZE: Record<FloatDType, number> = { BF16: 2, F16: 2, F32: 4, F64: 8 };
+
+/** Memory layout below the arena (byte offsets). */
+export const LAYOUT = {
+  /** 16-byte constants the kernels load (see Func.const). */
+  consts: 128,
+  /** Elements per block when a multi-delta apply keeps x in float64 scratch, or when inputs are staged. */
+  block: 2048,
+  /** float64 x for one block. */
+  scratch: 1024,
+  /** Three staging areas of block·8 bytes for buffers that do not live in the instance's memory. */
+  stage: 1024 + 2048 * 8,
+  arena: 1024 + 2048 * 8 * 4,
+} as const;
+
+/** Where subtract keeps its running stats: 4 f64 Σd² partial sums (by i mod 4), 4 Σbase², two i64 counts, a max. */
+export const STATS = { sqD: 0, sqB: 32, rounded: 64, misses: 72, maxError: 80, bytes: 88 } as const;
+
+export function subtractName(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
+  return `sub_${x}_${y}_${probe === undefined || probe === 'F64' ? 'none' : probe}`;
+}
+export function applyName(x: FloatDType, d: FloatDType, y: FloatDType): string {
+  return `app_${x}_${d}_${y}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Text helpers
+
+const get = (l: string) => `(local.get ${l})`;
+const set = (l: string, e: string) => `(local.set ${l} ${e})`;
+const i32 = (v: number) => `(i32.const ${v})`;
+const f64c = (v: string) => `(f64.const ${v})`;
+const op = (name: string, ...args: string[]) => `(${name} ${args.join(' ')})`;
+
+type ValType = 'i32' | 'i64' | 'f64' | 'v128';
+
+class Func {
+  private readonly decls = new Map<string, ValType>();
+  private readonly init: string[] = [];
+  readonly body: string[] = [];
+  constructor(
+    private readonly name: string,
+    private readonly signature: string,
+    private readonly exported: boolean,
+  ) {}
+  local(name: string, type: ValType): string {
+    const prev = this.decls.get(name);
+    if (prev !== undefined && prev !== type) throw new Error(`local ${name} redeclared`);
+    this.decls.set(name, type);
+    return `$${name}`;
+  }
+  /**
+   * A v128 constant, loaded from the constant pool into a local at entry. Loading it (rather than v128.const)
+   * keeps TurboFan from rematerializing the constant inside the loops, several instructions per use.
+   */
+  const(name: string, bytes: Uint8Array): string {
+    if (!this.decls.has(name)) this.init.push(set(`$${name}`, `(v128.load offset=${poolOffset(name, bytes)} (i32.const 0))`));
+    return this.local(name, 'v128');
+  }
+  emit(...lines: string[]): void {
+    this.body.push(...lines);
+  }
+  text(): string {
+    const locals = [...this.decls].map(([n, t]) => `(local $${n} ${t})`).join(' ');
+    const exp = this.exported ? ` (export "${this.name}")` : '';
+    return `(func $${this.name}${exp} ${this.signature}\n  ${locals}\n  ${[...this.init, ...this.body].join('\n  ')})\n`;
+  }
+}
+
+// The constant pool: 16-byte constants at LAYOUT.consts, written by the module's data segment.
+const pool = new Map<string, { offset: number; bytes: Uint8Array }>();
+function poolOffset(name: string, bytes: Uint8Array): number {
+  const have = pool.get(name);
+  if (have) {
+    if (!have.bytes.every((b, i) => b === bytes[i])) throw new Error(`constant ${name} redefined`);
+    return have.offset;
+  }
+  const offset = LAYOUT.consts + 16 * pool.size;
+  if (offset + 16 > LAYOUT.scratch) throw new Error('constant pool full');
+  pool.set(name, { offset, bytes });
+  return offset;
+}
+function dataSegment(): string {
+  const esc = (b: Uint8Array) => [...b].map((x) => '\\' + x.toString(16).padStart(2, '0')).join('');
+  return [...pool.values()].map((c) => `(data (i32.const ${c.offset}) "${esc(c.bytes)}")`).join('\n');
+}
+
+/** 2^k from its bits (normal range), so constants do not depend on Math.pow. */
+function pow2(k: number): number {
+  const v = new DataView(new ArrayBuffer(8));
+  v.setBigUint64(0, BigInt(k + 1023) << 52n, true);
+  return v.getFloat64(0, true);
+}
+function lanes(width: 2 | 4 | 8, put: (v: DataView, at: number) => void): Uint8Array {
+  const b = new Uint8Array(16);
+  const v = new DataView(b.buffer);
+  for (let at = 0; at < 16; at += 16 / width) put(v, at);
+  return b;
+}
+const i64x2 = (x: bigint) => lanes(2, (v, at) => v.setBigUint64(at, x, true));
+const f64x2 = (x: number) => lanes(2, (v, at) => v.setFloat64(at, x, true));
+const i32x4 = (x: number) => lanes(4, (v, at) => v.setUint32(at, x, true));
+const i16x8 = (x: number) => lanes(8, (v, at) => v.setUint16(at, x, true));
+
+const K = {
+  ZERO: i64x2(0n),
+  SIGN: i64x2(0x8000000000000000n),
+  EXP: i64x2(0x7ff0000000000000n),
+  INF: f64x2(Infinity),
+  H_EXP: i32x4(0x7c000000),
+  H_MASK: i32x4(0x8fffe000),
+  H_MAG: i32x4(0x7fff),
+  H_SGN: i32x4(0x8000),
+  H_UP: f64x2(pow2(112)),
+  H_DOWN: f64x2(pow2(-112)),
+  MAG16: i16x8(0x7fff),
+};
+
+/** Per-format constants of the rounding trick: clamp the binade to [lo, hi], magic = 2^binade · k. */
+const GRID = {
+  BF16: { lo: '0x1p-126', hi: '0x1p128', k: '0x1.8p45', vlo: pow2(-126), vhi: pow2(128), vk: 1.5 * pow2(45), nan16: 0x7f80 },
+  F16: { lo: '0x1p-14', hi: '0x1p16', k: '0x1.8p42', vlo: pow2(-14), vhi: pow2(16), vk: 1.5 * pow2(42), nan16: 0x7c00 },
+} as const;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scalar helpers (tails and hand-offs). Only the NaN paths care about signs, and those read raw bits.
+
+function scalarHelpers(): string {
+  const out: string[] = [];
+  const fn = (s: string) => out.push(s);
+  fn(`(func $w_BF16 (param $a i32) (result f64)
+  (f64.promote_f32 (f32.reinterpret_i32 (i32.shl (i32.load16_u (local.get $a)) (i32.const 16)))))`);
+  // (h & 0x7fff) << 13 is the F32 pattern of |h|·2^-112, subnormals included; exponent 31 is Inf/NaN.
+  fn(`(func $w_F16 (param $a i32) (result f64) (local $h i32) (local $m f64)
+  (local.set $h (i32.load16_u (local.get $a)))
+  (local.set $m (if (result f64) (i32.ge_u (i32.and (local.get $h) (i32.const 0x7fff)) (i32.const 0x7c00))
+    (then (if (result f64) (i32.eq (i32.and (local.get $h) (i32.const 0x7fff)) (i32.const 0x7c00)) (then (f64.const inf)) (else (f64.const nan))))
+    (else (f64.mul (f64.promote_f32 (f32.reinterpret_i32 (i32.shl (i32.and (local.get $h) (i32.const 0x7fff)) (i32.const 13)))) (f64.const 0x1p112)))))
+  (if (result f64) (i32.and (local.get $h) (i32.const 0x8000)) (then (f64.neg (local.get $m))) (else (local.get $m))))`);
+  fn(`(func $w_F32 (param $a i32) (result f64) (f64.promote_f32 (f32.load (local.get $a))))`);
+  fn(`(func $w_F64 (param $a i32) (result f64) (f64.load (local.get $a)))`);
+  for (const fmt of FORMATS) {
+    fn(`(func $neg_${fmt} (param $a i32) (result i32) (i32.shr_u (i32.load8_u offset=${SIZE[fmt] - 1} (local.get $a)) (i32.const 7)))`);
+  }
+  // |x| rounded half to even to the grid of its binade, with the binade clamped to [lo, hi]: adding
+  // m = 1.5·2^(binade + 52 − mant bits) makes the float64 addition round at exactly that quantum; the low clamp
+  // fixes the quantum in the subnormal range, the high one sends anything too large (and Inf) to ≥ 2^(emax+1).
+  fn(`(func $grid (param $x f64) (param $lo f64) (param $hi f64) (param $k f64) (result f64) (local $m f64)
+  (local.set $m (f64.mul (f64.min (f64.max (f64.reinterpret_i64 (i64.and (i64.reinterpret_f64 (local.get $x)) (i64.const 0x7ff0000000000000))) (local.get $lo)) (local.get $hi)) (local.get $k)))
+  (f64.sub (f64.add (f64.abs (local.get $x)) (local.get $m)) (local.get $m)))`);
+  const g = (f: 'BF16' | 'F16') => `(call $grid (local.get $x) ${f64c(GRID[f].lo)} ${f64c(GRID[f].hi)} ${f64c(GRID[f].k)})`;
+  // BF16: the grid value is exact in F32 (or ≥ 2^128, which F32 rounds to Inf), so demote and take the top half.
+  fn(`(func $v_BF16 (param $x f64) (result f64) (f64.promote_f32 (f32.demote_f64 (f64.copysign ${g('BF16')} (local.get $x)))))`);
+  fn(`(func $st_BF16 (param $a i32) (param $x f64)
+  (i32.store16 (local.get $a) (i32.shr_u (i32.reinterpret_f32 (f32.demote_f64 (f64.copysign ${g('BF16')} (local.get $x)))) (i32.const 16))))`);
+  // F16: scaled by 2^-112 the F16 value is an F32 whose bits >> 13 are the F16 bits, subnormals included.
+  fn(`(func $v_F16 (param $x f64) (result f64) (local $y f64)
+  (local.set $y ${g('F16')})
+  (f64.copysign (select (f64.const inf) (local.get $y) (f64.ge (local.get $y) (f64.const 0x1p16))) (local.get $x)))`);
+  fn(`(func $st_F16 (param $a i32) (param $x f64) (local $y f64)
+  (local.set $y ${g('F16')})
+  (i32.store16 (local.get $a) (i32.or
+    (select (i32.const 0x7c00) (i32.shr_u (i32.reinterpret_f32 (f32.demote_f64 (f64.mul (local.get $y) (f64.const 0x1p-112)))) (i32.const 13)) (f64.ge (local.get $y) (f64.const 0x1p16)))
+    (i32.and (i32.wrap_i64 (i64.shr_u (i64.reinterpret_f64 (local.get $x)) (i64.const 48))) (i32.const 0x8000)))))`);
+  fn(`(func $v_F32 (param $x f64) (result f64) (f64.promote_f32 (f32.demote_f64 (local.get $x))))`);
+  fn(`(func $st_F32 (param $a i32) (param $x f64) (f32.store (local.get $a) (f32.demote_f64 (local.get $x))))`);
+  fn(`(func $st_F64 (param $a i32) (param $x f64) (f64.store (local.get $a) (local.get $x)))`);
+  fn(`(func $nan_BF16 (param $a i32) (param $neg i32) (i32.store16 (local.get $a) (i32.or (i32.shl (local.get $neg) (i32.const 15)) (i32.const 0x7fc0))))`);
+  fn(`(func $nan_F16 (param $a i32) (param $neg i32) (i32.store16 (local.get $a) (i32.or (i32.shl (local.get $neg) (i32.const 15)) (i32.const 0x7e00))))`);
+  fn(`(func $nan_F32 (param $a i32) (param $neg i32) (i32.store (local.get $a) (i32.or (i32.shl (local.get $neg) (i32.const 31)) (i32.const 0x7fc00000))))`);
+  fn(`(func $nan_F64 (param $a i32) (param $neg i32) (i64.store (local.get $a) (i64.or (i64.shl (i64.extend_i32_u (local.get $neg)) (i64.const 63)) (i64.const 0x7ff8000000000000))))`);
+  return out.join('\n');
+}
+
+const addr = (base: string, i: string, size: number) => `(i32.add ${get(base)} (i32.mul ${get(i)} ${i32(size)}))`;
+
+/** One scalar loop over [i, end): `element` emits the body; $i is the element index. */
+function scalarLoop(f: Func, element: string[]): void {
+  f.emit(
+    `(block $done (loop $next`,
+    `  (br_if $done (i32.ge_u (local.get $i) (local.get $end)))`,
+    ...element.map((l) => '  ' + l),
+    `  (local.set $i (i32.add (local.get $i) (i32.const 1)))`,
+    `  (br $next)))`,
+  );
+}
+
+function scalarSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
+  const f = new Func(subtractName(x, y, probe) + '_s', '(param $pb i32) (param $pp i32) (param $po i32) (param $i i32) (param $end i32)', false);
+  const [b, p, d, w, e] = ['b', 'p', 'd', 'w', 'e'].map((n) => f.local(n, 'f64'));
+  const ab = f.local('ab', 'i32');
+  const ap = f.local('ap', 'i32');
+  const ao = f.local('ao', 'i32');
+  const slot = f.local('slot', 'i32');
+  const sx = SIZE[x];
+  const body = [
+    set(ab, addr('$pb', '$i', sx)),
+    set(ap, addr('$pp', '$i', sx)),
+    set(ao, addr('$po', '$i', SIZE[y])),
+    set(b, `(call $w_${x} ${get(ab)})`),
+    set(p, `(call $w_${x} ${get(ap)})`),
+    set(d, op('f64.sub', get(p), get(b))),
+    set(slot, `(i32.shl (i32.and (local.get $i) (i32.const 3)) (i32.const 3))`),
+    `(if (f64.ne ${get(d)} ${get(d)})`,
+    `  (then (call $nan_${y} ${get(ao)} (if (result i32) (f64.ne ${get(p)} ${get(p)}) (then (call $neg_${x} ${get(ap)}))`,
+    `    (else (if (result i32) (f64.ne ${get(b)} ${get(b)}) (then (call $neg_${x} ${get(ab)})) (else (i32.const 1)))))))`,
+    `  (else (call $st_${y} ${get(ao)} ${get(d)})`,
+  ];
+  if (y !== 'F64') {
+    body.push(
+      `    ${set(w, `(call $v_${y} ${get(d)})`)}`,
+      `    (if (f64.ne ${get(w)} ${get(d)}) (then`,
+      `      (i64.store offset=${STATS.rounded} (i32.const 0) (i64.add (i64.load offset=${STATS.rounded} (i32.const 0)) (i64.const 1)))`,
+      `      ${set(e, `(f64.abs (f64.sub ${get(w)} ${get(d)}))`)}`,
+      `      (if (f64.gt ${get(e)} (f64.load offset=${STATS.maxError} (i32.const 0))) (then (f64.store offset=${STATS.maxError} (i32.const 0) ${get(e)})))))`,
+    );
+  }
+  if (probe !== undefined) {
+    body.push(
+      `    (if (f64.ne (call $v_${probe} ${get(d)}) ${get(d)}) (then`,
+      `      (i64.store offset=${STATS.misses} (i32.const 0) (i64.add (i64.load offset=${STATS.misses} (i32.const 0)) (i64.const 1)))))`,
+    );
+  }
+  body.push(
+    `    (if (f64.lt (f64.abs ${get(d)}) (f64.const inf)) (then`,
+    `      (f64.store offset=${STATS.sqD} ${get(slot)} (f64.add (f64.load offset=${STATS.sqD} ${get(slot)}) (f64.mul ${get(d)} ${get(d)})))))))`,
+    `(if (f64.lt (f64.abs ${get(b)}) (f64.const inf)) (then`,
+    `  (f64.store offset=${STATS.sqB} ${get(slot)} (f64.add (f64.load offset=${STATS.sqB} ${get(slot)}) (f64.mul ${get(b)} ${get(b)})))))`,
+  );
+  scalarLoop(f, body);
+  return f;
+}
+
+function scalarApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
+  const f = new Func(applyName(x, dt, y) + '_s', '(param $pb i32) (param $pd i32) (param $po i32) (param $s f64) (param $sneg i32) (param $i i32) (param $end i32)', false);
+  const [v, d, p] = ['x', 'd', 'p'].map((n) => f.local(n, 'f64'));
+  const ab = f.local('ab', 'i32');
+  const ad = f.local('ad', 'i32');
+  const neg = f.local('neg', 'i32');
+  scalarLoop(f, [
+    set(ab, addr('$pb', '$i', SIZE[x])),
+    set(ad, addr('$pd', '$i', SIZE[dt])),
+    set(v, `(call $w_${x} ${get(ab)})`),
+    set(neg, `(call $neg_${x} ${get(ab)})`),
+    set(d, `(call $w_${dt} ${get(ad)})`),
+    set(p, op('f64.mul', '(local.get $s)', get(d))),
+    // A NaN x stays as it is; a NaN product passes on s's sign, else d's, else (0·Inf) the negative NaN.
+    `(if (f64.eq ${get(v)} ${get(v)}) (then`,
+    `  (if (f64.ne ${get(p)} ${get(p)})`,
+    `    (then ${set(v, get(p))} ${set(neg, `(if (result i32) (f64.ne (local.get $s) (local.get $s)) (then (local.get $sneg)) (else (if (result i32) (f64.ne ${get(d)} ${get(d)}) (then (call $neg_${dt} ${get(ad)})) (else (i32.const 1)))))`)})`,
+    `    (else ${set(v, op('f64.add', get(v), get(p)))} (if (f64.ne ${get(v)} ${get(v)}) (then ${set(neg, i32(1))}))))))`,
+    `(if (f64.ne ${get(v)} ${get(v)}) (then (call $nan_${y} ${addr('$po', '$i', SIZE[y])} ${get(neg)}))`,
+    `  (else (call $st_${y} ${addr('$po', '$i', SIZE[y])} ${get(v)})))`,
+  ]);
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SIMD snippets. A group is 8 elements: 4 pairs, each an f64x2.
+
+/** Loads pair k of the group at `ptr` and widens it exactly to f64x2 into local `dst`. F16 also flags Inf/NaN in `spec`. */
+function widenPair(f: Func, fmt: FloatDType, ptr: string, k: number, dst: string, spec: string | undefined): void {
+  // Interleave zero halfwords below the 16-bit inputs: each i32 lane becomes (bits << 16).
+  const unpack = (load: string) => `(i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 ${get(f.const('ZERO', K.ZERO))} ${load})`;
+  const load32 = `(v128.load32_zero offset=${4 * k} ${get(ptr)})`;
+  switch (fmt) {
+    case 'BF16':
+      f.emit(set(dst, `(f64x2.promote_low_f32x4 ${unpack(load32)})`));
+      return;
+    case 'F16': {
+      // (h << 16) >>s 3, masked to sign | bits 27..13, is the F32 pattern of h·2^-112 (subnormals too); × 2^112 after widening.
+      const u = f.local(`u${dst.slice(1)}`, 'v128');
+      const hexp = get(f.const('H_EXP', K.H_EXP));
+      f.emit(set(u, unpack(load32)));
+      if (spec) f.emit(set(spec, op('v128.or', get(spec), op('i32x4.eq', op('v128.and', get(u), hexp), hexp))));
+      f.emit(set(dst, op('f64x2.mul', `(f64x2.promote_low_f32x4 (v128.and (i32x4.shr_s ${get(u)} (i32.const 3)) ${get(f.const('H_MASK', K.H_MASK))}))`, get(f.const('H_UP', K.H_UP)))));
+      return;
+    }
+    case 'F32':
+      f.emit(set(dst, `(f64x2.promote_low_f32x4 (v128.load64_zero offset=${8 * k} ${get(ptr)}))`));
+      return;
+    case 'F64':
+      f.emit(set(dst, `(v128.load offset=${16 * k} ${get(ptr)})`));
+      return;
+  }
+}
+
+interface Rounded {
+  /** What the packer takes: demoted F32 lanes 0..1 (BF16, F16 scaled, F32), or the f64x2 itself (F64). */
+  lanes: string;
+  /** The stored value as f64x2 (±Inf on overflow). */
+  value: () => string;
+}
+
+/**
+ * Rounds pair `x` once to `fmt`. BF16/F16: |x| is rounded on the float64 grid of its binade (clamped below to
+ * the smallest normal, so subnormals round at their fixed quantum) by adding and subtracting a magic constant,
+ * as in $grid; the result is exact in F32 (BF16) or exact in F32 after scaling by 2^-112 (F16), so one demote
+ * yields the bits. BF16 skips $grid's upper clamp: |x| ≥ 2^979 or Inf makes the constant infinite and the
+ * result NaN, and every caller hands NaN lanes to the scalar code (apply checks its output; in subtract such a
+ * delta has an infinite square, which forces the scalar redo). Finite results ≥ 2^128 demote to Inf as they should.
+ */
+function roundPair(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
+  if (fmt === 'F64') return { lanes: x, value: () => get(x) };
+  const lanes = f.local(`f${tag}`, 'v128');
+  if (fmt === 'F32') {
+    f.emit(set(lanes, `(f32x4.demote_f64x2_zero ${get(x)})`));
+    return { lanes, value: () => `(f64x2.promote_low_f32x4 ${get(lanes)})` };
+  }
+  const sgn = f.local(`sg${tag}`, 'v128');
+  const m = f.local(`m${tag}`, 'v128');
+  const ya = f.local(`ya${tag}`, 'v128');
+  const c = GRID[fmt];
+  const hi = get(f.const(`${fmt}_HI`, f64x2(c.vhi)));
+  let binade = op('f64x2.pmax', op('v128.and', get(x), get(f.const('EXP', K.EXP))), get(f.const(`${fmt}_LO`, f64x2(c.vlo))));
+  if (fmt === 'F16') binade = op('f64x2.pmin', binade, hi);
+  f.emit(
+    set(sgn, op('v128.and', get(x), get(f.const('SIGN', K.SIGN)))),
+    set(m, op('f64x2.mul', binade, get(f.const(`${fmt}_K`, f64x2(c.vk))))),
+    set(ya, op('f64x2.sub', op('f64x2.add', op('v128.xor', get(x), get(sgn)), get(m)), get(m))),
+  );
+  if (fmt === 'BF16') {
+    f.emit(set(lanes, `(f32x4.demote_f64x2_zero (v128.or ${get(ya)} ${get(sgn)}))`));
+    return { lanes, value: () => `(f64x2.promote_low_f32x4 ${get(lanes)})` };
+  }
+  f.emit(set(lanes, `(f32x4.demote_f64x2_zero (v128.or (f64x2.mul (f64x2.pmin ${get(ya)} ${hi}) ${get(f.const('H_DOWN', K.H_DOWN))}) ${get(sgn)}))`));
+  return {
+    lanes,
+    value: () => `(v128.or (v128.bitselect ${get(f.const('INF', K.INF))} ${get(ya)} (f64x2.ge ${get(ya)} ${hi})) ${get(sgn)})`,
+  };
+}
+
+/** The value d takes in `fmt` (±Inf on overflow), for an exactness test. */
+function valueIn(f: Func, fmt: FloatDType, d: string, tag: string): string {
+  if (fmt === 'F32') return `(f64x2.promote_low_f32x4 (f32x4.demote_f64x2_zero ${get(d)}))`;
+  return roundPair(f, fmt, d, tag).value();
+}
+
+/** Packs a group's rounded pairs, as they come, into the 16-byte vectors to store (consecutive from the group's start). */
+function packer(f: Func, fmt: FloatDType): { add: (lanes: string) => void; vectors: string[] } {
+  const lanes: string[] = [];
+  const vectors: string[] = [];
+  const lo64 = (a: string, b: string) => `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 ${get(a)} ${get(b)})`;
+  const halves: string[] = [];
+  const add = (l: string): void => {
+    lanes.push(l);
+    const k = lanes.length - 1;
+    if (fmt === 'F64') vectors.push(l);
+    else if (k % 2 === 1) {
+      const v = f.local(`v${k >> 1}`, 'v128');
+      f.emit(set(v, lo64(lanes[k - 1], lanes[k])));
+      if (fmt === 'F32') vectors.push(v);
+      else {
+        // 16-bit patterns into the low half of each i32 lane: BF16 is the top half; F16 is bits 27..13 plus the sign.
+        if (fmt === 'BF16') f.emit(set(v, `(i32x4.shr_u ${get(v)} (i32.const 16))`));
+        else {
+          const mag = get(f.const('H_MAG', K.H_MAG));
+          const sg = get(f.const('H_SGN', K.H_SGN));
+          f.emit(set(v, op('v128.or', op('v128.and', `(i32x4.shr_u ${get(v)} (i32.const 13))`, mag), op('v128.and', `(i32x4.shr_u ${get(v)} (i32.const 16))`, sg))));
+        }
+        halves.push(v);
+        if (halves.length === 2) {
+          const w = f.local('w16', 'v128');
+          f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(halves[0])} ${get(halves[1])})`));
+          vectors.push(w);
+        }
+      }
+    }
+  };
+  return { add, vectors };
+}
+
+/** Nonzero where a packed lane is NaN. */
+function packedNaN(f: Func, fmt: FloatDType, vectors: string[]): string {
+  const any = (xs: string[]) => xs.reduce((a, b) => op('v128.or', a, b));
+  switch (fmt) {
+    case 'F64':
+      return any(vectors.map((v) => op('f64x2.ne', get(v), get(v))));
+    case 'F32':
+      return any(vectors.map((v) => op('f32x4.ne', get(v), get(v))));
+    case 'BF16':
+    case 'F16': {
+      const inf = get(f.const(`${fmt}_INF16`, i16x8(GRID[fmt].nan16)));
+      const mag = get(f.const('MAG16', K.MAG16));
+      return any(vectors.map((v) => op('i16x8.gt_s', op('v128.and', get(v), mag), inf)));
+    }
+  }
+}
+
+function storeVectors(f: Func, ptr: string, vectors: string[]): void {
+  vectors.forEach((v, j) => f.emit(`(v128.store offset=${16 * j} ${get(ptr)} ${get(v)})`));
+}
+
+/** Group loop skeleton: `body` handles elements [i, i+8); pointers advance by 8 elements of their size. */
+function groupLoop(f: Func, pointers: [string, number][], body: () => void): void {
+  f.emit(`(block $exit (loop $group`, `(br_if $exit (i32.ge_u (local.get $i) (local.get $n8)))`);
+  body();
+  for (const [p, size] of pointers) f.emit(set(p, `(i32.add ${get(p)} (i32.const ${8 * size}))`));
+  f.emit(`(local.set $i (i32.add (local.get $i) (i32.const 8)))`, `(br $group)))`);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Subtract
+
+/** Mantissa bits below a format's precision; with BF16/F16 inputs, a delta is exact in BF16 or F32 iff they are 0. */
+const LOW_BITS: Partial<Record<FloatDType, bigint>> = { BF16: (1n << 45n) - 1n, F32: (1n << 29n) - 1n };
+
+function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
+  const name = subtractName(x, y, probe);
+  const pr = probe === 'F64' ? undefined : probe;
+  const f = new Func(name, '(param $pb i32) (param $pp i32) (param $po i32) (param $n i32)', true);
+  f.local('i', 'i32');
+  f.local('n8', 'i32');
+  const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
+  const [cntR, cntP, mx, bad, ok] = ['cntR', 'cntP', 'mx', 'bad', 'ok'].map((n) => f.local(n, 'v128'));
+  const spec = x === 'F16' ? f.local('spec', 'v128') : undefined;
+  // Partial sums by i mod 4: pairs 0 and 2 of a group feed sq[0] (slots 0, 1), pairs 1 and 3 feed sq[1].
+  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
+  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
+  const zero = get(f.const('ZERO', K.ZERO));
+
+  // Exactness tests. With BF16/F16 inputs every delta lies on the 2^-133 grid and (for F16) below 2^17, so
+  // exactness in BF16/F32 is just "no mantissa bits below the format's precision"; for BF16 inputs that also
+  // needs |d| < 2^128, which the scalar redo guarantees by firing whenever a Σd² slot reaches 2^256.
+  const bitsTest = (t: FloatDType) => (x === 'BF16' || x === 'F16') && LOW_BITS[t] !== undefined;
+  const yTest = y === 'F64' ? undefined : bitsTest(y) ? 'bits' : 'full';
+  const pTest = pr === undefined ? undefined : bitsTest(pr) ? 'bits' : 'full';
+  const guard = x === 'BF16' && (yTest === 'bits' || pTest === 'bits') ? pow2(256) : Infinity;
+  const low = (t: FloatDType) => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t] ?? 0n)));
+
+  f.emit(
+    set('$n8', '(i32.and (local.get $n) (i32.const -8))'),
+    set(qb, get('$pb')),
+    set(qp, get('$pp')),
+    set(qo, get('$po')),
+    set(cntR, zero),
+    set(cntP, zero),
+    set(mx, zero),
+    ...(spec ? [set(spec, zero)] : []),
+    ...sq.map((l, k) => set(l, `(v128.load offset=${STATS.sqD + 16 * k} (i32.const 0))`)),
+    ...sb.map((l, k) => set(l, `(v128.load offset=${STATS.sqB + 16 * k} (i32.const 0))`)),
+  );
+
+  const sizes: [string, number][] = [
+    [qb, SIZE[x]],
+    [qp, SIZE[x]],
+    [qo, SIZE[y]],
+  ];
+  groupLoop(f, sizes, () => {
+    const pk = packer(f, y);
+    for (let k = 0; k < 4; k++) {
+      const [b, p, d] = ['b', 'p', 'd'].map((n) => f.local(`${n}${k}`, 'v128'));
+      widenPair(f, x, qb, k, b, spec);
+      widenPair(f, x, qp, k, p, spec);
+      f.emit(
+        set(d, op('f64x2.sub', get(p), get(b))),
+        // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
+        set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
+        set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
+      );
+      const r = roundPair(f, y, d, `${k}`);
+      pk.add(r.lanes);
+      // The output's exactness only picks groups for the exact (slow) count below; the probe's is counted here.
+      if (yTest === 'bits') {
+        const m = op('v128.and', get(d), low(y));
+        f.emit(set(bad, k === 0 ? m : op('v128.or', get(bad), m)));
+      } else if (yTest === 'full') {
+        const e = op('f64x2.eq', r.value(), get(d));
+        f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
+      }
+      if (pr !== undefined) {
+        const exact =
+          pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', pr === y ? r.value() : valueIn(f, pr, d, `q${k}`), get(d));
+        f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
+      }
+    }
+    storeVectors(f, qo, pk.vectors);
+    if (yTest) {
+      // Rare: some lane was rounded. Reload the group and count exactly (NaN lanes miscount, but force the redo).
+      f.emit(`(if ${yTest === 'bits' ? `(v128.any_true ${get(bad)})` : `(i32.eqz (i64x2.all_true ${get(ok)}))`} (then`);
+      for (let k = 0; k < 4; k++) {
+        const [b, p, d, w] = ['rb', 'rp', 'rd', 'rw'].map((n) => f.local(`${n}${k}`, 'v128'));
+        widenPair(f, x, qb, k, b, undefined);
+        widenPair(f, x, qp, k, p, undefined);
+        f.emit(set(d, op('f64x2.sub', get(p), get(b))));
+        f.emit(
+          set(w, valueIn(f, y, d, `s${k}`)),
+          set(cntR, op('i64x2.sub', get(cntR), op('v128.not', op('f64x2.eq', get(w), get(d))))),
+          set(mx, op('f64x2.pmax', get(mx), op('f64x2.abs', op('f64x2.sub', get(w), get(d))))),
+        );
+      }
+      f.emit(`))`);
+    }
+  });
+
+  // Redo the whole call in scalar if a sum went NaN or Inf (a NaN or Inf input or delta, whose square was not
+  // masked; also a genuine overflow, which the redo reproduces), if Σd² reached the guard, or an F16 input was Inf/NaN.
+  const redo = f.local('redo', 'v128');
+  const notBelow = (v: string, t: number) => op('v128.not', op('f64x2.lt', get(v), get(f.const(t === Infinity ? 'INF' : 'GUARD', f64x2(t)))));
+  f.emit(set(redo, [...sq.map((v) => notBelow(v, guard)), ...sb.map((v) => notBelow(v, Infinity)), ...(spec ? [get(spec)] : [])].reduce((a, b) => op('v128.or', a, b))));
+  const scalar = `$${name}_s`;
+  f.emit(`(if (v128.any_true ${get(redo)}) (then (call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (i32.const 0) (local.get $n)) (return)))`);
+  const lanesum = (v: string) => `(i64.add (i64x2.extract_lane 0 ${get(v)}) (i64x2.extract_lane 1 ${get(v)}))`;
+  f.emit(
+    ...sq.map((l, k) => `(v128.store offset=${STATS.sqD + 16 * k} (i32.const 0) ${get(l)})`),
+    ...sb.map((l, k) => `(v128.store offset=${STATS.sqB + 16 * k} (i32.const 0) ${get(l)})`),
+    `(i64.store offset=${STATS.rounded} (i32.const 0) (i64.add (i64.load offset=${STATS.rounded} (i32.const 0)) ${lanesum(cntR)}))`,
+    // cntP counted the exact lanes.
+    ...(pr === undefined ? [] : [`(i64.store offset=${STATS.misses} (i32.const 0) (i64.add (i64.load offset=${STATS.misses} (i32.const 0)) (i64.sub (i64.extend_i32_u (local.get $n8)) ${lanesum(cntP)})))`]),
+    `(f64.store offset=${STATS.maxError} (i32.const 0) (f64.max (f64.load offset=${STATS.maxError} (i32.const 0)) (f64.max (f64x2.extract_lane 0 ${get(mx)}) (f64x2.extract_lane 1 ${get(mx)}))))`,
+    `(call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (local.get $n8) (local.get $n))`,
+  );
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Apply: out = round_y(widen(base) + s·widen(delta)). Several deltas chain through F64 scratch (x = F64, y = F64).
+
+function simdApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
+  const name = applyName(x, dt, y);
+  const f = new Func(name, '(param $pb i32) (param $pd i32) (param $po i32) (param $s f64) (param $sneg i32) (param $n i32)', true);
+  f.local('i', 'i32');
+  f.local('n8', 'i32');
+  const [qb, qd, qo] = ['qb', 'qd', 'qo'].map((n) => f.local(n, 'i32'));
+  const sv = f.local('sv', 'v128');
+  const bad = f.local('bad', 'v128');
+  const spec = x === 'F16' || dt === 'F16' ? f.local('spec', 'v128') : undefined;
+  f.emit(
+    set('$n8', '(i32.and (local.get $n) (i32.const -8))'),
+    set(qb, get('$pb')),
+    set(qd, get('$pd')),
+    set(qo, get('$po')),
+    set(sv, '(f64x2.splat (local.get $s))'),
+  );
+  const scalar = `$${name}_s`;
+  const sizes: [string, number][] = [
+    [qb, SIZE[x]],
+    [qd, SIZE[dt]],
+    [qo, SIZE[y]],
+  ];
+  groupLoop(f, sizes, () => {
+    if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
+    const pk = packer(f, y);
+    for (let k = 0; k < 4; k++) {
+      const [b, d, v] = ['b', 'd', 'x'].map((n) => f.local(`${n}${k}`, 'v128'));
+      widenPair(f, x, qb, k, b, spec);
+      widenPair(f, dt, qd, k, d, spec);
+      f.emit(set(v, op('f64x2.add', get(b), op('f64x2.mul', get(d), get(sv)))));
+      pk.add(roundPair(f, y, v, `${k}`).lanes);
+    }
+    // NaN results (and F16 Inf/NaN inputs) go to the scalar code, which gives NaNs their sign explicitly. It runs
+    // instead of this group's stores, so out may alias base.
+    f.emit(set(bad, spec ? op('v128.or', packedNaN(f, y, pk.vectors), get(spec)) : packedNaN(f, y, pk.vectors)));
+    f.emit(`(if (v128.any_true ${get(bad)}) (then (call ${scalar} (local.get $pb) (local.get $pd) (local.get $po) (local.get $s) (local.get $sneg) (local.get $i) (i32.add (local.get $i) (i32.const 8))))`, `(else`);
+    storeVectors(f, qo, pk.vectors);
+    f.emit(`))`);
+  });
+  f.emit(`(call ${scalar} (local.get $pb) (local.get $pd) (local.get $po) (local.get $s) (local.get $sneg) (local.get $n8) (local.get $n))`);
+  return f;
+}
+
+/** The whole module's text. */
+export function kernelsWat(): string {
+  const parts = ['(module', '(import "env" "mem" (memory 1))', scalarHelpers()];
+  for (const x of FORMATS) {
+    for (const y of FORMATS) {
+      for (const probe of [undefined, 'BF16', 'F16', 'F32'] as const) {
+        parts.push(scalarSubtract(x, y, probe).text(), simdSubtract(x, y, probe).text());
+      }
+      for (const dt of FORMATS) parts.push(scalarApply(x, dt, y).text(), simdApply(x, dt, y).text());
+    }
+  }
+  parts.push(dataSegment(), ')');
+  return parts.join('\n');
+}

@@ -1,0 +1,377 @@
+import { randomBytes } from 'node:crypto';
+import type { BlobClient, BlobServiceClient, BlockBlobClient, ContainerClient } from '@azure/storage-blob';
+import type { ByteSource, ShardSink, Store } from './types.js';
+import { StreamingDigest, sha256OfSource } from './digest.js';
+import { formatRef, isValidContainerName, parseModelRef } from './refs.js';
+import { InputError } from '../errors.js';
+
+/** Metadata key under which a shard records the plan that produced it (read back by `shardTag`). */
+export const PLAN_TAG = 'paramdeltaplan';
+
+/** Azure's limit on committed blocks per blob. */
+const MAX_BLOCKS = 50_000;
+const MiB = 1 << 20;
+
+export interface BlobStoreOptions {
+  /** Largest block staged by one request; a bigger `write` is split (default 64 MiB). */
+  maxBlockBytes?: number;
+  /** Reads longer than this are split into parallel ranged downloads of this size (default 8 MiB). */
+  readBlockBytes?: number;
+  /** Parallel ranged downloads per read (default 8). */
+  readConcurrency?: number;
+}
+
+function statusOf(e: unknown): number | undefined {
+  return (e as { statusCode?: number } | null)?.statusCode;
+}
+
+function codeOf(e: unknown): string | undefined {
+  const c = (e as { code?: unknown } | null)?.code;
+  return typeof c === 'string' ? c : undefined;
+}
+
+/** A blob opened for ranged reads, pinned to the version seen at open (ETag), so a rewrite mid-read fails loudly. */
+export class BlobByteSource implements ByteSource {
+  private constructor(
+    readonly name: string,
+    readonly size: number,
+    private readonly blob: BlobClient,
+    private readonly etag: string | undefined,
+    private readonly opts: BlobStoreOptions,
+  ) {}
+
+  static async open(blob: BlobClient, name: string, opts: BlobStoreOptions = {}, etag?: string): Promise<BlobByteSource> {
+    let props;
+    try {
+      props = await blob.getProperties(etag ? { conditions: { ifMatch: etag } } : {});
+    } catch (e) {
+      if (statusOf(e) === 404) throw new InputError(`${name}: no such file`);
+      if (statusOf(e) === 412) throw new Error(`${name}: was replaced before it could be read`);
+      throw e;
+    }
+    return new BlobByteSource(name, props.contentLength ?? 0, blob, props.etag, opts);
+  }
+
+  async read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`${this.name}: read of ${length} bytes at ${offset} is past the end (${this.size} bytes)`);
+    }
+    if (into && into.length < length) {
+      // Wrapping into.buffer below would otherwise write past the caller's view (into WASM memory).
+      throw new RangeError(`${this.name}: buffer of ${into.length} bytes is too small for a read of ${length}`);
+    }
+    const out = into ? into.subarray(0, length) : new Uint8Array(length);
+    // The SDK treats count 0 as "to the end of the blob".
+    if (length === 0) return out;
+    const target = Buffer.from(out.buffer, out.byteOffset, length);
+    let filled = 0;
+    try {
+      // downloadToBuffer splits the range into readBlockBytes pieces fetched in parallel, each retried.
+      await this.blob.downloadToBuffer(target, offset, length, {
+        blockSize: this.opts.readBlockBytes ?? 8 * MiB,
+        concurrency: this.opts.readConcurrency ?? 8,
+        conditions: this.etag ? { ifMatch: this.etag } : {},
+        onProgress: (p) => {
+          filled = p.loadedBytes;
+        },
+      });
+    } catch (e) {
+      if (statusOf(e) === 412) throw new Error(`${this.name}: the blob changed while it was being read`);
+      if (statusOf(e) === 404) throw new InputError(`${this.name}: was deleted while it was being read`);
+      throw e;
+    }
+    if (filled !== length) throw new Error(`${this.name}: short read at ${offset}: got ${filled} of ${length} bytes`);
+    return out;
+  }
+
+  async close(): Promise<void> {}
+}
+
+interface Block {
+  id: string;
+  /** Body length once this block is included. */
+  end: number;
+  staged: Promise<void>;
+}
+
+/**
+ * A shard written as staged blocks and made visible by one commitBlockList, prefix first. Block ids
+ * carry a random per-attempt token, so a second attempt at the same blob never commits this one's
+ * blocks (and committing either discards the other's uncommitted blocks, failing its commit).
+ */
+class BlobShardSink implements ShardSink {
+  private readonly token = randomBytes(6).toString('hex');
+  private seq = 0;
+  private readonly prefixId: string;
+  private blocks: Block[] = [];
+  private bodyLength = 0;
+  private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
+  private readonly digest: StreamingDigest;
+  private readonly hashing: boolean;
+
+  constructor(
+    readonly name: string,
+    private readonly blob: BlockBlobClient,
+    private readonly prefixLength: number,
+    provisional: Uint8Array | undefined,
+    private readonly metadata: Record<string, string> | undefined,
+    private readonly opts: BlobStoreOptions,
+  ) {
+    this.digest = new StreamingDigest(provisional);
+    this.hashing = provisional !== undefined;
+    this.prefixId = this.nextId();
+  }
+
+  /** Azure wants every block id of a blob to have the same length: fixed-width token and counter. */
+  private nextId(): string {
+    return Buffer.from(`${this.token}-${String(this.seq++).padStart(8, '0')}`).toString('base64');
+  }
+
+  private checkOpen(): void {
+    if (this.state !== 'open') throw new Error(`${this.name}: shard is already ${this.state}`);
+  }
+
+  write(data: Uint8Array): Promise<void> {
+    // Everything up to the first await runs synchronously, so the engine's overlapping writes keep their order.
+    try {
+      this.checkOpen();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (data.length === 0) return Promise.resolve();
+    const max = this.opts.maxBlockBytes ?? 64 * MiB;
+    const count = Math.ceil(data.length / max);
+    if (this.blocks.length + count + 1 > MAX_BLOCKS) {
+      return Promise.reject(new Error(`${this.name}: more than ${MAX_BLOCKS} blocks; write larger chunks`));
+    }
+    this.digest.update(data);
+    const staged: Promise<void>[] = [];
+    for (let i = 0; i < count; i++) {
+      const piece = data.subarray(i * max, Math.min(data.length, (i + 1) * max));
+      const id = this.nextId();
+      this.bodyLength += piece.length;
+      // At most 4 requests per write in flight; the caller's data is the only copy held.
+      const after = i >= 4 ? staged[i - 4] : Promise.resolve();
+      const p = after.then(async () => {
+        await this.blob.stageBlock(id, piece, piece.length);
+      });
+      staged.push(p);
+      this.blocks.push({ id, end: this.bodyLength, staged: p });
+    }
+    return Promise.all(staged).then(() => undefined);
+  }
+
+  async truncate(length: number): Promise<void> {
+    this.checkOpen();
+    if (!Number.isSafeInteger(length) || length < 0 || length > this.bodyLength) {
+      throw new RangeError(`${this.name}: cannot cut back to ${length} bytes; the body has ${this.bodyLength}`);
+    }
+    const keep = length === 0 ? 0 : this.blocks.findIndex((b) => b.end === length) + 1;
+    if (keep === 0 && length !== 0) {
+      throw new RangeError(`${this.name}: cannot cut back to ${length} bytes: not where a write ended`);
+    }
+    this.digest.invalidate();
+    const dropped = this.blocks.splice(keep);
+    this.bodyLength = length;
+    // Dropped blocks are never committed; wait for them only so no request outlives the call.
+    await Promise.allSettled(dropped.map((b) => b.staged));
+  }
+
+  async commit(prefix: Uint8Array): Promise<{ sha256: string | null; bytes: number }> {
+    this.checkOpen();
+    if (prefix.length !== this.prefixLength) {
+      throw new Error(`${this.name}: prefix is ${prefix.length} bytes, ${this.prefixLength} were reserved`);
+    }
+    this.state = 'committing';
+    try {
+      await Promise.all(this.blocks.map((b) => b.staged));
+      const ids: string[] = [];
+      // Azure refuses empty blocks; a zero-length prefix simply has none.
+      if (prefix.length > 0) {
+        await this.blob.stageBlock(this.prefixId, prefix, prefix.length);
+        ids.push(this.prefixId);
+      }
+      for (const b of this.blocks) ids.push(b.id);
+      const res = await this.blob.commitBlockList(ids, {
+        metadata: this.metadata,
+        blobHTTPHeaders: { blobContentType: 'application/octet-stream' },
+      });
+      this.state = 'committed';
+      let sha256 = this.hashing ? this.digest.finish(prefix) : null;
+      if (this.hashing && sha256 === null) {
+        // Pinned to the ETag just committed: if another attempt replaced the blob, fail rather than hash its bytes.
+        const src = await BlobByteSource.open(this.blob, this.name, this.opts, res.etag);
+        try {
+          sha256 = await sha256OfSource(src);
+        } finally {
+          await src.close();
+        }
+      }
+      return { sha256, bytes: this.prefixLength + this.bodyLength };
+    } catch (e) {
+      if (this.state === 'committing') this.state = 'aborted';
+      if (statusOf(e) === 400 && codeOf(e) === 'InvalidBlockList') {
+        throw new Error(`${this.name}: staged blocks are gone (another attempt committed this shard, or they expired); run the shard again`);
+      }
+      throw e;
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.state === 'committed') return;
+    this.state = 'aborted';
+    // Nothing to delete: uncommitted blocks are discarded by the service after a week, or by the next commit.
+    await Promise.allSettled(this.blocks.map((b) => b.staged));
+  }
+}
+
+/** A folder in blob storage: one container and a prefix (which may be empty). */
+export class BlobStore implements Store {
+  readonly ref: string;
+  readonly prefix: string;
+
+  constructor(
+    readonly container: ContainerClient,
+    prefix: string,
+    ref?: string,
+    private readonly opts: BlobStoreOptions = {},
+  ) {
+    this.prefix = prefix.replace(/^\/+|\/+$/g, '');
+    this.ref = ref ?? formatRef({ container: container.containerName, prefix: this.prefix });
+  }
+
+  private dir(): string {
+    return this.prefix ? `${this.prefix}/` : '';
+  }
+
+  /** Full blob name of a file directly in this folder. */
+  blobName(file: string): string {
+    if (!file || file.includes('/') || file.includes('\\') || file === '.' || file === '..' || /[\u0000-\u001f\u007f]/.test(file)) {
+      throw new Error(`${this.ref}: "${file}" is not a plain file name`);
+    }
+    return this.dir() + file;
+  }
+
+  private where(file: string): string {
+    return `${this.ref}/${file}`;
+  }
+
+  private missingContainer(e: unknown): boolean {
+    return statusOf(e) === 404 && codeOf(e) === 'ContainerNotFound';
+  }
+
+  private rethrow(e: unknown, file?: string): never {
+    if (this.missingContainer(e)) {
+      throw new InputError(`${this.ref}: container "${this.container.containerName}" does not exist`);
+    }
+    if (file !== undefined && statusOf(e) === 404) throw new InputError(`${this.where(file)}: no such file`);
+    throw e;
+  }
+
+  async list(): Promise<string[]> {
+    const dir = this.dir();
+    const names: string[] = [];
+    try {
+      // A delimiter listing returns deeper paths as prefixes, which are skipped: only files directly here.
+      for await (const item of this.container.listBlobsByHierarchy('/', { prefix: dir })) {
+        if (item.kind === 'blob') names.push(item.name.slice(dir.length));
+      }
+    } catch (e) {
+      this.rethrow(e);
+    }
+    return names.sort();
+  }
+
+  exists(file: string): Promise<boolean> {
+    return this.container.getBlobClient(this.blobName(file)).exists();
+  }
+
+  openRead(file: string): Promise<ByteSource> {
+    return BlobByteSource.open(this.container.getBlobClient(this.blobName(file)), this.where(file), this.opts).catch((e) => this.rethrow(e, file));
+  }
+
+  async readText(file: string): Promise<string> {
+    try {
+      const buf = await this.container.getBlobClient(this.blobName(file)).downloadToBuffer();
+      return buf.toString('utf8');
+    } catch (e) {
+      this.rethrow(e, file);
+    }
+  }
+
+  /** One Put Blob request: the blob appears complete or not at all. */
+  async writeFile(file: string, data: Uint8Array | string): Promise<void> {
+    const body = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    const type = file.endsWith('.json') ? 'application/json' : 'application/octet-stream';
+    try {
+      await this.container.getBlockBlobClient(this.blobName(file)).upload(body, body.length, { blobHTTPHeaders: { blobContentType: type } });
+    } catch (e) {
+      this.rethrow(e);
+    }
+  }
+
+  async createShard(file: string, prefixLength: number, hashFrom?: Uint8Array, opts?: { metadata?: Record<string, string> }): Promise<ShardSink> {
+    if (!Number.isSafeInteger(prefixLength) || prefixLength < 0) throw new RangeError(`${this.where(file)}: bad prefix length ${prefixLength}`);
+    return new BlobShardSink(this.where(file), this.container.getBlockBlobClient(this.blobName(file)), prefixLength, hashFrom, opts?.metadata, this.opts);
+  }
+
+  async shardTag(file: string): Promise<string | null> {
+    try {
+      const props = await this.container.getBlobClient(this.blobName(file)).getProperties();
+      return props.metadata?.[PLAN_TAG] ?? null;
+    } catch (e) {
+      if (statusOf(e) === 404) return null;
+      throw e;
+    }
+  }
+
+  async remove(file: string): Promise<void> {
+    try {
+      await this.container.getBlobClient(this.blobName(file)).deleteIfExists({ deleteSnapshots: 'include' });
+    } catch (e) {
+      if (!this.missingContainer(e)) throw e;
+    }
+  }
+
+  /**
+   * Deletes every blob under the prefix, nested ones included. Refuses an empty prefix: that would
+   * empty the whole container.
+   */
+  async removeAll(): Promise<void> {
+    if (!this.prefix) throw new Error(`${this.ref}: refusing to delete everything in a container; give a prefix`);
+    const names: string[] = [];
+    try {
+      for await (const b of this.container.listBlobsFlat({ prefix: this.dir() })) names.push(b.name);
+    } catch (e) {
+      if (this.missingContainer(e)) return;
+      throw e;
+    }
+    let next = 0;
+    const worker = async () => {
+      while (next < names.length) {
+        const name = names[next++];
+        await this.container.getBlobClient(name).deleteIfExists({ deleteSnapshots: 'include' });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, names.length) }, worker));
+  }
+}
+
+/**
+ * Resolves user references (`container/prefix` or `az://container/prefix`) to stores in the one
+ * configured account; containers outside `allowed` are refused with an InputError.
+ */
+export function blobResolver(service: BlobServiceClient, allowed: readonly string[], opts: BlobStoreOptions = {}): (ref: string) => Store {
+  return (ref: string) => {
+    const r = parseModelRef(ref, { allowedContainers: allowed });
+    return new BlobStore(service.getContainerClient(r.container), r.prefix, formatRef(r), opts);
+  };
+}
+
+/** Creates the containers that do not exist yet (idempotent). */
+export async function ensureContainers(service: BlobServiceClient, names: readonly string[]): Promise<void> {
+  for (const name of names) {
+    if (!isValidContainerName(name)) throw new Error(`"${name}" is not a valid container name`);
+    await service.getContainerClient(name).createIfNotExists();
+  }
+}
