@@ -166,3 +166,21 @@ export function indexJson(entries: { name: string; file: string }[], totalSize: 
   for (const e of entries) weight_map[e.name] = e.file;
   return JSON.stringify({ metadata: { total_size: totalSize, ...extra }, weight_map }, null, 2) + '\n';
 }
+
+/**
+ * Whether a folder being uploaded holds a whole checkpoint yet: a single model.safetensors, or an
+ * index whose every shard is present. Uploads arrive in any order, the index often first.
+ */
+export async function checkpointCompleteness(store: Store): Promise<{ complete: boolean; marker: string | null; missing: string[] }> {
+  const present = new Set(await store.list());
+  if (present.has(SINGLE_FILE)) return { complete: true, marker: SINGLE_FILE, missing: [] };
+  if (!present.has(MODEL_INDEX)) return { complete: false, marker: null, missing: [MODEL_INDEX] };
+  let shards: string[];
+  try {
+    shards = [...new Set((await readIndex(store, MODEL_INDEX)).values())];
+  } catch {
+    return { complete: false, marker: MODEL_INDEX, missing: [] };
+  }
+  const missing = shards.filter((f) => !present.has(f));
+  return { complete: missing.length === 0, marker: MODEL_INDEX, missing };
+}

@@ -1,0 +1,77 @@
+import * as df from 'durable-functions';
+import type { InvocationContext } from '@azure/functions';
+
+export type RunStatusName = 'Pending' | 'Running' | 'Completed' | 'Failed' | 'Terminated';
+
+export interface RunStatus {
+  instanceId: string;
+  name: string;
+  runtimeStatus: RunStatusName;
+  customStatus: unknown;
+  output: unknown;
+  input: unknown;
+}
+
+/** The two durable-client calls the triggers make; the local host supplies its own. */
+export interface RunClient {
+  startNew(orchestrator: string, opts: { instanceId: string; input: unknown }): Promise<string>;
+  getStatus(instanceId: string): Promise<RunStatus | undefined>;
+}
+
+let provider: ((ctx: InvocationContext) => RunClient) | null = null;
+
+/** Used by `paramdelta serve` to route triggers to its in-process runtime. */
+export function setRunClientProvider(p: ((ctx: InvocationContext) => RunClient) | null): void {
+  provider = p;
+}
+
+const STATUS_NAMES: Record<string, RunStatusName> = {
+  Pending: 'Pending',
+  Running: 'Running',
+  ContinuedAsNew: 'Running',
+  Completed: 'Completed',
+  Failed: 'Failed',
+  Canceled: 'Terminated',
+  Terminated: 'Terminated',
+  Suspended: 'Running',
+};
+
+export function runClient(ctx: InvocationContext): RunClient {
+  if (provider) return provider(ctx);
+  const client = df.getClient(ctx);
+  return {
+    startNew: (name, opts) => client.startNew(name, opts),
+    async getStatus(id) {
+      try {
+        const s = await client.getStatus(id);
+        if (!s) return undefined;
+        return {
+          instanceId: s.instanceId,
+          name: s.name,
+          runtimeStatus: STATUS_NAMES[String(s.runtimeStatus)] ?? 'Running',
+          customStatus: s.customStatus,
+          output: s.output,
+          input: s.input,
+        };
+      } catch (e) {
+        if (/HTTP 404/.test((e as Error).message)) return undefined;
+        throw e;
+      }
+    },
+  };
+}
+
+/** Starts a run unless one with this id is already Pending or Running; returns whether it started. */
+export async function startOnce(client: RunClient, orchestrator: string, instanceId: string, input: unknown): Promise<boolean> {
+  const existing = await client.getStatus(instanceId);
+  if (existing && (existing.runtimeStatus === 'Pending' || existing.runtimeStatus === 'Running')) return false;
+  try {
+    await client.startNew(orchestrator, { instanceId, input });
+    return true;
+  } catch (e) {
+    // Two triggers raced to the same id: the other one started it.
+    const now = await client.getStatus(instanceId);
+    if (now && (now.runtimeStatus === 'Pending' || now.runtimeStatus === 'Running')) return false;
+    throw e;
+  }
+}

@@ -1,0 +1,46 @@
+// App settings the pipeline reads, with their defaults; local.settings.example.json documents them.
+export interface PipelineSettings {
+  /** Name of the connection (`<name>` or `<name>__accountName` / `__blobServiceUri`) holding the models. */
+  connection: string;
+  containers: {
+    models: string;
+    deltas: string;
+    baseModels: string;
+    postedModels: string;
+    /** Working files of runs: plans and per-shard results. */
+    runs: string;
+  };
+  /** Chunk buffer bytes per activity. */
+  bufferBytes: number;
+}
+
+export const SETTING_NAMES = {
+  connection: 'PARAMDELTA_STORAGE_CONNECTION',
+  models: 'PARAMDELTA_MODELS_CONTAINER',
+  deltas: 'PARAMDELTA_DELTAS_CONTAINER',
+  baseModels: 'PARAMDELTA_BASE_MODELS_CONTAINER',
+  postedModels: 'PARAMDELTA_POSTED_MODELS_CONTAINER',
+  runs: 'PARAMDELTA_RUNS_CONTAINER',
+  bufferBytes: 'PARAMDELTA_BUFFER_BYTES',
+} as const;
+
+export function readSettings(env: Record<string, string | undefined> = process.env): PipelineSettings {
+  const get = (k: keyof typeof SETTING_NAMES, d: string) => env[SETTING_NAMES[k]] || d;
+  return {
+    connection: get('connection', 'AzureWebJobsStorage'),
+    containers: {
+      models: get('models', 'models'),
+      deltas: get('deltas', 'deltas'),
+      baseModels: get('baseModels', 'base-models'),
+      postedModels: get('postedModels', 'posted-models'),
+      runs: get('runs', 'paramdelta-runs'),
+    },
+    bufferBytes: Number(get('bufferBytes', String(64 << 20))),
+  };
+}
+
+/** Containers a user-supplied model reference may name. The runs container is internal only. */
+export function userContainers(s: PipelineSettings): string[] {
+  const c = s.containers;
+  return [c.models, c.deltas, c.baseModels, c.postedModels];
+}
