@@ -10,7 +10,7 @@ import { blobServiceFromConnectionString, blobServiceFromSettings } from '../lib
 import { BlobStore, blobResolver, ensureContainers } from '../lib/storage/blob.js';
 import { LocalStore } from '../lib/storage/local.js';
 import { openCheckpoint } from '../lib/format/checkpoint.js';
-import { startAzurite, AZURITE_KEY, type Azurite } from './helpers/azurite.js';
+import { startAzurite, AZURITE_KEY, type Azurite } from '../cli/host/azurite.js';
 import { fixturesDir } from './helpers/fixtures.js';
 
 const sha = (...parts: Uint8Array[]) => {

@@ -1,7 +1,7 @@
 import { dtypeSize, isFloatDType, type FloatDType } from '../format/dtype.js';
 import { encodeHeader } from '../format/safetensors.js';
 import { openCheckpoint, indexJson, MODEL_INDEX, MODEL_LAYOUT } from '../format/checkpoint.js';
-import type { Store } from '../storage/types.js';
+import { PLAN_TAG, type Store } from '../storage/types.js';
 import { planApply, SHARD_METADATA, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
 import { openDelta } from './delta.js';
 import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
@@ -85,7 +85,7 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
   const shard = plan.shards[index];
   const { kernels, slots, chunk } = await applySlots(env, ApplyChunks.inputsPerSlot(plan));
   const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
-  const sink = await out.createShard(shard.file, prefix.length);
+  const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: { [PLAN_TAG]: plan.hash } });
   const sources = new SourceCache(env.resolve);
   const chunks = new ApplyChunks(plan, sources, kernels);
   try {

@@ -3,7 +3,7 @@ import { dtypeSize, type FloatDType } from '../format/dtype.js';
 import { encodeHeader } from '../format/safetensors.js';
 import { openCheckpoint, indexJson, MODEL_LAYOUT, type Checkpoint } from '../format/checkpoint.js';
 import { newSubtractStats, type SubtractStats } from '../kernels/index.js';
-import type { Store } from '../storage/types.js';
+import { PLAN_TAG, type Store } from '../storage/types.js';
 import { InputError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import { DELTA_LAYOUT, DELTA_MANIFEST, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
@@ -81,7 +81,7 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
 
   const dtypes: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));
   const header = () => encodeHeader(shard.tensors.map((t, i) => ({ name: t.name, dtype: dtypes[i], shape: t.shape })), SHARD_METADATA, shard.prefixLength - 8).bytes;
-  const sink = await out.createShard(shard.file, shard.prefixLength, header());
+  const sink = await out.createShard(shard.file, shard.prefixLength, header(), { metadata: { [PLAN_TAG]: plan.hash } });
   const sources = new SourceCache(env.resolve);
   const stats: SubtractStats[] = shard.tensors.map(() => newSubtractStats());
   let bodyLength = 0;

@@ -1,12 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import type { BlobClient, BlobServiceClient, BlockBlobClient, ContainerClient } from '@azure/storage-blob';
-import type { ByteSource, ShardSink, Store } from './types.js';
+import { PLAN_TAG, type ByteSource, type ShardSink, type Store } from './types.js';
 import { StreamingDigest, sha256OfSource } from './digest.js';
 import { formatRef, isValidContainerName, parseModelRef } from './refs.js';
 import { InputError } from '../errors.js';
 
-/** Metadata key under which a shard records the plan that produced it (read back by `shardTag`). */
-export const PLAN_TAG = 'paramdeltaplan';
+export { PLAN_TAG };
 
 /** Azure's limit on committed blocks per blob. */
 const MAX_BLOCKS = 50_000;
@@ -275,6 +274,20 @@ export class BlobStore implements Store {
       // A delimiter listing returns deeper paths as prefixes, which are skipped: only files directly here.
       for await (const item of this.container.listBlobsByHierarchy('/', { prefix: dir })) {
         if (item.kind === 'blob') names.push(item.name.slice(dir.length));
+      }
+    } catch (e) {
+      this.rethrow(e);
+    }
+    return names.sort();
+  }
+
+  /** Names of the sub-folders directly under this one (virtual directories of the blob namespace). */
+  async listFolders(): Promise<string[]> {
+    const dir = this.dir();
+    const names: string[] = [];
+    try {
+      for await (const item of this.container.listBlobsByHierarchy('/', { prefix: dir })) {
+        if (item.kind === 'prefix') names.push(item.name.slice(dir.length).replace(/\/$/, ''));
       }
     } catch (e) {
       this.rethrow(e);

@@ -115,6 +115,11 @@ export class LocalStore implements Store {
     return entries.filter((e) => e.isFile()).map((e) => e.name).sort();
   }
 
+  async listFolders(): Promise<string[]> {
+    const entries = await readdir(this.dir, { withFileTypes: true }).catch(() => []);
+    return entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort();
+  }
+
   async exists(file: string): Promise<boolean> {
     try {
       return (await stat(this.path(file))).isFile();

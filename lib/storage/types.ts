@@ -34,6 +34,8 @@ export interface Store {
   readonly ref: string;
   /** Names of the files directly in this folder. */
   list(): Promise<string[]>;
+  /** Names of the folders directly inside this one. */
+  listFolders(): Promise<string[]>;
   exists(file: string): Promise<boolean>;
   openRead(file: string): Promise<ByteSource>;
   readText(file: string): Promise<string>;
@@ -51,3 +53,6 @@ export interface Store {
   /** Deletes one file if it is there. */
   remove?(file: string): Promise<void>;
 }
+
+/** Metadata key on a committed shard naming the plan hash that wrote it, so a repeated activity can skip it. */
+export const PLAN_TAG = 'paramdeltaplan';

@@ -3,13 +3,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 
 /** Azurite's well-known development account (public, documented; not a secret). */
 export const AZURITE_ACCOUNT = 'devstoreaccount1';
 export const AZURITE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
 
-const AZURITE_MAIN = fileURLToPath(new URL('../../node_modules/azurite/dist/src/azurite.js', import.meta.url));
+const AZURITE_MAIN = createRequire(import.meta.url).resolve('azurite/dist/src/azurite.js');
 
 export interface Azurite {
   connectionString: string;
@@ -50,15 +50,23 @@ function accepts(port: number): Promise<boolean> {
   });
 }
 
+export interface AzuriteOptions {
+  /** Keep data in this folder (created if needed); without it, data lives in memory and goes with the process. */
+  location?: string;
+  timeoutMs?: number;
+}
+
 /**
- * Starts Azurite (blob, queue, table) on free loopback ports, in memory. Always with
- * --disableTelemetry (it otherwise calls out to the internet) and --skipApiVersionCheck (the SDK
- * speaks a newer API version than Azurite knows).
+ * Starts Azurite (blob, queue, table) on free loopback ports. Always with --disableTelemetry (it
+ * otherwise calls out to the internet) and --skipApiVersionCheck (the SDK speaks a newer API
+ * version than Azurite knows).
  */
-export async function startAzurite(timeoutMs = 20_000): Promise<Azurite> {
+export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> {
+  const timeoutMs = opts.timeoutMs ?? 20_000;
   const [blobPort, queuePort, tablePort] = await freePorts(3);
   // In-memory persistence refuses --location; run in a temp cwd so nothing Azurite writes lands in the repo.
-  const location = await mkdtemp(path.join(tmpdir(), 'paramdelta-azurite-'));
+  const cwd = await mkdtemp(path.join(tmpdir(), 'paramdelta-azurite-'));
+  const storage = opts.location ? ['--location', opts.location] : ['--inMemoryPersistence'];
   const env = { ...process.env };
   delete env.AZURITE_ACCOUNTS; // custom accounts would invalidate the well-known key
   const child = spawn(
@@ -68,12 +76,12 @@ export async function startAzurite(timeoutMs = 20_000): Promise<Azurite> {
       '--silent',
       '--disableTelemetry',
       '--skipApiVersionCheck',
-      '--inMemoryPersistence',
+      ...storage,
       '--blobHost', '127.0.0.1', '--blobPort', String(blobPort),
       '--queueHost', '127.0.0.1', '--queuePort', String(queuePort),
       '--tableHost', '127.0.0.1', '--tablePort', String(tablePort),
     ],
-    { env, cwd: location, stdio: ['ignore', 'pipe', 'pipe'] },
+    { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let output = '';
   const keep = (d: Buffer) => {
@@ -97,7 +105,7 @@ export async function startAzurite(timeoutMs = 20_000): Promise<Azurite> {
       await exited;
       clearTimeout(timer);
     }
-    await rm(location, { recursive: true, force: true });
+    await rm(cwd, { recursive: true, force: true });
   };
 
   const deadline = Date.now() + timeoutMs;
