@@ -61,10 +61,14 @@ export function runClient(ctx: InvocationContext): RunClient {
   };
 }
 
-/** Starts a run unless one with this id is already Pending or Running; returns whether it started. */
-export async function startOnce(client: RunClient, orchestrator: string, instanceId: string, input: unknown): Promise<boolean> {
+/**
+ * Starts a run unless one with this id is already Pending or Running (or, with `once`, has
+ * completed: a repeated event for the same upload); returns whether it started.
+ */
+export async function startOnce(client: RunClient, orchestrator: string, instanceId: string, input: unknown, opts: { once?: boolean } = {}): Promise<boolean> {
   const existing = await client.getStatus(instanceId);
   if (existing && (existing.runtimeStatus === 'Pending' || existing.runtimeStatus === 'Running')) return false;
+  if (existing && opts.once && existing.runtimeStatus === 'Completed') return false;
   try {
     await client.startNew(orchestrator, { instanceId, input });
     return true;

@@ -321,11 +321,14 @@ function roundPair(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
   const hi = get(f.const(`${fmt}_HI`, f64x2(c.vhi)));
   let binade = op('f64x2.pmax', op('v128.and', get(x), get(f.const('EXP', K.EXP))), get(f.const(`${fmt}_LO`, f64x2(c.vlo))));
   if (fmt === 'F16') binade = op('f64x2.pmin', binade, hi);
+  // m is an even multiple of the quantum, so (x + m) − m rounds x half to even also for negative x; only a
+  // zero result loses its sign, hence the OR below. `ya` keeps the magnitude for the F16 overflow tests.
   f.emit(
     set(sgn, op('v128.and', get(x), get(f.const('SIGN', K.SIGN)))),
     set(m, op('f64x2.mul', binade, get(f.const(`${fmt}_K`, f64x2(c.vk))))),
-    set(ya, op('f64x2.sub', op('f64x2.add', op('v128.xor', get(x), get(sgn)), get(m)), get(m))),
+    set(ya, op('f64x2.sub', op('f64x2.add', get(x), get(m)), get(m))),
   );
+  if (fmt === 'F16') f.emit(set(ya, op('f64x2.abs', get(ya))));
   if (fmt === 'BF16') {
     f.emit(set(lanes, `(f32x4.demote_f64x2_zero (v128.or ${get(ya)} ${get(sgn)}))`));
     return { lanes, value: () => `(f64x2.promote_low_f32x4 ${get(lanes)})` };
@@ -398,12 +401,25 @@ function storeVectors(f: Func, ptr: string, vectors: string[]): void {
   vectors.forEach((v, j) => f.emit(`(v128.store offset=${16 * j} ${get(ptr)} ${get(v)})`));
 }
 
-/** Group loop skeleton: `body` handles elements [i, i+8); pointers advance by 8 elements of their size. */
-function groupLoop(f: Func, pointers: [string, number][], body: () => void): void {
-  f.emit(`(block $exit (loop $group`, `(br_if $exit (i32.ge_u (local.get $i) (local.get $n8)))`);
-  body();
-  for (const [p, size] of pointers) f.emit(set(p, `(i32.add ${get(p)} (i32.const ${8 * size}))`));
-  f.emit(`(local.set $i (i32.add (local.get $i) (i32.const 8)))`, `(br $group)))`);
+/**
+ * The group loop. `body` handles elements [i, i+8) and returns a condition that sends the group to `rare`
+ * (after `body`, before `commit`). The rare handler sits outside the inner loop, so the hot loop is one block
+ * without calls, which keeps TurboFan from spilling the accumulators around it.
+ */
+function groupLoop(f: Func, pointers: [string, number][], parts: { body: () => string; commit: () => void; rare: () => void }): void {
+  const advance = () => {
+    for (const [p, size] of pointers) f.emit(set(p, `(i32.add ${get(p)} (i32.const ${8 * size}))`));
+    f.emit(`(local.set $i (i32.add (local.get $i) (i32.const 8)))`);
+  };
+  f.emit(`(block $end (loop $resume (block $rare (loop $group`, `(br_if $end (i32.ge_u (local.get $i) (local.get $n8)))`);
+  const cond = parts.body();
+  f.emit(`(br_if $rare ${cond})`);
+  parts.commit();
+  advance();
+  f.emit(`(br $group)))`);
+  parts.rare();
+  advance();
+  f.emit(`(br $resume)))`);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -453,51 +469,54 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     [qp, SIZE[x]],
     [qo, SIZE[y]],
   ];
-  groupLoop(f, sizes, () => {
-    const pk = packer(f, y);
-    for (let k = 0; k < 4; k++) {
-      const [b, p, d] = ['b', 'p', 'd'].map((n) => f.local(`${n}${k}`, 'v128'));
-      widenPair(f, x, qb, k, b, spec);
-      widenPair(f, x, qp, k, p, spec);
-      f.emit(
-        set(d, op('f64x2.sub', get(p), get(b))),
-        // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
-        set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
-        set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
-      );
-      const r = roundPair(f, y, d, `${k}`);
-      pk.add(r.lanes);
-      // The output's exactness only picks groups for the exact (slow) count below; the probe's is counted here.
-      if (yTest === 'bits') {
-        const m = op('v128.and', get(d), low(y));
-        f.emit(set(bad, k === 0 ? m : op('v128.or', get(bad), m)));
-      } else if (yTest === 'full') {
-        const e = op('f64x2.eq', r.value(), get(d));
-        f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
+  groupLoop(f, sizes, {
+    body: () => {
+      const pk = packer(f, y);
+      for (let k = 0; k < 4; k++) {
+        const [b, p, d] = ['b', 'p', 'd'].map((n) => f.local(`${n}${k}`, 'v128'));
+        widenPair(f, x, qb, k, b, spec);
+        widenPair(f, x, qp, k, p, spec);
+        f.emit(
+          set(d, op('f64x2.sub', get(p), get(b))),
+          // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
+          set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
+          set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
+        );
+        const r = roundPair(f, y, d, `${k}`);
+        pk.add(r.lanes);
+        // The output's exactness only picks groups for the exact (rare) count; the probe's is counted here.
+        if (yTest === 'bits') {
+          const m = op('v128.and', get(d), low(y));
+          f.emit(set(bad, k === 0 ? m : op('v128.or', get(bad), m)));
+        } else if (yTest === 'full') {
+          const e = op('f64x2.eq', r.value(), get(d));
+          f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
+        }
+        if (pr !== undefined) {
+          const exact =
+            pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', pr === y ? r.value() : valueIn(f, pr, d, `q${k}`), get(d));
+          f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
+        }
       }
-      if (pr !== undefined) {
-        const exact =
-          pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', pr === y ? r.value() : valueIn(f, pr, d, `q${k}`), get(d));
-        f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
-      }
-    }
-    storeVectors(f, qo, pk.vectors);
-    if (yTest) {
-      // Rare: some lane was rounded. Reload the group and count exactly (NaN lanes miscount, but force the redo).
-      f.emit(`(if ${yTest === 'bits' ? `(v128.any_true ${get(bad)})` : `(i32.eqz (i64x2.all_true ${get(ok)}))`} (then`);
+      storeVectors(f, qo, pk.vectors);
+      return yTest === 'bits' ? `(v128.any_true ${get(bad)})` : yTest === 'full' ? `(i32.eqz (i64x2.all_true ${get(ok)}))` : '(i32.const 0)';
+    },
+    commit: () => {},
+    rare: () => {
+      // Some lane was rounded: reload the group and count exactly (NaN lanes miscount, but force the redo).
       for (let k = 0; k < 4; k++) {
         const [b, p, d, w] = ['rb', 'rp', 'rd', 'rw'].map((n) => f.local(`${n}${k}`, 'v128'));
         widenPair(f, x, qb, k, b, undefined);
         widenPair(f, x, qp, k, p, undefined);
         f.emit(set(d, op('f64x2.sub', get(p), get(b))));
+        if (y === 'F64') continue;
         f.emit(
           set(w, valueIn(f, y, d, `s${k}`)),
           set(cntR, op('i64x2.sub', get(cntR), op('v128.not', op('f64x2.eq', get(w), get(d))))),
           set(mx, op('f64x2.pmax', get(mx), op('f64x2.abs', op('f64x2.sub', get(w), get(d))))),
         );
       }
-      f.emit(`))`);
-    }
+    },
   });
 
   // Redo the whole call in scalar if a sum went NaN or Inf (a NaN or Inf input or delta, whose square was not
@@ -530,7 +549,6 @@ function simdApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
   f.local('n8', 'i32');
   const [qb, qd, qo] = ['qb', 'qd', 'qo'].map((n) => f.local(n, 'i32'));
   const sv = f.local('sv', 'v128');
-  const bad = f.local('bad', 'v128');
   const spec = x === 'F16' || dt === 'F16' ? f.local('spec', 'v128') : undefined;
   f.emit(
     set('$n8', '(i32.and (local.get $n) (i32.const -8))'),
@@ -545,22 +563,26 @@ function simdApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
     [qd, SIZE[dt]],
     [qo, SIZE[y]],
   ];
-  groupLoop(f, sizes, () => {
-    if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
-    const pk = packer(f, y);
-    for (let k = 0; k < 4; k++) {
-      const [b, d, v] = ['b', 'd', 'x'].map((n) => f.local(`${n}${k}`, 'v128'));
-      widenPair(f, x, qb, k, b, spec);
-      widenPair(f, dt, qd, k, d, spec);
-      f.emit(set(v, op('f64x2.add', get(b), op('f64x2.mul', get(d), get(sv)))));
-      pk.add(roundPair(f, y, v, `${k}`).lanes);
-    }
-    // NaN results (and F16 Inf/NaN inputs) go to the scalar code, which gives NaNs their sign explicitly. It runs
-    // instead of this group's stores, so out may alias base.
-    f.emit(set(bad, spec ? op('v128.or', packedNaN(f, y, pk.vectors), get(spec)) : packedNaN(f, y, pk.vectors)));
-    f.emit(`(if (v128.any_true ${get(bad)}) (then (call ${scalar} (local.get $pb) (local.get $pd) (local.get $po) (local.get $s) (local.get $sneg) (local.get $i) (i32.add (local.get $i) (i32.const 8))))`, `(else`);
-    storeVectors(f, qo, pk.vectors);
-    f.emit(`))`);
+  let vectors: string[] = [];
+  groupLoop(f, sizes, {
+    body: () => {
+      if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
+      const pk = packer(f, y);
+      for (let k = 0; k < 4; k++) {
+        const [b, d, v] = ['b', 'd', 'x'].map((n) => f.local(`${n}${k}`, 'v128'));
+        widenPair(f, x, qb, k, b, spec);
+        widenPair(f, dt, qd, k, d, spec);
+        f.emit(set(v, op('f64x2.add', get(b), op('f64x2.mul', get(d), get(sv)))));
+        pk.add(roundPair(f, y, v, `${k}`).lanes);
+      }
+      vectors = pk.vectors;
+      // NaN results (and F16 Inf/NaN inputs) go to the scalar code, which gives NaNs their sign explicitly. It
+      // runs instead of this group's stores, so out may alias base.
+      return `(v128.any_true ${spec ? op('v128.or', packedNaN(f, y, vectors), get(spec)) : packedNaN(f, y, vectors)})`;
+    },
+    commit: () => storeVectors(f, qo, vectors),
+    rare: () =>
+      f.emit(`(call ${scalar} (local.get $pb) (local.get $pd) (local.get $po) (local.get $s) (local.get $sneg) (local.get $i) (i32.add (local.get $i) (i32.const 8)))`),
   });
   f.emit(`(call ${scalar} (local.get $pb) (local.get $pd) (local.get $po) (local.get $s) (local.get $sneg) (local.get $n8) (local.get $n))`);
   return f;

@@ -328,6 +328,15 @@ export class BlobStore implements Store {
     return new BlobShardSink(this.where(file), this.container.getBlockBlobClient(this.blobName(file)), prefixLength, hashFrom, opts?.metadata, this.opts);
   }
 
+  async fileVersion(file: string): Promise<string | null> {
+    try {
+      return (await this.container.getBlobClient(this.blobName(file)).getProperties()).etag ?? null;
+    } catch (e) {
+      if (statusOf(e) === 404) return null;
+      throw e;
+    }
+  }
+
   async shardTag(file: string): Promise<string | null> {
     try {
       const props = await this.container.getBlobClient(this.blobName(file)).getProperties();

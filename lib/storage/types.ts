@@ -48,6 +48,8 @@ export interface Store {
    * `paramdeltaplan` is what `shardTag` reads back); LocalStore ignores it.
    */
   createShard(file: string, prefixLength: number, hashFrom?: Uint8Array, opts?: { metadata?: Record<string, string> }): Promise<ShardSink>;
+  /** An identifier that changes whenever the file does (a blob's ETag), or null when it is absent. */
+  fileVersion?(file: string): Promise<string | null>;
   /** Properties recorded with a committed shard (the plan hash that produced it), or null. */
   shardTag?(file: string): Promise<string | null>;
   /** Deletes one file if it is there. */

@@ -1,0 +1,27 @@
+import * as df from 'durable-functions';
+import { openCheckpoint } from '../../lib/format/checkpoint.js';
+import { incompatibility } from '../../lib/ops/compat.js';
+import { listDeltas } from '../../lib/ops/registry.js';
+import type { RepostBaseInput } from '../contracts.js';
+import { pipeline } from '../pipeline.js';
+
+export interface Compatibility {
+  compatible: { name: string; ref: string; output: string }[];
+  skipped: { name: string; reason: string }[];
+}
+
+/** Every registered delta whose recorded base has the new base's tensor names, shapes and float dtypes. */
+export async function findCompatibleDeltas(input: RepostBaseInput): Promise<Compatibility> {
+  const p = pipeline();
+  const base = await openCheckpoint(p.env.resolve(input.base));
+  const { deltas, skipped } = await listDeltas(p.deltas(), p.env.resolve);
+  const compatible: Compatibility['compatible'] = [];
+  for (const d of deltas) {
+    const reason = d.autoApply ? incompatibility(d.manifest.base, base) : 'autoApply is off for this delta';
+    if (reason) skipped.push({ name: d.name, reason });
+    else compatible.push({ name: d.name, ref: d.ref, output: `${p.settings.containers.postedModels}/${input.name}/${d.name}` });
+  }
+  return { compatible, skipped };
+}
+
+df.app.activity('findCompatibleDeltas', { handler: findCompatibleDeltas });

@@ -1,0 +1,19 @@
+import * as df from 'durable-functions';
+import { prepareApply } from '../../lib/ops/apply.js';
+import { MODEL_INDEX } from '../../lib/format/checkpoint.js';
+import { DEFAULT_SHARD_SIZE, type ApplyPlan } from '../../lib/ops/plan.js';
+import { clearForRun } from '../../lib/ops/runstate.js';
+import type { ApplyDeltasInput, PlanSummary } from '../contracts.js';
+import { pipeline } from '../pipeline.js';
+
+/** Checks every delta against the new base (headers only) and stores the plan as a blob. */
+export async function planModel(input: ApplyDeltasInput & { runId: string }): Promise<PlanSummary> {
+  const p = pipeline();
+  await p.ready();
+  const plan = await prepareApply(p.env, input.base, input.deltas, { shardSize: DEFAULT_SHARD_SIZE });
+  await clearForRun(p.env.resolve(input.output), MODEL_INDEX, plan.shards.map((s) => s.file));
+  await p.run<ApplyPlan, unknown>(input.runId).savePlan(plan);
+  return { runId: input.runId, planHash: plan.hash, shards: plan.shards.map((s) => ({ file: s.file, inputBytes: s.inputBytes })) };
+}
+
+df.app.activity('planModel', { handler: planModel });
