@@ -1,4 +1,6 @@
 // App settings the pipeline reads, with their defaults; local.settings.example.json documents them.
+import { parseSize } from '../lib/ops/sizes.js';
+
 export interface PipelineSettings {
   /** Name of the connection (`<name>` or `<name>__accountName` / `__blobServiceUri`) holding the models. */
   connection: string;
@@ -12,6 +14,8 @@ export interface PipelineSettings {
   };
   /** Chunk buffer bytes per activity. */
   bufferBytes: number;
+  /** Largest output shard in bytes (one shard activity each). */
+  shardSize: number;
 }
 
 export const SETTING_NAMES = {
@@ -22,6 +26,7 @@ export const SETTING_NAMES = {
   postedModels: 'PARAMDELTA_POSTED_MODELS_CONTAINER',
   runs: 'PARAMDELTA_RUNS_CONTAINER',
   bufferBytes: 'PARAMDELTA_BUFFER_BYTES',
+  shardSize: 'PARAMDELTA_SHARD_SIZE',
 } as const;
 
 export function readSettings(env: Record<string, string | undefined> = process.env): PipelineSettings {
@@ -36,6 +41,7 @@ export function readSettings(env: Record<string, string | undefined> = process.e
       runs: get('runs', 'paramdelta-runs'),
     },
     bufferBytes: Number(get('bufferBytes', String(64 << 20))),
+    shardSize: parseSize(get('shardSize', '5GB'), SETTING_NAMES.shardSize),
   };
 }
 

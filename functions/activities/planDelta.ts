@@ -1,7 +1,7 @@
 import * as df from 'durable-functions';
 import { prepareCompute } from '../../lib/ops/compute.js';
 import { DELTA_MANIFEST } from '../../lib/ops/manifest.js';
-import { DEFAULT_SHARD_SIZE, type ComputePlan } from '../../lib/ops/plan.js';
+import { type ComputePlan } from '../../lib/ops/plan.js';
 import { clearForRun } from '../../lib/ops/runstate.js';
 import type { ComputeDeltaInput, PlanSummary } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
@@ -10,7 +10,7 @@ import { pipeline } from '../pipeline.js';
 export async function planDelta(input: ComputeDeltaInput & { runId: string }): Promise<PlanSummary> {
   const p = pipeline();
   await p.ready();
-  const plan = await prepareCompute(p.env, input.base, input.post, { policy: input.deltaDtype, shardSize: DEFAULT_SHARD_SIZE });
+  const plan = await prepareCompute(p.env, input.base, input.post, { policy: input.deltaDtype, shardSize: p.settings.shardSize });
   await clearForRun(p.env.resolve(input.output), DELTA_MANIFEST, plan.shards.map((s) => s.file));
   await p.run<ComputePlan, unknown>(input.runId).savePlan(plan);
   return { runId: input.runId, planHash: plan.hash, shards: plan.shards.map((s) => ({ file: s.file, inputBytes: s.inputBytes })) };

@@ -1,7 +1,7 @@
 import * as df from 'durable-functions';
 import { prepareApply } from '../../lib/ops/apply.js';
 import { MODEL_INDEX } from '../../lib/format/checkpoint.js';
-import { DEFAULT_SHARD_SIZE, type ApplyPlan } from '../../lib/ops/plan.js';
+import { type ApplyPlan } from '../../lib/ops/plan.js';
 import { clearForRun } from '../../lib/ops/runstate.js';
 import type { ApplyDeltasInput, PlanSummary } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
@@ -10,7 +10,7 @@ import { pipeline } from '../pipeline.js';
 export async function planModel(input: ApplyDeltasInput & { runId: string }): Promise<PlanSummary> {
   const p = pipeline();
   await p.ready();
-  const plan = await prepareApply(p.env, input.base, input.deltas, { shardSize: DEFAULT_SHARD_SIZE });
+  const plan = await prepareApply(p.env, input.base, input.deltas, { shardSize: p.settings.shardSize });
   await clearForRun(p.env.resolve(input.output), MODEL_INDEX, plan.shards.map((s) => s.file));
   await p.run<ApplyPlan, unknown>(input.runId).savePlan(plan);
   return { runId: input.runId, planHash: plan.hash, shards: plan.shards.map((s) => ({ file: s.file, inputBytes: s.inputBytes })) };

@@ -293,21 +293,18 @@ function widenPair(f: Func, fmt: FloatDType, ptr: string, k: number, dst: string
 }
 
 interface Rounded {
-  /** What the packer takes: demoted F32 lanes 0..1 (BF16, F16 scaled, F32), or the f64x2 itself (F64). */
+  /** Demoted F32 lanes 0..1 holding the rounded value exactly (BF16; F16 scaled by 2^-112; F32), or x itself (F64). */
   lanes: string;
   /** The stored value as f64x2 (±Inf on overflow). */
   value: () => string;
 }
 
 /**
- * Rounds pair `x` once to `fmt`. BF16/F16: |x| is rounded on the float64 grid of its binade (clamped below to
- * the smallest normal, so subnormals round at their fixed quantum) by adding and subtracting a magic constant,
- * as in $grid; the result is exact in F32 (BF16) or exact in F32 after scaling by 2^-112 (F16), so one demote
- * yields the bits. BF16 skips $grid's upper clamp: |x| ≥ 2^979 or Inf makes the constant infinite and the
- * result NaN, and every caller hands NaN lanes to the scalar code (apply checks its output; in subtract such a
- * delta has an infinite square, which forces the scalar redo). Finite results ≥ 2^128 demote to Inf as they should.
+ * Rounds pair `x` once to `fmt`, exactly, for any input: |x| is rounded on the float64 grid of its binade
+ * (clamped to the format's normal range) by adding and subtracting a magic constant, as $grid does. The result
+ * is exact in F32 (BF16) or in F32 after scaling by 2^-112 (F16). Used off the hot path.
  */
-function roundPair(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
+function roundExact(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
   if (fmt === 'F64') return { lanes: x, value: () => get(x) };
   const lanes = f.local(`f${tag}`, 'v128');
   if (fmt === 'F32') {
@@ -319,16 +316,12 @@ function roundPair(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
   const ya = f.local(`ya${tag}`, 'v128');
   const c = GRID[fmt];
   const hi = get(f.const(`${fmt}_HI`, f64x2(c.vhi)));
-  let binade = op('f64x2.pmax', op('v128.and', get(x), get(f.const('EXP', K.EXP))), get(f.const(`${fmt}_LO`, f64x2(c.vlo))));
-  if (fmt === 'F16') binade = op('f64x2.pmin', binade, hi);
-  // m is an even multiple of the quantum, so (x + m) − m rounds x half to even also for negative x; only a
-  // zero result loses its sign, hence the OR below. `ya` keeps the magnitude for the F16 overflow tests.
+  const binade = op('f64x2.pmin', op('f64x2.pmax', op('v128.and', get(x), get(f.const('EXP', K.EXP))), get(f.const(`${fmt}_LO`, f64x2(c.vlo)))), hi);
   f.emit(
     set(sgn, op('v128.and', get(x), get(f.const('SIGN', K.SIGN)))),
     set(m, op('f64x2.mul', binade, get(f.const(`${fmt}_K`, f64x2(c.vk))))),
-    set(ya, op('f64x2.sub', op('f64x2.add', get(x), get(m)), get(m))),
+    set(ya, op('f64x2.sub', op('f64x2.add', op('v128.xor', get(x), get(sgn)), get(m)), get(m))),
   );
-  if (fmt === 'F16') f.emit(set(ya, op('f64x2.abs', get(ya))));
   if (fmt === 'BF16') {
     f.emit(set(lanes, `(f32x4.demote_f64x2_zero (v128.or ${get(ya)} ${get(sgn)}))`));
     return { lanes, value: () => `(f64x2.promote_low_f32x4 ${get(lanes)})` };
@@ -343,58 +336,80 @@ function roundPair(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
 /** The value d takes in `fmt` (±Inf on overflow), for an exactness test. */
 function valueIn(f: Func, fmt: FloatDType, d: string, tag: string): string {
   if (fmt === 'F32') return `(f64x2.promote_low_f32x4 (f32x4.demote_f64x2_zero ${get(d)}))`;
-  return roundPair(f, fmt, d, tag).value();
+  return roundExact(f, fmt, d, tag).value();
 }
 
-/** Packs a group's rounded pairs, as they come, into the 16-byte vectors to store (consecutive from the group's start). */
-function packer(f: Func, fmt: FloatDType): { add: (lanes: string) => void; vectors: string[] } {
-  const lanes: string[] = [];
-  const vectors: string[] = [];
-  const lo64 = (a: string, b: string) => `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 ${get(a)} ${get(b)})`;
-  const halves: string[] = [];
-  const add = (l: string): void => {
-    lanes.push(l);
-    const k = lanes.length - 1;
-    if (fmt === 'F64') vectors.push(l);
-    else if (k % 2 === 1) {
-      const v = f.local(`v${k >> 1}`, 'v128');
-      f.emit(set(v, lo64(lanes[k - 1], lanes[k])));
-      if (fmt === 'F32') vectors.push(v);
-      else {
-        // 16-bit patterns into the low half of each i32 lane: BF16 is the top half; F16 is bits 27..13 plus the sign.
-        if (fmt === 'BF16') f.emit(set(v, `(i32x4.shr_u ${get(v)} (i32.const 16))`));
-        else {
-          const mag = get(f.const('H_MAG', K.H_MAG));
-          const sg = get(f.const('H_SGN', K.H_SGN));
-          f.emit(set(v, op('v128.or', op('v128.and', `(i32x4.shr_u ${get(v)} (i32.const 13))`, mag), op('v128.and', `(i32x4.shr_u ${get(v)} (i32.const 16))`, sg))));
-        }
-        halves.push(v);
-        if (halves.length === 2) {
-          const w = f.local('w16', 'v128');
-          f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(halves[0])} ${get(halves[1])})`));
-          vectors.push(w);
-        }
-      }
-    }
-  };
-  return { add, vectors };
-}
+const lo64 = (a: string, b: string) => `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 ${get(a)} ${get(b)})`;
 
-/** Nonzero where a packed lane is NaN. */
-function packedNaN(f: Func, fmt: FloatDType, vectors: string[]): string {
-  const any = (xs: string[]) => xs.reduce((a, b) => op('v128.or', a, b));
-  switch (fmt) {
-    case 'F64':
-      return any(vectors.map((v) => op('f64x2.ne', get(v), get(v))));
-    case 'F32':
-      return any(vectors.map((v) => op('f32x4.ne', get(v), get(v))));
-    case 'BF16':
-    case 'F16': {
-      const inf = get(f.const(`${fmt}_INF16`, i16x8(GRID[fmt].nan16)));
-      const mag = get(f.const('MAG16', K.MAG16));
-      return any(vectors.map((v) => op('i16x8.gt_s', op('v128.and', get(v), mag), inf)));
-    }
+/** Packs 4 pairs of exactly rounded lanes (from roundExact) into the vectors to store, 16 bytes apart. */
+function packExact(f: Func, fmt: FloatDType, lanes: string[], tag: string): string[] {
+  if (fmt === 'F64') return lanes;
+  const v = [0, 1].map((j) => f.local(`pv${tag}${j}`, 'v128'));
+  f.emit(set(v[0], lo64(lanes[0], lanes[1])), set(v[1], lo64(lanes[2], lanes[3])));
+  if (fmt === 'F32') return v;
+  for (const l of v) {
+    // The 16-bit patterns into the low half of each i32 lane: BF16 is the top half; F16 is bits 27..13 plus the sign.
+    if (fmt === 'BF16') f.emit(set(l, `(i32x4.shr_u ${get(l)} (i32.const 16))`));
+    else f.emit(set(l, op('v128.or', op('v128.and', `(i32x4.shr_u ${get(l)} (i32.const 13))`, get(f.const('H_MAG', K.H_MAG))), op('v128.and', `(i32x4.shr_u ${get(l)} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))));
   }
+  const w = f.local(`pw${tag}`, 'v128');
+  f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(v[0])} ${get(v[1])})`));
+  return [w];
+}
+
+interface GroupRounding {
+  /** The vectors to store, 16 bytes apart. */
+  vectors: string[];
+  /** Nonzero where a lane is NaN. */
+  nan: () => string;
+  /** Nonzero where the fast rounding may be wrong (BF16/F16 double-rounding ties); such groups take the exact path. */
+  tie?: string;
+}
+
+/**
+ * Rounds a group's 4 pairs for the hot path. F32/F64 round in one step. BF16/F16 round twice: to F32 (for F16
+ * after scaling by 2^-112, which puts F16 subnormals on the F32 subnormal grid), then half to even on the bit
+ * pattern. Rounding twice equals rounding once unless the first rounding lands exactly on a tie of the second
+ * (every 16-bit tie and boundary is an F32 value, so it cannot be jumped over); those lanes are flagged, about one
+ * in 2^16 (BF16) or 2^13 (F16).
+ */
+function roundGroup(f: Func, fmt: FloatDType, xs: string[]): GroupRounding {
+  if (fmt === 'F64') return { vectors: xs, nan: () => xs.map((x) => op('f64x2.ne', get(x), get(x))).reduce((a, b) => op('v128.or', a, b)) };
+  const lanes = xs.map((x, k) => {
+    const l = f.local(`f${k}`, 'v128');
+    const scaled = fmt === 'F16' ? op('f64x2.mul', get(x), get(f.const('H_DOWN', K.H_DOWN))) : get(x);
+    f.emit(set(l, `(f32x4.demote_f64x2_zero ${scaled})`));
+    return l;
+  });
+  const v = [0, 1].map((j) => f.local(`v${j}`, 'v128'));
+  f.emit(set(v[0], lo64(lanes[0], lanes[1])), set(v[1], lo64(lanes[2], lanes[3])));
+  const nan = () => op('v128.or', op('f32x4.ne', get(v[0]), get(v[0])), op('f32x4.ne', get(v[1]), get(v[1])));
+  if (fmt === 'F32') return { vectors: v, nan };
+  const one = get(f.const('ONE32', i32x4(1)));
+  const drop = fmt === 'BF16' ? 16 : 13; // F32 mantissa bits below the 16-bit format's
+  const lowMask = get(f.const(`LOW${drop}`, i32x4((1 << drop) - 1)));
+  const tieBits = get(f.const(`TIE${drop}`, i32x4(1 << (drop - 1))));
+  const halfM1 = get(f.const(`HALF${drop}`, i32x4((1 << (drop - 1)) - 1)));
+  const tie = f.local('tie', 'v128');
+  f.emit(set(tie, v.map((l) => op('i32x4.eq', op('v128.and', get(l), lowMask), tieBits)).reduce((a, b) => op('v128.or', a, b))));
+  const h = v.map((l, j) => {
+    const bits = f.local(`h${j}`, 'v128');
+    // Half to even at bit `drop`: add half − 1 plus the kept lsb; the carry may run into the exponent, as it should.
+    const rne = (a: string) => `(i32x4.shr_u (i32x4.add (i32x4.add ${a} ${halfM1}) (v128.and (i32x4.shr_u ${a} (i32.const ${drop})) ${one})) (i32.const ${drop}))`;
+    if (fmt === 'BF16') f.emit(set(bits, rne(get(l))));
+    else {
+      // F16: round the magnitude, cap overflow at Inf (0x7c00), put the sign back at bit 15.
+      const a = f.local(`a${j}`, 'v128');
+      f.emit(
+        set(a, op('v128.and', get(l), get(f.const('ABS32', i32x4(0x7fffffff))))),
+        set(bits, op('v128.or', op('i32x4.min_u', rne(get(a)), get(f.const('H_INF32', i32x4(0x7c00)))), op('v128.and', `(i32x4.shr_u ${get(l)} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
+      );
+    }
+    return bits;
+  });
+  const w = f.local('w16', 'v128');
+  f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(h[0])} ${get(h[1])})`));
+  return { vectors: [w], nan, tie };
 }
 
 function storeVectors(f: Func, ptr: string, vectors: string[]): void {
@@ -471,9 +486,10 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   ];
   groupLoop(f, sizes, {
     body: () => {
-      const pk = packer(f, y);
+      const ds: string[] = [];
       for (let k = 0; k < 4; k++) {
         const [b, p, d] = ['b', 'p', 'd'].map((n) => f.local(`${n}${k}`, 'v128'));
+        ds.push(d);
         widenPair(f, x, qb, k, b, spec);
         widenPair(f, x, qp, k, p, spec);
         f.emit(
@@ -482,40 +498,49 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
           set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
           set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
         );
-        const r = roundPair(f, y, d, `${k}`);
-        pk.add(r.lanes);
         // The output's exactness only picks groups for the exact (rare) count; the probe's is counted here.
         if (yTest === 'bits') {
           const m = op('v128.and', get(d), low(y));
           f.emit(set(bad, k === 0 ? m : op('v128.or', get(bad), m)));
         } else if (yTest === 'full') {
-          const e = op('f64x2.eq', r.value(), get(d));
+          const e = op('f64x2.eq', valueIn(f, y, d, `e${k}`), get(d));
           f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
         }
         if (pr !== undefined) {
-          const exact =
-            pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', pr === y ? r.value() : valueIn(f, pr, d, `q${k}`), get(d));
+          const exact = pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', valueIn(f, pr, d, `q${k}`), get(d));
           f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
         }
       }
-      storeVectors(f, qo, pk.vectors);
-      return yTest === 'bits' ? `(v128.any_true ${get(bad)})` : yTest === 'full' ? `(i32.eqz (i64x2.all_true ${get(ok)}))` : '(i32.const 0)';
+      const r = roundGroup(f, y, ds);
+      storeVectors(f, qo, r.vectors);
+      const conds = [];
+      if (yTest === 'bits') conds.push(get(bad));
+      if (yTest === 'full') conds.push(op('v128.not', get(ok)));
+      if (r.tie) conds.push(get(r.tie));
+      return conds.length ? `(v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))})` : '(i32.const 0)';
     },
     commit: () => {},
     rare: () => {
-      // Some lane was rounded: reload the group and count exactly (NaN lanes miscount, but force the redo).
+      // Some lane was rounded, or sat on a double-rounding tie: reload the group, round it exactly (and store it
+      // again), and count exactly. NaN lanes miscount here, but they force the scalar redo.
+      const ds: string[] = [];
+      const lanes: string[] = [];
       for (let k = 0; k < 4; k++) {
         const [b, p, d, w] = ['rb', 'rp', 'rd', 'rw'].map((n) => f.local(`${n}${k}`, 'v128'));
+        ds.push(d);
         widenPair(f, x, qb, k, b, undefined);
         widenPair(f, x, qp, k, p, undefined);
         f.emit(set(d, op('f64x2.sub', get(p), get(b))));
         if (y === 'F64') continue;
+        const r = roundExact(f, y, d, `s${k}`);
+        lanes.push(r.lanes);
         f.emit(
-          set(w, valueIn(f, y, d, `s${k}`)),
+          set(w, r.value()),
           set(cntR, op('i64x2.sub', get(cntR), op('v128.not', op('f64x2.eq', get(w), get(d))))),
           set(mx, op('f64x2.pmax', get(mx), op('f64x2.abs', op('f64x2.sub', get(w), get(d))))),
         );
       }
+      if (y === 'BF16' || y === 'F16') storeVectors(f, qo, packExact(f, y, lanes, 's'));
     },
   });
 
@@ -567,18 +592,19 @@ function simdApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
   groupLoop(f, sizes, {
     body: () => {
       if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
-      const pk = packer(f, y);
-      for (let k = 0; k < 4; k++) {
+      const xs = [0, 1, 2, 3].map((k) => {
         const [b, d, v] = ['b', 'd', 'x'].map((n) => f.local(`${n}${k}`, 'v128'));
         widenPair(f, x, qb, k, b, spec);
         widenPair(f, dt, qd, k, d, spec);
         f.emit(set(v, op('f64x2.add', get(b), op('f64x2.mul', get(d), get(sv)))));
-        pk.add(roundPair(f, y, v, `${k}`).lanes);
-      }
-      vectors = pk.vectors;
-      // NaN results (and F16 Inf/NaN inputs) go to the scalar code, which gives NaNs their sign explicitly. It
-      // runs instead of this group's stores, so out may alias base.
-      return `(v128.any_true ${spec ? op('v128.or', packedNaN(f, y, vectors), get(spec)) : packedNaN(f, y, vectors)})`;
+        return v;
+      });
+      const r = roundGroup(f, y, xs);
+      vectors = r.vectors;
+      // NaN results, double-rounding ties and F16 Inf/NaN inputs go to the scalar code, which also gives NaNs their
+      // sign explicitly. It runs instead of this group's stores, so out may alias base.
+      const conds = [r.nan(), ...(r.tie ? [get(r.tie)] : []), ...(spec ? [get(spec)] : [])];
+      return `(v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))})`;
     },
     commit: () => storeVectors(f, qo, vectors),
     rare: () =>

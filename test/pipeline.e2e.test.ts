@@ -1,0 +1,142 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import path from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { BlobServiceClient } from '@azure/storage-blob';
+import { fixturesDir } from './helpers/fixtures.js';
+import { loadTensors, withTempDir } from './helpers/models.js';
+import { downloadFolder, uploadFolder } from './helpers/blob.js';
+import { startAzurite, type Azurite } from '../cli/host/azurite.js';
+import { startServe, type ServeHandle } from '../cli/host/serve.js';
+import { DELTA_LAYOUT } from '../lib/ops/manifest.js';
+
+const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
+let azurite: Azurite;
+let serve: ServeHandle;
+let service: BlobServiceClient;
+
+async function api(method: string, route: string, body?: unknown): Promise<{ status: number; json: any }> {
+  const res = await fetch(`${serve.url}/api/${route}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text ? JSON.parse(text) : null };
+}
+
+async function waitFor(id: string, timeoutMs = 60_000): Promise<any> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await api('GET', `runs/${encodeURIComponent(id)}`);
+    expect(r.status).toBe(200);
+    if (['Completed', 'Failed', 'Terminated'].includes(r.json.status)) return r.json;
+    if (Date.now() > deadline) throw new Error(`run ${id} still ${r.json.status}`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
+async function expectDelta(ref: string, expected: string) {
+  await withTempDir(async (tmp) => {
+    const [container, ...rest] = ref.split('/');
+    await downloadFolder(service.getContainerClient(container), rest.join('/'), tmp);
+    const got = await loadTensors(tmp, DELTA_LAYOUT);
+    const want = await loadTensors(expected);
+    expect([...got.keys()].sort()).toEqual([...want.keys()].sort());
+    for (const [n, w] of want) {
+      expect(got.get(n)!.dtype, n).toBe(w.dtype);
+      expect(got.get(n)!.bytes.equals(w.bytes), n).toBe(true);
+    }
+  });
+}
+
+async function expectModel(ref: string, expectedDir: string) {
+  await withTempDir(async (tmp) => {
+    const [container, ...rest] = ref.split('/');
+    const files = await downloadFolder(service.getContainerClient(container), rest.join('/'), tmp);
+    expect(files).toContain('model.safetensors.index.json');
+    expect(files).toContain('config.json');
+    expect(files).toContain('tokenizer_config.json');
+    const shards = files.filter((f) => f.endsWith('.safetensors'));
+    expect(shards).toEqual(['model-00001-of-00001.safetensors']);
+    const got = await readFile(path.join(tmp, shards[0]));
+    expect(got.equals(await readFile(path.join(expectedDir, 'model.safetensors')))).toBe(true);
+  });
+}
+
+beforeAll(async () => {
+  azurite = await startAzurite();
+  service = BlobServiceClient.fromConnectionString(azurite.connectionString);
+  serve = await startServe({ port: 0, storage: azurite.connectionString, pollMs: 300, timerScale: 0.001, log: () => {} });
+  const models = service.getContainerClient('models');
+  for (const m of ['base', 'post', 'post2', 'newbase']) await uploadFolder(models, `tiny/${m}`, path.join(BF16, m));
+});
+
+afterAll(async () => {
+  await serve?.close();
+  await azurite?.stop();
+});
+
+describe('pipeline through the local host (paramdelta serve) on Azurite', () => {
+  it('computes deltas, fuses two, and re-posts automatically when a new base is uploaded index first', async () => {
+    const a = await api('POST', 'deltas', { name: 'chat', base: 'models/tiny/base', post: 'models/tiny/post' });
+    expect(a.status).toBe(202);
+    expect(a.json.statusUri).toBe(`${serve.url}/api/runs/${encodeURIComponent(a.json.id)}`);
+    // A duplicate request while it runs joins the same run.
+    const dup = await api('POST', 'deltas', { name: 'chat', base: 'models/tiny/base', post: 'models/tiny/post' });
+    expect(dup.json.id).toBe(a.json.id);
+    const b = await api('POST', 'deltas', { name: 'chat2', base: 'models/tiny/base', post: 'models/tiny/post2', autoApply: false });
+    const ra = await waitFor(a.json.id);
+    expect(ra).toMatchObject({ status: 'Completed', error: null, progress: { phase: 'completed', shardsDone: 1, shardsTotal: 1 } });
+    expect((await waitFor(b.json.id)).status).toBe('Completed');
+    expect((await serve.runtime.listInstances()).filter((i) => i.instanceId === a.json.id)).toHaveLength(1);
+    await expectDelta('deltas/chat', path.join(BF16, 'expected/delta-post'));
+    await expectDelta('deltas/chat2', path.join(BF16, 'expected/delta-post2'));
+
+    const list = await api('GET', 'deltas');
+    expect(list.json.deltas.map((d: any) => [d.name, d.autoApply])).toEqual([['chat', true], ['chat2', false]]);
+
+    const m = await api('POST', 'models', { base: 'models/tiny/newbase', deltas: [{ name: 'chat', scale: 0.7 }, { name: 'chat2', scale: 0.3 }], output: 'posted-models/fused' });
+    expect(m.status).toBe(202);
+    expect((await waitFor(m.json.id)).status).toBe('Completed');
+    await expectModel('posted-models/fused', path.join(BF16, 'expected/apply-post-0.7-post2-0.3'));
+
+    // Upload the new base with its index first: the poller (Event Grid's stand-in) starts repostBase once it is whole.
+    await uploadFolder(service.getContainerClient('base-models'), 'llama-next', path.join(BF16, 'newbase'), ['model.safetensors.index.json']);
+    const deadline = Date.now() + 60_000;
+    let repost;
+    while (!(repost = (await serve.runtime.listInstances()).find((i) => i.name === 'repostBase' && i.runtimeStatus === 'Completed'))) {
+      if (Date.now() > deadline) throw new Error('repostBase did not complete');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(repost.output).toMatchObject({
+      posted: [{ delta: 'chat', output: 'posted-models/llama-next/chat' }],
+      skipped: [{ name: 'chat2', reason: 'autoApply is off for this delta' }],
+    });
+    expect((await serve.runtime.listInstances()).filter((i) => i.name === 'repostBase')).toHaveLength(1);
+    await expectModel('posted-models/llama-next/chat', path.join(BF16, 'expected/apply-post-1.0'));
+    const status = await api('GET', `runs/${encodeURIComponent(repost.instanceId)}`);
+    expect(status.json.status).toBe('Completed');
+  });
+
+  it('answers bad requests with 400 naming the field, unknown runs with 404', async () => {
+    const cases: [string, string, unknown, string][] = [
+      ['POST', 'deltas', { base: 'models/tiny/base', post: 'models/tiny/post' }, 'name'],
+      ['POST', 'deltas', { name: 'x', base: 'https://evil.example/models/a', post: 'models/tiny/post' }, 'base'],
+      ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'other/tiny/post' }, 'post'],
+      ['POST', 'deltas', { name: 'x', base: 'models/../secrets', post: 'models/tiny/post' }, 'base'],
+      ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'models/tiny/post', deltaDtype: 'int8' }, 'deltaDtype'],
+      ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'models/tiny/post', extra: 1 }, 'body'],
+      ['POST', 'deltas', '{not json', 'body'],
+      ['POST', 'models', { base: 'models/tiny/newbase', deltas: [], output: 'posted-models/x' }, 'deltas'],
+      ['POST', 'models', { base: 'models/tiny/newbase', deltas: [{ name: 'chat', scale: 'big' }], output: 'posted-models/x' }, 'deltas.0.scale'],
+      ['POST', 'models', { base: 'models/tiny/newbase', deltas: [{ name: 'chat' }], output: 'deltas/x' }, 'output'],
+    ];
+    for (const [method, route, body, field] of cases) {
+      const r = await api(method, route, body);
+      expect(r.status, JSON.stringify(body)).toBe(400);
+      expect(r.json.field, JSON.stringify(body)).toBe(field);
+      expect(r.json.detail).toEqual(expect.any(String));
+    }
+    expect((await api('GET', 'runs/no-such-run')).status).toBe(404);
+  });
+});
