@@ -385,17 +385,16 @@ function roundGroup(f: Func, fmt: FloatDType, xs: string[]): GroupRounding {
   f.emit(set(v[0], lo64(lanes[0], lanes[1])), set(v[1], lo64(lanes[2], lanes[3])));
   const nan = () => op('v128.or', op('f32x4.ne', get(v[0]), get(v[0])), op('f32x4.ne', get(v[1]), get(v[1])));
   if (fmt === 'F32') return { vectors: v, nan };
-  const one = get(f.const('ONE32', i32x4(1)));
   const drop = fmt === 'BF16' ? 16 : 13; // F32 mantissa bits below the 16-bit format's
   const lowMask = get(f.const(`LOW${drop}`, i32x4((1 << drop) - 1)));
-  const tieBits = get(f.const(`TIE${drop}`, i32x4(1 << (drop - 1))));
-  const halfM1 = get(f.const(`HALF${drop}`, i32x4((1 << (drop - 1)) - 1)));
+  const half = get(f.const(`TIE${drop}`, i32x4(1 << (drop - 1))));
   const tie = f.local('tie', 'v128');
-  f.emit(set(tie, v.map((l) => op('i32x4.eq', op('v128.and', get(l), lowMask), tieBits)).reduce((a, b) => op('v128.or', a, b))));
+  f.emit(set(tie, v.map((l) => op('i32x4.eq', op('v128.and', get(l), lowMask), half)).reduce((a, b) => op('v128.or', a, b))));
   const h = v.map((l, j) => {
     const bits = f.local(`h${j}`, 'v128');
-    // Half to even at bit `drop`: add half − 1 plus the kept lsb; the carry may run into the exponent, as it should.
-    const rne = (a: string) => `(i32x4.shr_u (i32x4.add (i32x4.add ${a} ${halfM1}) (v128.and (i32x4.shr_u ${a} (i32.const ${drop})) ${one})) (i32.const ${drop}))`;
+    // Round at bit `drop` by adding half: ties, the only case where that is not half to even, are flagged above.
+    // The carry may run into the exponent, as it should (up to Inf).
+    const rne = (a: string) => `(i32x4.shr_u (i32x4.add ${a} ${half}) (i32.const ${drop}))`;
     if (fmt === 'BF16') f.emit(set(bits, rne(get(l))));
     else {
       // F16: round the magnitude, cap overflow at Inf (0x7c00), put the sign back at bit 15.
@@ -499,10 +498,8 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
           set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
         );
         // The output's exactness only picks groups for the exact (rare) count; the probe's is counted here.
-        if (yTest === 'bits') {
-          const m = op('v128.and', get(d), low(y));
-          f.emit(set(bad, k === 0 ? m : op('v128.or', get(bad), m)));
-        } else if (yTest === 'full') {
+        if (yTest === 'bits') f.emit(set(bad, k === 0 ? get(d) : op('v128.or', get(bad), get(d))));
+        else if (yTest === 'full') {
           const e = op('f64x2.eq', valueIn(f, y, d, `e${k}`), get(d));
           f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
         }
@@ -514,7 +511,7 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
       const r = roundGroup(f, y, ds);
       storeVectors(f, qo, r.vectors);
       const conds = [];
-      if (yTest === 'bits') conds.push(get(bad));
+      if (yTest === 'bits') conds.push(op('v128.and', get(bad), low(y))); // low bits of any delta (and distributes over or)
       if (yTest === 'full') conds.push(op('v128.not', get(ok)));
       if (r.tie) conds.push(get(r.tie));
       return conds.length ? `(v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))})` : '(i32.const 0)';
