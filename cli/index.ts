@@ -2,15 +2,15 @@
 import { Command, CommanderError, Option } from 'commander';
 import { InputError } from '../lib/errors.js';
 import { SafetensorsError } from '../lib/format/safetensors.js';
-import { LocalStore } from '../lib/storage/local.js';
-import { localOutput } from '../lib/storage/output.js';
+import { MODEL_INDEX } from '../lib/format/checkpoint.js';
+import { DELTA_MANIFEST } from '../lib/ops/manifest.js';
+import { cliOutput, cliResolver } from './storage.js';
 import { runCompute, runApply } from '../lib/ops/run.js';
 import { verify } from '../lib/ops/verify.js';
 import { inspect } from '../lib/ops/inspect.js';
 import { DELTA_DTYPE_POLICIES, DEFAULT_SHARD_SIZE, type DeltaDtypePolicy } from '../lib/ops/plan.js';
 import { formatBytes, parseSize } from '../lib/ops/sizes.js';
 import type { ExecEnv } from '../lib/ops/env.js';
-import type { Store } from '../lib/storage/types.js';
 import { TOOL_VERSION } from '../lib/version.js';
 import path from 'node:path';
 import { rm } from 'node:fs/promises';
@@ -22,16 +22,15 @@ import { printInspect } from './print.js';
 const EXIT_MISMATCH = 1;
 const EXIT_INPUT = 2;
 
-const resolve = (ref: string): Store => new LocalStore(ref);
-
 interface Common {
   json?: boolean;
   kernels?: 'wasm' | 'reference';
+  storage?: string;
 }
 
 function env(opts: Common, progress: Progress): ExecEnv & { onPlan: (p: unknown, bytes: number) => void } {
   return {
-    resolve,
+    resolve: cliResolver(opts),
     kernels: opts.kernels,
     onProgress: (b) => progress.add(b),
     onPlan: (_p, bytes) => progress.start('paramdelta', bytes),
@@ -50,6 +49,7 @@ function out(opts: Common, text: string, json: unknown): void {
 }
 
 const kernelsOption = new Option('--kernels <impl>', 'kernel implementation').choices(['wasm', 'reference']).default('wasm').hideHelp();
+const storageOption = new Option('--storage <connection-string>', 'storage account for az://container/prefix references (default: the AzureWebJobsStorage setting)');
 
 export function buildProgram(): Command {
   const program = new Command('paramdelta')
@@ -72,6 +72,7 @@ export function buildProgram(): Command {
     .option('--shard-size <size>', 'largest delta shard, e.g. 5GB or 2GiB', '5GB')
     .option('--force', 'replace an existing output folder')
     .option('--json', 'print a machine-readable result')
+    .addOption(storageOption)
     .addOption(kernelsOption)
     .action(async (o) => {
       const base = pick('--base', o.base, o.baseModel);
@@ -79,10 +80,11 @@ export function buildProgram(): Command {
       const dir = pick('--out', o.out, o.output);
       const progress = new Progress(process.stderr.isTTY && !o.json);
       try {
+        const e = env(o, progress);
         const { plan, manifest } = await runCompute(
-          env(o, progress),
+          e,
           { base, post, policy: o.deltaDtype as DeltaDtypePolicy, shardSize: parseSize(o.shardSize, '--shard-size') },
-          () => localOutput(dir, { force: o.force, inputs: [base, post] }),
+          cliOutput(e.resolve, dir, DELTA_MANIFEST, { force: o.force, inputs: [base, post] }),
         );
         progress.stop();
         const entries = Object.entries(manifest.tensors);
@@ -132,6 +134,7 @@ export function buildProgram(): Command {
     .option('--shard-size <size>', 'largest output shard', '5GB')
     .option('--force', 'replace an existing output folder')
     .option('--json', 'print a machine-readable result')
+    .addOption(storageOption)
     .addOption(kernelsOption)
     .action(async (o) => {
       const base = pick('--base', o.base, o.baseModel);
@@ -139,10 +142,11 @@ export function buildProgram(): Command {
       if (!deltas.length) throw new InputError('--delta is required');
       const progress = new Progress(process.stderr.isTTY && !o.json);
       try {
+        const e = env(o, progress);
         const { plan } = await runApply(
-          env(o, progress),
+          e,
           { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') },
-          () => localOutput(dir, { force: o.force, inputs: [base, ...deltas.map((d) => d.ref)] }),
+          cliOutput(e.resolve, dir, MODEL_INDEX, { force: o.force, inputs: [base, ...deltas.map((d) => d.ref)] }),
         );
         progress.stop();
         let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
@@ -164,11 +168,12 @@ export function buildProgram(): Command {
     .option('--delta <dir>', 'the delta folder')
     .addOption(new Option('--delta-path <dir>').hideHelp())
     .option('--json', 'print a machine-readable result')
+    .addOption(storageOption)
     .addOption(kernelsOption)
     .action(async (o) => {
       const progress = new Progress(process.stderr.isTTY && !o.json);
       const r = await verify(
-        { resolve, kernels: o.kernels, onProgress: (b) => progress.add(b) },
+        { resolve: cliResolver(o), kernels: o.kernels, onProgress: (b) => progress.add(b) },
         pick('--base', o.base, o.baseModel),
         pick('--post', o.post, o.postModel),
         pick('--delta', o.delta, o.deltaPath),
@@ -190,10 +195,32 @@ export function buildProgram(): Command {
     .description('show tensors, dtypes, parameter count and sizes of a checkpoint, shard or delta')
     .argument('<path>', 'a checkpoint folder, a .safetensors file, or a delta folder')
     .option('--json', 'print a machine-readable result')
+    .addOption(storageOption)
     .action(async (p: string, o) => {
-      const r = await inspect(p, resolve);
+      const r = await inspect(p, cliResolver(o));
       if (o.json) out(o, '', r);
       else printInspect(r);
+    });
+
+  program
+    .command('serve')
+    .description('run the pipeline locally: the HTTP API and the base-models watcher over Azurite (started unless --storage is given)')
+    .option('--port <port>', 'port on 127.0.0.1', '7071')
+    .addOption(new Option('--storage <connection-string>', 'use this storage account instead of starting Azurite'))
+    .option('--data-dir <dir>', 'where the started Azurite keeps its data', '.azurite')
+    .action(async (o) => {
+      const { startServe } = await import('./host/serve.js');
+      const handle = await startServe({ port: Number(o.port), storage: o.storage, dataDir: o.dataDir });
+      const say = (s: string) => process.stdout.write(s + '\n');
+      say(`paramdelta serve: ${handle.url}/api (POST deltas, POST models, GET deltas, GET runs/{id})`);
+      // Only Azurite's public development key is ever printed; a connection string given by the user is not.
+      if (handle.startedAzurite) say(`storage (Azurite): ${handle.connectionString}`);
+      say('watching base-models for uploads; Ctrl-C stops');
+      await new Promise<void>((resolve) => {
+        const stop = () => void handle.close().then(resolve);
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
     });
 
   program
@@ -247,5 +274,10 @@ export async function main(argv: string[]): Promise<number> {
 
 const isEntry = process.argv[1] && import.meta.url === (await import('node:url')).pathToFileURL(process.argv[1]).href;
 if (isEntry) {
+  // `paramdelta inspect … | head` closes the pipe early; that is not an error.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
   process.exitCode = await main(process.argv.slice(2));
 }

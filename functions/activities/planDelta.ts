@@ -2,7 +2,7 @@ import * as df from 'durable-functions';
 import { prepareCompute } from '../../lib/ops/compute.js';
 import { DELTA_MANIFEST } from '../../lib/ops/manifest.js';
 import { type ComputePlan } from '../../lib/ops/plan.js';
-import { clearForRun } from '../../lib/ops/runstate.js';
+import { clearForRun } from '../../lib/storage/output.js';
 import type { ComputeDeltaInput, PlanSummary } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
 

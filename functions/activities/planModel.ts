@@ -2,7 +2,7 @@ import * as df from 'durable-functions';
 import { prepareApply } from '../../lib/ops/apply.js';
 import { MODEL_INDEX } from '../../lib/format/checkpoint.js';
 import { type ApplyPlan } from '../../lib/ops/plan.js';
-import { clearForRun } from '../../lib/ops/runstate.js';
+import { clearForRun } from '../../lib/storage/output.js';
 import type { ApplyDeltasInput, PlanSummary } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
 

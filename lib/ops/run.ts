@@ -14,11 +14,11 @@ export interface RunHooks {
 export async function runCompute(
   env: ExecEnv & RunHooks,
   args: { base: string; post: string; policy?: DeltaDtypePolicy; shardSize: number },
-  output: () => Promise<OutputTarget>,
+  output: (plan: ComputePlan) => Promise<OutputTarget>,
 ): Promise<{ plan: ComputePlan; manifest: DeltaManifest }> {
   const plan = await prepareCompute(env, args.base, args.post, { policy: args.policy, shardSize: args.shardSize });
   env.onPlan?.(plan, plan.shards.reduce((a, s) => a + s.inputBytes, 0));
-  const out = await output();
+  const out = await output(plan);
   try {
     const results = [];
     for (let i = 0; i < plan.shards.length; i++) results.push(await executeComputeShard(plan, i, env, out.store));
@@ -35,11 +35,11 @@ export async function runCompute(
 export async function runApply(
   env: ExecEnv & RunHooks,
   args: { base: string; deltas: { ref: string; scale?: number }[]; shardSize: number },
-  output: () => Promise<OutputTarget>,
+  output: (plan: ApplyPlan) => Promise<OutputTarget>,
 ): Promise<{ plan: ApplyPlan }> {
   const plan = await prepareApply(env, args.base, args.deltas, { shardSize: args.shardSize });
   env.onPlan?.(plan, plan.shards.reduce((a, s) => a + s.inputBytes, 0));
-  const out = await output();
+  const out = await output(plan);
   try {
     for (let i = 0; i < plan.shards.length; i++) await executeApplyShard(plan, i, env, out.store);
     await finalizeApply(plan, env, out.store);

@@ -45,14 +45,3 @@ export class RunState<P extends { hash: string }, R> {
   }
 }
 
-/**
- * Readies an output folder for a run: the completion marker goes first (so the folder never looks
- * complete with a mix of old and new files), then every file the new plan will not write.
- * Shards the plan will write stay: a shard committed earlier under the same plan is reused.
- */
-export async function clearForRun(out: Store, marker: string, keep: readonly string[]): Promise<void> {
-  if (!out.remove) throw new Error(`${out.ref}: this store cannot delete files`);
-  await out.remove(marker);
-  const keepSet = new Set(keep);
-  for (const f of await out.list()) if (!keepSet.has(f)) await out.remove(f);
-}

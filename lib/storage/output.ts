@@ -64,3 +64,28 @@ export async function localOutput(dir: string, opts: { force?: boolean; inputs?:
     },
   };
 }
+
+/**
+ * A blob folder as output. Blobs cannot be renamed as a folder, so completeness is the marker
+ * (delta.json or model.safetensors.index.json) that the operation writes last; the marker goes
+ * first, with any file the new plan will not write, so the folder never looks complete early.
+ */
+export async function blobOutput(store: Store, marker: string, keep: readonly string[], opts: { force?: boolean } = {}): Promise<OutputTarget> {
+  if (!opts.force && (await store.exists(marker))) {
+    throw new InputError(`--out ${store.ref}: already holds a complete ${marker}; pass --force to replace it`);
+  }
+  await clearForRun(store, marker, keep);
+  return { store, publish: async () => undefined, discard: async () => undefined };
+}
+
+/**
+ * Readies an output folder for a run: the completion marker goes first (so the folder never looks
+ * complete with a mix of old and new files), then every file the new plan will not write.
+ * Shards the plan will write stay: a shard committed earlier under the same plan is reused.
+ */
+export async function clearForRun(out: Store, marker: string, keep: readonly string[]): Promise<void> {
+  if (!out.remove) throw new Error(`${out.ref}: this store cannot delete files`);
+  await out.remove(marker);
+  const keepSet = new Set(keep);
+  for (const f of await out.list()) if (!keepSet.has(f)) await out.remove(f);
+}

@@ -1,0 +1,42 @@
+// How the CLI resolves references: local paths, or az://container/prefix in the configured account.
+import type { BlobServiceClient } from '@azure/storage-blob';
+import { LocalStore } from '../lib/storage/local.js';
+import { blobResolver } from '../lib/storage/blob.js';
+import { blobServiceFromConnectionString, blobServiceFromSettings } from '../lib/storage/azure.js';
+import { isBlobRef } from '../lib/storage/refs.js';
+import { blobOutput, localOutput, type OutputTarget } from '../lib/storage/output.js';
+import type { Store } from '../lib/storage/types.js';
+import { readSettings, userContainers } from '../functions/settings.js';
+
+export interface StorageOptions {
+  /** A connection string given with --storage; otherwise the Functions settings in the environment. */
+  storage?: string;
+}
+
+export function cliResolver(opts: StorageOptions): (ref: string) => Store {
+  let blob: ((ref: string) => Store) | null = null;
+  return (ref) => {
+    if (!isBlobRef(ref)) return new LocalStore(ref);
+    if (!blob) {
+      const settings = readSettings();
+      const service: BlobServiceClient = opts.storage
+        ? blobServiceFromConnectionString(opts.storage, '--storage')
+        : blobServiceFromSettings(process.env, settings.connection);
+      blob = blobResolver(service, userContainers(settings));
+    }
+    return blob(ref);
+  };
+}
+
+/** The output target for --out: a hidden staging folder locally, or a marker-last blob folder. */
+export function cliOutput(
+  resolve: (ref: string) => Store,
+  out: string,
+  marker: string,
+  opts: { force?: boolean; inputs: string[] },
+): (plan: { shards: { file: string }[] }) => Promise<OutputTarget> {
+  return async (plan) =>
+    isBlobRef(out)
+      ? blobOutput(resolve(out), marker, plan.shards.map((s) => s.file), { force: opts.force })
+      : localOutput(out, { force: opts.force, inputs: opts.inputs.filter((i) => !isBlobRef(i)) });
+}

@@ -1,0 +1,67 @@
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
+import path from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { BlobServiceClient } from '@azure/storage-blob';
+import { fixturesDir } from './helpers/fixtures.js';
+import { withTempDir } from './helpers/models.js';
+import { listNames, uploadFolder } from './helpers/blob.js';
+import { startAzurite, type Azurite } from '../cli/host/azurite.js';
+import { main } from '../cli/index.js';
+
+const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
+let azurite: Azurite;
+
+async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
+  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
+  try {
+    return { code: await main([...args, '--storage', azurite.connectionString]), stdout, stderr };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+    process.exitCode = undefined;
+  }
+}
+
+beforeAll(async () => {
+  azurite = await startAzurite();
+  const service = BlobServiceClient.fromConnectionString(azurite.connectionString);
+  for (const c of ['models', 'deltas', 'posted-models', 'base-models']) await service.getContainerClient(c).createIfNotExists();
+  for (const m of ['base', 'post']) await uploadFolder(service.getContainerClient('models'), `tiny/${m}`, path.join(BF16, m));
+});
+
+afterAll(async () => {
+  await azurite?.stop();
+});
+
+describe('CLI on az:// references', () => {
+  it('computes into blob storage, verifies there, and applies from it to a local folder', () =>
+    withTempDir(async (tmp) => {
+      const c = await run(['compute', '--base', 'az://models/tiny/base', '--post', 'az://models/tiny/post', '--out', 'az://deltas/chat']);
+      expect(c.stderr).toBe('');
+      expect(c.code).toBe(0);
+      const service = BlobServiceClient.fromConnectionString(azurite.connectionString);
+      expect(await listNames(service.getContainerClient('deltas'), 'chat')).toEqual(
+        ['delta-00001-of-00001.safetensors', 'delta.json', 'delta.safetensors.index.json', 'tokenizer_config.json'],
+      );
+      const v = await run(['verify', '--base', 'az://models/tiny/base', '--post', 'az://models/tiny/post', '--delta', 'az://deltas/chat']);
+      expect(v.code).toBe(0);
+      const out = path.join(tmp, 'out');
+      const a = await run(['apply', '--base', path.join(BF16, 'newbase'), '--delta', 'az://deltas/chat', '--out', out]);
+      expect(a.code).toBe(0);
+      expect((await readFile(path.join(out, 'model-00001-of-00001.safetensors'))).equals(await readFile(path.join(BF16, 'expected/apply-post-1.0/model.safetensors')))).toBe(true);
+
+      const again = await run(['compute', '--base', 'az://models/tiny/base', '--post', 'az://models/tiny/post', '--out', 'az://deltas/chat']);
+      expect(again.code).toBe(2);
+      expect(again.stderr).toMatch(/already holds a complete delta\.json; pass --force/);
+      expect((await run(['compute', '--base', 'az://models/tiny/base', '--post', 'az://models/tiny/post', '--out', 'az://deltas/chat', '--force'])).code).toBe(0);
+
+      const outside = await run(['inspect', 'az://secrets/x']);
+      expect(outside.code).toBe(2);
+      expect(outside.stderr).toMatch(/secrets/);
+      const i = await run(['inspect', 'az://deltas/chat', '--json']);
+      expect(JSON.parse(i.stdout)).toMatchObject({ kind: 'delta', tensors: expect.any(Array) });
+    }));
+});
