@@ -1,0 +1,108 @@
+// npm run bench:pipeline [-- --size 1GiB --keep]
+// Applies a delta to a BF16 model of --size through `paramdelta serve` on Azurite, and compares
+// with the raw @azure/storage-blob throughput against the same Azurite in the same run: download
+// the same input bytes and upload the same output bytes, in 8 MiB blocks. The serve process's peak
+// RSS is read from /proc (VmHWM) before it stops.
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BlobServiceClient } from '@azure/storage-blob';
+import { startAzurite } from '../cli/host/azurite.js';
+import { writeSyntheticFamily } from '../lib/synth/family.js';
+import { formatBytes, parseSize } from '../lib/ops/sizes.js';
+import { main as cli } from '../cli/index.js';
+
+const args = process.argv.slice(2);
+const size = parseSize(args.includes('--size') ? args[args.indexOf('--size') + 1] : '1GiB');
+const keep = args.includes('--keep');
+const root = await mkdtemp(path.join(os.tmpdir(), 'paramdelta-bench-pipeline-'));
+const say = (s: string) => console.log(s);
+say(`machine: ${os.cpus()[0]?.model} x${os.cpus().length}, ${formatBytes(os.totalmem())} RAM, node ${process.version}`);
+
+const fam = await writeSyntheticFamily(path.join(root, 'family'), { dtype: 'BF16', bytes: size, shards: 4, hidden: 2048 });
+const delta = path.join(root, 'delta');
+if ((await cli(['compute', '--base', fam.base, '--post', fam.post, '--out', delta])) !== 0) throw new Error('compute failed');
+const azurite = await startAzurite({ location: path.join(root, 'azurite') });
+const service = BlobServiceClient.fromConnectionString(azurite.connectionString);
+for (const c of ['models', 'deltas', 'posted-models', 'base-models']) await service.getContainerClient(c).createIfNotExists();
+
+async function upload(container: string, prefix: string, dir: string): Promise<number> {
+  let bytes = 0;
+  for (const f of await readdir(dir)) {
+    await service.getContainerClient(container).getBlockBlobClient(`${prefix}/${f}`).uploadFile(path.join(dir, f), { blockSize: 8 << 20, concurrency: 4 });
+    bytes += f.endsWith('.safetensors') ? (await stat(path.join(dir, f))).size : 0;
+  }
+  return bytes;
+}
+const inBytes = (await upload('models', 'bench/newbase', fam.newbase)) + (await upload('deltas', 'bench', delta));
+say(`uploaded a ${formatBytes(fam.bytes)} BF16 new base and its delta to Azurite (${formatBytes(inBytes)} of shards to read)`);
+
+// The service, in its own process.
+const entry = fileURLToPath(new URL('../cli/index.js', import.meta.url));
+const port = 17000 + Math.floor(Math.random() * 2000);
+const child = spawn(process.execPath, [entry, 'serve', '--port', String(port), '--storage', azurite.connectionString], {
+  stdio: ['ignore', 'pipe', 'inherit'],
+});
+await new Promise<void>((resolve) => child.stdout.on('data', (d) => String(d).includes('watching') && resolve()));
+const t0 = performance.now();
+const res = await fetch(`http://127.0.0.1:${port}/api/models`, {
+  method: 'POST',
+  headers: { 'content-type': 'application/json' },
+  body: JSON.stringify({ base: 'models/bench/newbase', deltas: [{ name: 'bench' }], output: 'posted-models/bench' }),
+});
+const { statusUri } = (await res.json()) as { statusUri: string };
+let status: { status: string; error: string | null };
+do {
+  await new Promise((r) => setTimeout(r, 200));
+  status = (await (await fetch(statusUri)).json()) as typeof status;
+} while (status.status === 'Running' || status.status === 'Pending');
+const secs = (performance.now() - t0) / 1000;
+const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(await readFile(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024;
+child.kill('SIGTERM');
+if (status.status !== 'Completed') throw new Error(`apply ${status.status}: ${status.error}`);
+let outBytes = 0;
+for await (const b of service.getContainerClient('posted-models').listBlobsFlat({ prefix: 'bench/' })) {
+  if (b.name.endsWith('.safetensors')) outBytes += b.properties.contentLength ?? 0;
+}
+
+// Raw SDK baseline: the same bytes down and up, 8 MiB at a time, two requests in flight.
+const block = 8 << 20;
+const buf = [Buffer.alloc(block), Buffer.alloc(block)];
+const r0 = performance.now();
+for (const [container, prefix] of [['models', 'bench/newbase/'], ['deltas', 'bench/']]) {
+  for await (const b of service.getContainerClient(container).listBlobsFlat({ prefix })) {
+    if (!b.name.endsWith('.safetensors')) continue;
+    const client = service.getContainerClient(container).getBlobClient(b.name);
+    const len = b.properties.contentLength ?? 0;
+    for (let off = 0; off < len; off += 2 * block) {
+      await Promise.all([0, 1].map((i) => {
+        const o = off + i * block;
+        return o < len ? client.downloadToBuffer(buf[i], o, Math.min(block, len - o)) : null;
+      }));
+    }
+  }
+}
+const raw = service.getContainerClient('posted-models').getBlockBlobClient('raw-baseline.bin');
+const ids: string[] = [];
+for (let off = 0, i = 0; off < outBytes; i += 2) {
+  const batch = [0, 1].flatMap((k) => {
+    const o = off + k * block;
+    if (o >= outBytes) return [];
+    const id = Buffer.from(String(i + k).padStart(8, '0')).toString('base64');
+    ids.push(id);
+    return [raw.stageBlock(id, buf[k], Math.min(block, outBytes - o))];
+  });
+  await Promise.all(batch);
+  off += 2 * block;
+}
+await raw.commitBlockList(ids);
+const rawSecs = (performance.now() - r0) / 1000;
+
+const moved = inBytes + outBytes;
+say(`pipeline apply: ${secs.toFixed(2)} s for ${formatBytes(moved)} read+written = ${formatBytes(moved / secs)}/s, serve peak RSS ${formatBytes(hwm)}`);
+say(`raw SDK       : ${rawSecs.toFixed(2)} s for the same bytes = ${formatBytes(moved / rawSecs)}/s`);
+say(`throughput ratio (pipeline / raw): ${(rawSecs / secs).toFixed(2)}  (target ≥ 0.70); RSS target ≤ 300 MiB`);
+await azurite.stop();
+if (!keep) await rm(root, { recursive: true, force: true });
