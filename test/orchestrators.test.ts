@@ -132,6 +132,7 @@ describe('computeDelta: fan-out over replayed histories', () => {
       expect(s.shardsTotal).toBe(3);
     }
     expect(statuses.map((s) => s.shardsDone)).toEqual([0, 0, 1, 3]);
+    expect(statuses.map((s) => s.bytesDone)).toEqual([0, 0, 100, 300]);
 
     // finalizeDelta completes: done, with its result as output.
     const result = { name: 'chat', manifest: 'deltas/chat/delta.json', shards: 3 };
@@ -347,6 +348,7 @@ describe('repostBase', () => {
         { delta: 'code', output: 'posted-models/next/code' },
       ],
       skipped: found.skipped,
+      failed: [],
     });
     expect(r4.customStatus).toEqual({ phase: 'completed', shardsDone: 2, shardsTotal: 2, bytesDone: 0, bytesTotal: 0 });
   });
@@ -362,29 +364,45 @@ describe('repostBase', () => {
     expect(r2.isDone).toBe(true);
     expect(r2.actions).toHaveLength(1);
     expect(r2.actions.some((a) => ActionType[a.actionType]!.startsWith('CallSubOrchestrator'))).toBe(false);
-    expect(r2.output).toEqual({ base: INPUT.base, posted: [], skipped: found.skipped });
+    expect(r2.output).toEqual({ base: INPUT.base, posted: [], skipped: found.skipped, failed: [] });
     expect(r2.customStatus).toMatchObject({ phase: 'completed', shardsDone: 0, shardsTotal: 0 });
   });
 });
 
 describe('determinism', () => {
-  it('replaying the same history twice yields identical actions and customStatus', async () => {
+  /** Replays the open episode twice: the same history must give the same state, and stay untouched. */
+  async function twice(h: History, before: Action[] = []): Promise<Replay> {
+    const snapshot = JSON.stringify(h.events);
+    const a = await step(computeDeltaOrchestrator, h, before);
+    const b = await replay(computeDeltaOrchestrator, h);
+    expect(JSON.stringify(h.events)).toBe(snapshot);
+    expect(b).toEqual(a);
+    expect(JSON.stringify(b.customStatus)).toBe(JSON.stringify(a.customStatus));
+    return a;
+  }
+
+  it('replaying the same history twice yields identical actions and customStatus, episode after episode', async () => {
     const h = new History('computeDelta', DELTA_INPUT, DELTA_ID);
-    const { shardIds } = await toShards(h);
-    h.episode(h.failed(shardIds[0]!, "Activity function 'computeDeltaShard' failed: boom"));
+    const r1 = await twice(h.start());
+    const planId = h.scheduled('planDelta', r1.actions[0]!.input);
+    h.close();
+    const r2 = await twice(h.episode(h.completed(planId, plan3(DELTA_ID))), r1.actions);
+    const ids = added(r2, r1).map((a) => h.scheduled(a.functionName!, a.input));
+    h.close();
+    const r3 = await twice(h.episode(h.failed(ids[0]!, "Activity function 'computeDeltaShard' failed: boom")), r2.actions);
     const timer = h.timerCreated(2000);
     h.close();
-    h.episode(h.fired(timer), h.completed(shardIds[2]!, shardDone(2)));
-    const snapshot = JSON.stringify(h.events);
-    const a = await replay(computeDeltaOrchestrator, h);
-    const b = await replay(computeDeltaOrchestrator, h);
-    expect(JSON.stringify(h.events)).toBe(snapshot); // replay leaves the history alone
-    expect(b.actions).toEqual(a.actions);
-    expect(b.customStatus).toEqual(a.customStatus);
-    expect(b.sequenceNumber).toBe(a.sequenceNumber);
-    expect(b.isDone).toBe(a.isDone);
-    expect(a.actions).toHaveLength(4);
-    expect(a.customStatus).toMatchObject({ phase: 'shards', shardsDone: 0 });
+    const r4 = await twice(h.episode(h.fired(timer), h.completed(ids[2]!, shardDone(2))), r3.actions);
+    expect(r4.actions).toHaveLength(4);
+    expect(r4.customStatus).toMatchObject({ phase: 'shards', shardsDone: 0 });
+    const retryId = h.scheduled('computeDeltaShard', r2.actions[1]!.input);
+    h.close();
+    const r5 = await twice(h.episode(h.completed(retryId, shardDone(0)), h.completed(ids[1]!, shardDone(1))), r4.actions);
+    const finalizeId = h.scheduled('finalizeDelta', r5.actions[4]!.input);
+    h.close();
+    const r6 = await twice(h.episode(h.completed(finalizeId, 'done')), r5.actions);
+    expect(r6.isDone).toBe(true);
+    expect(r6.output).toBe('done');
   });
 });
 

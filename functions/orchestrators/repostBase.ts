@@ -11,6 +11,7 @@ export function* repostBaseOrchestrator(ctx: df.OrchestrationContext): Generator
   const total = found.compatible.length;
   report(ctx, { phase: 'reposting', shardsDone: 0, shardsTotal: total, bytesDone: 0, bytesTotal: 0 });
   const outputs: { delta: string; output: string }[] = [];
+  const failed: { delta: string; error: string }[] = [];
   if (total > 0) {
     const runs = found.compatible.map((d) => {
       const child: ApplyDeltasInput = { base: input.base, deltas: [{ ref: d.ref, scale: 1 }], output: d.output };
@@ -19,12 +20,18 @@ export function* repostBaseOrchestrator(ctx: df.OrchestrationContext): Generator
     });
     yield ctx.df.Task.any(runs);
     for (let i = 0; i < runs.length; i++) {
-      yield runs[i];
+      // One delta failing (after its retries) must not lose the others' posted models.
+      try {
+        yield runs[i];
+      } catch (e) {
+        failed.push({ delta: found.compatible[i].name, error: String((e as Error).message ?? e).split('\n')[0] });
+      }
       report(ctx, { phase: 'reposting', shardsDone: i + 1, shardsTotal: total, bytesDone: 0, bytesTotal: 0 });
     }
   }
   report(ctx, { phase: 'completed', shardsDone: total, shardsTotal: total, bytesDone: 0, bytesTotal: 0 });
-  return { base: input.base, posted: outputs, skipped: found.skipped };
+  const posted = outputs.filter((o) => !failed.some((f) => f.delta === o.delta));
+  return { base: input.base, posted, skipped: found.skipped, failed };
 }
 
 df.app.orchestration('repostBase', repostBaseOrchestrator);

@@ -11,14 +11,18 @@ const w64 = new Uint32Array(f64.buffer);
 const f32 = new Float32Array(1);
 const w32 = new Uint32Array(f32.buffer);
 
-/** 2^k for −1022 ≤ k ≤ 1023, built from its bits so it is exact whatever Math.pow does. */
-function pow2(k: number): number {
+/** 2^k for −1022 ≤ k ≤ 1023, built from bits so it is exact whatever Math.pow does. */
+const POW2 = new Float64Array(2046);
+for (let k = -1022; k <= 1023; k++) {
   w64[0] = 0;
   w64[1] = (k + 1023) << 20;
-  return f64[0];
+  POW2[k + 1022] = f64[0];
+}
+function pow2(k: number): number {
+  return POW2[k + 1022];
 }
 
-const TWO52 = 2 ** 52;
+const TWO52 = pow2(52);
 /** Round half to even to an integer, for 0 ≤ t < 2^51: the float64 addition itself rounds at the units place. */
 function rint(t: number): number {
   return t + TWO52 - TWO52;
@@ -46,12 +50,12 @@ function roundSmall(x: number, f: SmallFormat): number {
   if (a >= pow2(f.emin)) {
     let e = ((hi >>> 20) & 0x7ff) - 1023;
     let k = rint(a / pow2(e - f.mant)); // significand scaled to an integer in [2^mant, 2^(mant+1)]
-    if (k === 2 ** (f.mant + 1)) {
+    if (k === pow2(f.mant + 1)) {
       k /= 2;
       e += 1;
     }
     if (e > f.emax) return sign | f.inf;
-    return sign | ((e + f.bias) << f.mant) | (k - 2 ** f.mant);
+    return sign | ((e + f.bias) << f.mant) | (k - pow2(f.mant));
   }
   // Subnormal range: the quantum is fixed at 2^(emin − mant); k = 2^mant lands on the smallest normal's bits.
   return sign | rint(a / pow2(f.emin - f.mant));
@@ -65,7 +69,7 @@ export function bf16BitsToF64(bits: number): number {
 export function f16BitsToF64(bits: number): number {
   const e = (bits >>> 10) & 0x1f;
   const m = bits & 0x3ff;
-  const mag = e === 0 ? m * 2 ** -24 : e === 31 ? (m === 0 ? Infinity : NaN) : (1024 + m) * pow2(e - 25);
+  const mag = e === 0 ? m * pow2(-24) : e === 31 ? (m === 0 ? Infinity : NaN) : (1024 + m) * pow2(e - 25);
   return bits & 0x8000 ? -mag : mag;
 }
 
