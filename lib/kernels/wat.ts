@@ -1,7 +1,8 @@
-// Generates the WebAssembly text of the SIMD kernels: one function per (input dtype, output dtype, probe) for
-// subtract and per (base dtype, delta dtype, output dtype) for apply, each with a scalar twin for tails and for
-// the rare lanes the vector path hands off (NaNs, F16 Inf/NaN inputs, non-finite sums). No library emits SIMD
-// rounding to BF16/F16, so the snippets below are written out; every one is checked against reference.ts.
+// Generates the WebAssembly text of the kernels: for each subtract (input, output, probe dtype) and each apply step
+// (base, delta, output dtype) an exported driver, a call-free SIMD hot loop over groups of 8 elements, and a
+// scalar twin for tails and for what the hot loop hands off (NaNs, whose sign the scalar code sets explicitly;
+// F16 Inf/NaN inputs; rounding ties; rounded lanes to count; non-finite sums). No library emits SIMD rounding to
+// BF16/F16, so those snippets are written out here; the tests check all of it against reference.ts.
 import type { FloatDType } from '../format/dtype.js';
 
 export const FORMATS: readonly FloatDType[] = ['BF16', 'F16', 'F32', 'F64'];
@@ -10,7 +11,7 @@ const SIZE: Record<FloatDType, number> = { BF16: 2, F16: 2, F32: 4, F64: 8 };
 /** Memory layout below the arena (byte offsets). */
 export const LAYOUT = {
   /** 16-byte constants the kernels load (see Func.const). */
-  consts: 128,
+  consts: 320,
   /** Elements per block when a multi-delta apply keeps x in float64 scratch, or when inputs are staged. */
   block: 2048,
   /** float64 x for one block. */
@@ -22,6 +23,9 @@ export const LAYOUT = {
 
 /** Where subtract keeps its running stats: 4 f64 Σd² partial sums (by i mod 4), 4 Σbase², two i64 counts, a max. */
 export const STATS = { sqD: 0, sqB: 32, rounded: 64, misses: 72, maxError: 80, bytes: 88 } as const;
+
+/** A subtract call's vector state while it runs (so that the redo can start again from STATS). */
+const WORK = { sq: 128, sb: 160, cntR: 192, cntP: 208, cnt32: 224, mx: 240, spec: 256 } as const;
 
 export function subtractName(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
   return `sub_${x}_${y}_${probe === undefined || probe === 'F64' ? 'none' : probe}`;
@@ -98,7 +102,7 @@ function pow2(k: number): number {
   v.setBigUint64(0, BigInt(k + 1023) << 52n, true);
   return v.getFloat64(0, true);
 }
-function lanes(width: 2 | 4 | 8, put: (v: DataView, at: number) => void): Uint8Array {
+function lanes(width: 2 | 4, put: (v: DataView, at: number) => void): Uint8Array {
   const b = new Uint8Array(16);
   const v = new DataView(b.buffer);
   for (let at = 0; at < 16; at += 16 / width) put(v, at);
@@ -107,7 +111,6 @@ function lanes(width: 2 | 4 | 8, put: (v: DataView, at: number) => void): Uint8A
 const i64x2 = (x: bigint) => lanes(2, (v, at) => v.setBigUint64(at, x, true));
 const f64x2 = (x: number) => lanes(2, (v, at) => v.setFloat64(at, x, true));
 const i32x4 = (x: number) => lanes(4, (v, at) => v.setUint32(at, x, true));
-const i16x8 = (x: number) => lanes(8, (v, at) => v.setUint16(at, x, true));
 
 const K = {
   ZERO: i64x2(0n),
@@ -120,13 +123,12 @@ const K = {
   H_SGN: i32x4(0x8000),
   H_UP: f64x2(pow2(112)),
   H_DOWN: f64x2(pow2(-112)),
-  MAG16: i16x8(0x7fff),
 };
 
 /** Per-format constants of the rounding trick: clamp the binade to [lo, hi], magic = 2^binade · k. */
 const GRID = {
-  BF16: { lo: '0x1p-126', hi: '0x1p128', k: '0x1.8p45', vlo: pow2(-126), vhi: pow2(128), vk: 1.5 * pow2(45), nan16: 0x7f80 },
-  F16: { lo: '0x1p-14', hi: '0x1p16', k: '0x1.8p42', vlo: pow2(-14), vhi: pow2(16), vk: 1.5 * pow2(42), nan16: 0x7c00 },
+  BF16: { lo: '0x1p-126', hi: '0x1p128', k: '0x1.8p45', vlo: pow2(-126), vhi: pow2(128), vk: 1.5 * pow2(45) },
+  F16: { lo: '0x1p-14', hi: '0x1p16', k: '0x1.8p42', vlo: pow2(-14), vhi: pow2(16), vk: 1.5 * pow2(42) },
 } as const;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -300,9 +302,12 @@ interface Rounded {
 }
 
 /**
- * Rounds pair `x` once to `fmt`, exactly, for any input: |x| is rounded on the float64 grid of its binade
- * (clamped to the format's normal range) by adding and subtracting a magic constant, as $grid does. The result
- * is exact in F32 (BF16) or in F32 after scaling by 2^-112 (F16). Used off the hot path.
+ * Rounds pair `x` once to `fmt`, exactly: |x| is rounded on the float64 grid of its binade (the binade clamped
+ * below to the smallest normal, so subnormals round at their fixed quantum) by adding and subtracting a magic
+ * constant, as $grid does. The result is exact in F32 (BF16) or in F32 after scaling by 2^-112 (F16); results
+ * at or above 2^(emax+1) overflow to Inf. Unlike $grid there is no upper clamp: only |x| ≥ 2^979 overflows the
+ * constant (giving NaN), and such a delta has an infinite square, which sends the call to the scalar redo.
+ * Used by subtract off the hot path.
  */
 function roundExact(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
   if (fmt === 'F64') return { lanes: x, value: () => get(x) };
@@ -316,7 +321,7 @@ function roundExact(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
   const ya = f.local(`ya${tag}`, 'v128');
   const c = GRID[fmt];
   const hi = get(f.const(`${fmt}_HI`, f64x2(c.vhi)));
-  const binade = op('f64x2.pmin', op('f64x2.pmax', op('v128.and', get(x), get(f.const('EXP', K.EXP))), get(f.const(`${fmt}_LO`, f64x2(c.vlo)))), hi);
+  const binade = op('f64x2.pmax', op('v128.and', get(x), get(f.const('EXP', K.EXP))), get(f.const(`${fmt}_LO`, f64x2(c.vlo))));
   f.emit(
     set(sgn, op('v128.and', get(x), get(f.const('SIGN', K.SIGN)))),
     set(m, op('f64x2.mul', binade, get(f.const(`${fmt}_K`, f64x2(c.vk))))),
@@ -363,7 +368,7 @@ interface GroupRounding {
   /** Nonzero where a lane is NaN. */
   nan: () => string;
   /** Nonzero where the fast rounding may be wrong (BF16/F16 double-rounding ties); such groups take the exact path. */
-  tie?: string;
+  tie?: () => string;
 }
 
 /**
@@ -388,8 +393,7 @@ function roundGroup(f: Func, fmt: FloatDType, xs: string[]): GroupRounding {
   const drop = fmt === 'BF16' ? 16 : 13; // F32 mantissa bits below the 16-bit format's
   const lowMask = get(f.const(`LOW${drop}`, i32x4((1 << drop) - 1)));
   const half = get(f.const(`TIE${drop}`, i32x4(1 << (drop - 1))));
-  const tie = f.local('tie', 'v128');
-  f.emit(set(tie, v.map((l) => op('i32x4.eq', op('v128.and', get(l), lowMask), half)).reduce((a, b) => op('v128.or', a, b))));
+  const tie = () => v.map((l) => op('i32x4.eq', op('v128.and', get(l), lowMask), half)).reduce((a, b) => op('v128.or', a, b));
   const h = v.map((l, j) => {
     const bits = f.local(`h${j}`, 'v128');
     // Round at bit `drop` by adding half: ties, the only case where that is not half to even, are flagged above.
@@ -416,25 +420,37 @@ function storeVectors(f: Func, ptr: string, vectors: string[]): void {
 }
 
 /**
- * The group loop. `body` handles elements [i, i+8) and returns a condition that sends the group to `rare`
- * (after `body`, before `commit`). The rare handler sits outside the inner loop, so the hot loop is one block
- * without calls, which keeps TurboFan from spilling the accumulators around it.
+ * The hot loop of a kernel, as its own function without calls (so TurboFan keeps its accumulators in registers):
+ * from group $i on, `body` handles elements [i, i+8) and returns a condition that stops the loop at that group
+ * (after `body`, before `commit`). The function returns the index it stopped at: $n8 when done, else the group
+ * its caller must finish by other means before calling again from i + 8.
  */
-function groupLoop(f: Func, pointers: [string, number][], parts: { body: () => string; commit: () => void; rare: () => void }): void {
-  const advance = () => {
-    for (const [p, size] of pointers) f.emit(set(p, `(i32.add ${get(p)} (i32.const ${8 * size}))`));
-    f.emit(`(local.set $i (i32.add (local.get $i) (i32.const 8)))`);
-  };
-  f.emit(`(block $end (loop $resume (block $rare (loop $group`, `(br_if $end (i32.ge_u (local.get $i) (local.get $n8)))`);
+function hotLoop(f: Func, pointers: [string, string, number][], parts: { body: () => string; commit: () => void; save: () => void }): void {
+  for (const [q, p, size] of pointers) f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
+  f.emit(`(block $stop (loop $group`, `(br_if $stop (i32.ge_u (local.get $i) (local.get $n8)))`);
   const cond = parts.body();
-  f.emit(`(br_if $rare ${cond})`);
+  f.emit(`(br_if $stop ${cond})`);
   parts.commit();
-  advance();
-  f.emit(`(br $group)))`);
-  parts.rare();
-  advance();
-  f.emit(`(br $resume)))`);
+  for (const [q, , size] of pointers) f.emit(set(q, `(i32.add ${get(q)} (i32.const ${8 * size}))`));
+  f.emit(`(local.set $i (i32.add (local.get $i) (i32.const 8)))`, `(br $group)))`);
+  parts.save();
+  f.emit(`(local.get $i)`);
 }
+
+/** Calls `hot` until it reaches $n8, handing each group it stops at to `rare`. */
+function driveLoop(f: Func, hot: string, rare: string): void {
+  f.emit(
+    `(block $done (loop $more`,
+    `  (local.set $i ${hot})`,
+    `  (br_if $done (i32.ge_u (local.get $i) (local.get $n8)))`,
+    `  ${rare}`,
+    `  (local.set $i (i32.add (local.get $i) (i32.const 8)))`,
+    `  (br $more)))`,
+  );
+}
+
+const load = (at: number) => `(v128.load offset=${at} (i32.const 0))`;
+const store = (at: number, v: string) => `(v128.store offset=${at} (i32.const 0) ${v})`;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Subtract
@@ -442,20 +458,9 @@ function groupLoop(f: Func, pointers: [string, number][], parts: { body: () => s
 /** Mantissa bits below a format's precision; with BF16/F16 inputs, a delta is exact in BF16 or F32 iff they are 0. */
 const LOW_BITS: Partial<Record<FloatDType, bigint>> = { BF16: (1n << 45n) - 1n, F32: (1n << 29n) - 1n };
 
-function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
-  const name = subtractName(x, y, probe);
+/** What the three functions of one subtract kernel share. */
+function subtractPlan(x: FloatDType, y: FloatDType, probe: FloatDType | undefined) {
   const pr = probe === 'F64' ? undefined : probe;
-  const f = new Func(name, '(param $pb i32) (param $pp i32) (param $po i32) (param $n i32)', true);
-  f.local('i', 'i32');
-  f.local('n8', 'i32');
-  const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
-  const [cntR, cntP, mx, bad, ok] = ['cntR', 'cntP', 'mx', 'bad', 'ok'].map((n) => f.local(n, 'v128'));
-  const spec = x === 'F16' ? f.local('spec', 'v128') : undefined;
-  // Partial sums by i mod 4: pairs 0 and 2 of a group feed sq[0] (slots 0, 1), pairs 1 and 3 feed sq[1].
-  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
-  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
-  const zero = get(f.const('ZERO', K.ZERO));
-
   // Exactness tests. With BF16/F16 inputs every delta lies on the 2^-133 grid and (for F16) below 2^17, so
   // exactness in BF16/F32 is just "no mantissa bits below the format's precision"; for BF16 inputs that also
   // needs |d| < 2^128, which the scalar redo guarantees by firing whenever a Σd² slot reaches 2^256.
@@ -465,110 +470,165 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   // exact in F32 is exact in BF16 iff its low 16 bits are 0. Groups with an F32-inexact lane take the rare path,
   // which swaps that count for an exact one.
   const pTest = pr === undefined ? undefined : y === 'F32' && pr === 'BF16' && yTest === 'bits' ? 'packed' : bitsTest(pr) ? 'bits' : 'full';
-  const cnt32 = pTest === 'packed' ? f.local('cnt32', 'v128') : undefined;
-  const guard = x === 'BF16' && (yTest === 'bits' || pTest === 'bits') ? pow2(256) : Infinity;
-  const low = (t: FloatDType) => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t] ?? 0n)));
-  const low16Zero = (v: string) => op('i32x4.eq', op('v128.and', get(v), get(f.const('LOW16', i32x4(0xffff)))), zero);
+  const guard = x === 'BF16' && (yTest === 'bits' || pTest === 'bits' || pTest === 'packed') ? pow2(256) : Infinity;
+  return { name: subtractName(x, y, probe), pr, yTest, pTest, guard };
+}
 
+const SUB_PARAMS = '(param $pb i32) (param $pp i32) (param $po i32)';
+
+function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
+  const { name, pr, yTest, pTest } = subtractPlan(x, y, probe);
+  const f = new Func(`${name}_hot`, `${SUB_PARAMS} (param $i i32) (param $n8 i32) (result i32)`, false);
+  const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
+  const [cntP, bad, ok] = ['cntP', 'bad', 'ok'].map((n) => f.local(n, 'v128'));
+  const cnt32 = pTest === 'packed' ? f.local('cnt32', 'v128') : undefined;
+  const spec = x === 'F16' ? f.local('spec', 'v128') : undefined;
+  // Partial sums by i mod 4: pairs 0 and 2 of a group feed sq[0] (slots 0, 1), pairs 1 and 3 feed sq[1].
+  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
+  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
+  const zero = get(f.const('ZERO', K.ZERO));
+  const low = (t: FloatDType) => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t] ?? 0n)));
+  const state: [string | undefined, number][] = [
+    [sq[0], WORK.sq],
+    [sq[1], WORK.sq + 16],
+    [sb[0], WORK.sb],
+    [sb[1], WORK.sb + 16],
+    [cntP, WORK.cntP],
+    [cnt32, WORK.cnt32],
+    [spec, WORK.spec],
+  ];
+  for (const [l, at] of state) if (l) f.emit(set(l, load(at)));
+
+  hotLoop(
+    f,
+    [
+      [qb, '$pb', SIZE[x]],
+      [qp, '$pp', SIZE[x]],
+      [qo, '$po', SIZE[y]],
+    ],
+    {
+      body: () => {
+        const ds: string[] = [];
+        for (let k = 0; k < 4; k++) {
+          const [b, p, d] = ['b', 'p', 'd'].map((n) => f.local(`${n}${k}`, 'v128'));
+          ds.push(d);
+          widenPair(f, x, qb, k, b, spec);
+          widenPair(f, x, qp, k, p, spec);
+          f.emit(
+            set(d, op('f64x2.sub', get(p), get(b))),
+            // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
+            set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
+            set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
+          );
+          // The output's exactness only picks groups for the exact (rare) count; the probe's is counted here.
+          if (yTest === 'bits') f.emit(set(bad, k === 0 ? get(d) : op('v128.or', get(bad), get(d))));
+          else if (yTest === 'full') {
+            const e = op('f64x2.eq', valueIn(f, y, d, `e${k}`), get(d));
+            f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
+          }
+          if (pr !== undefined && pTest !== 'packed') {
+            const exact = pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', valueIn(f, pr, d, `q${k}`), get(d));
+            f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
+          }
+        }
+        const r = roundGroup(f, y, ds);
+        storeVectors(f, qo, r.vectors);
+        if (cnt32) for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), low16Zero(f, v))));
+        // A double-rounding tie is an inexact lane, so the exactness test already sends its group to the exact path.
+        if (yTest === 'bits') return `(v128.any_true ${op('v128.and', get(bad), low(y))})`; // low bits of any delta (and distributes over or)
+        if (yTest === 'full') return `(i32.eqz (i64x2.all_true ${get(ok)}))`;
+        return '(i32.const 0)';
+      },
+      commit: () => {},
+      save: () => {
+        for (const [l, at] of state) if (l) f.emit(store(at, get(l)));
+      },
+    },
+  );
+  return f;
+}
+
+const low16Zero = (f: Func, v: string) => op('i32x4.eq', op('v128.and', get(v), get(f.const('LOW16', i32x4(0xffff)))), get(f.const('ZERO', K.ZERO)));
+
+/** The group at $i has a rounded lane: count it exactly, and round it again exactly (the hot path may have met a tie). */
+function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
+  const { name, pr, pTest } = subtractPlan(x, y, probe);
+  const f = new Func(`${name}_rare`, `${SUB_PARAMS} (param $i i32)`, false);
+  const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
+  const [cntR, cntP, cnt32, mx] = ['cntR', 'cntP', 'cnt32', 'mx'].map((n) => f.local(n, 'v128'));
+  const state: [string, number][] = [
+    [cntR, WORK.cntR],
+    [cntP, WORK.cntP],
+    [cnt32, WORK.cnt32],
+    [mx, WORK.mx],
+  ];
+  for (const [l, at] of state) f.emit(set(l, load(at)));
+  for (const [q, p, size] of [
+    [qb, '$pb', SIZE[x]],
+    [qp, '$pp', SIZE[x]],
+    [qo, '$po', SIZE[y]],
+  ] as const)
+    f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
+  const ds: string[] = [];
+  const lanes: string[] = [];
+  for (let k = 0; k < 4; k++) {
+    const [b, p, d, w] = ['b', 'p', 'd', 'w'].map((n) => f.local(`${n}${k}`, 'v128'));
+    ds.push(d);
+    widenPair(f, x, qb, k, b, undefined);
+    widenPair(f, x, qp, k, p, undefined);
+    f.emit(set(d, op('f64x2.sub', get(p), get(b))));
+    if (y === 'F64') continue;
+    const r = roundExact(f, y, d, `${k}`);
+    lanes.push(r.lanes);
+    // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
+    f.emit(
+      set(w, r.value()),
+      set(cntR, op('i64x2.sub', get(cntR), op('v128.not', op('f64x2.eq', get(w), get(d))))),
+      set(mx, op('f64x2.pmax', get(mx), op('f64x2.abs', op('f64x2.sub', get(w), get(d))))),
+    );
+  }
+  if (y === 'BF16' || y === 'F16') storeVectors(f, qo, packExact(f, y, lanes, 's'));
+  if (pTest === 'packed' && pr !== undefined) {
+    // Take back the packed probe count of this group and count it exactly instead.
+    const zero = get(f.const('ZERO', K.ZERO));
+    for (const v of packExact(f, 'F32', lanes, 'u')) f.emit(set(cnt32, op('i32x4.add', get(cnt32), low16Zero(f, v))));
+    for (const d of ds) f.emit(set(cntP, op('i64x2.sub', get(cntP), op('i64x2.eq', op('v128.and', get(d), get(f.const(`LOW_${pr}`, i64x2(LOW_BITS[pr] ?? 0n)))), zero))));
+  }
+  for (const [l, at] of state) f.emit(store(at, get(l)));
+  return f;
+}
+
+function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
+  const { name, pr, yTest, guard } = subtractPlan(x, y, probe);
+  const f = new Func(name, `${SUB_PARAMS} (param $n i32)`, true);
+  f.local('i', 'i32');
+  f.local('n8', 'i32');
+  const zero = get(f.const('ZERO', K.ZERO));
   f.emit(
     set('$n8', '(i32.and (local.get $n) (i32.const -8))'),
-    set(qb, get('$pb')),
-    set(qp, get('$pp')),
-    set(qo, get('$po')),
-    set(cntR, zero),
-    set(cntP, zero),
-    set(mx, zero),
-    ...(spec ? [set(spec, zero)] : []),
-    ...(cnt32 ? [set(cnt32, zero)] : []),
-    ...sq.map((l, k) => set(l, `(v128.load offset=${STATS.sqD + 16 * k} (i32.const 0))`)),
-    ...sb.map((l, k) => set(l, `(v128.load offset=${STATS.sqB + 16 * k} (i32.const 0))`)),
+    ...[0, 16, 32, 48].map((o) => store(WORK.sq + o, load(STATS.sqD + o))),
+    ...[WORK.cntR, WORK.cntP, WORK.cnt32, WORK.mx, WORK.spec].map((at) => store(at, zero)),
   );
+  const args = '(local.get $pb) (local.get $pp) (local.get $po) (local.get $i)';
+  driveLoop(f, `(call $${name}_hot ${args} (local.get $n8))`, yTest ? `(call $${name}_rare ${args})` : '');
 
-  const sizes: [string, number][] = [
-    [qb, SIZE[x]],
-    [qp, SIZE[x]],
-    [qo, SIZE[y]],
-  ];
-  groupLoop(f, sizes, {
-    body: () => {
-      const ds: string[] = [];
-      for (let k = 0; k < 4; k++) {
-        const [b, p, d] = ['b', 'p', 'd'].map((n) => f.local(`${n}${k}`, 'v128'));
-        ds.push(d);
-        widenPair(f, x, qb, k, b, spec);
-        widenPair(f, x, qp, k, p, spec);
-        f.emit(
-          set(d, op('f64x2.sub', get(p), get(b))),
-          // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
-          set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
-          set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
-        );
-        // The output's exactness only picks groups for the exact (rare) count; the probe's is counted here.
-        if (yTest === 'bits') f.emit(set(bad, k === 0 ? get(d) : op('v128.or', get(bad), get(d))));
-        else if (yTest === 'full') {
-          const e = op('f64x2.eq', valueIn(f, y, d, `e${k}`), get(d));
-          f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
-        }
-        if (pr !== undefined && pTest !== 'packed') {
-          const exact = pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', valueIn(f, pr, d, `q${k}`), get(d));
-          f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
-        }
-      }
-      const r = roundGroup(f, y, ds);
-      storeVectors(f, qo, r.vectors);
-      if (cnt32) for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), low16Zero(v))));
-      const conds = [];
-      if (yTest === 'bits') conds.push(op('v128.and', get(bad), low(y))); // low bits of any delta (and distributes over or)
-      if (yTest === 'full') conds.push(op('v128.not', get(ok)));
-      if (r.tie) conds.push(get(r.tie));
-      return conds.length ? `(v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))})` : '(i32.const 0)';
-    },
-    commit: () => {},
-    rare: () => {
-      // Some lane was rounded, or sat on a double-rounding tie: reload the group, round it exactly (and store it
-      // again), and count exactly. NaN lanes miscount here, but they force the scalar redo.
-      const ds: string[] = [];
-      const lanes: string[] = [];
-      for (let k = 0; k < 4; k++) {
-        const [b, p, d, w] = ['rb', 'rp', 'rd', 'rw'].map((n) => f.local(`${n}${k}`, 'v128'));
-        ds.push(d);
-        widenPair(f, x, qb, k, b, undefined);
-        widenPair(f, x, qp, k, p, undefined);
-        f.emit(set(d, op('f64x2.sub', get(p), get(b))));
-        if (y === 'F64') continue;
-        const r = roundExact(f, y, d, `s${k}`);
-        lanes.push(r.lanes);
-        f.emit(
-          set(w, r.value()),
-          set(cntR, op('i64x2.sub', get(cntR), op('v128.not', op('f64x2.eq', get(w), get(d))))),
-          set(mx, op('f64x2.pmax', get(mx), op('f64x2.abs', op('f64x2.sub', get(w), get(d))))),
-        );
-      }
-      if (y === 'BF16' || y === 'F16') storeVectors(f, qo, packExact(f, y, lanes, 's'));
-      if (cnt32 && pr !== undefined) {
-        // Take back the packed probe count of this group and count it exactly instead.
-        for (const v of packExact(f, 'F32', lanes, 'u')) f.emit(set(cnt32, op('i32x4.add', get(cnt32), low16Zero(v))));
-        for (const d of ds) f.emit(set(cntP, op('i64x2.sub', get(cntP), op('i64x2.eq', op('v128.and', get(d), low(pr)), zero))));
-      }
-    },
-  });
-
-  // Redo the whole call in scalar if a sum went NaN or Inf (a NaN or Inf input or delta, whose square was not
-  // masked; also a genuine overflow, which the redo reproduces), if Σd² reached the guard, or an F16 input was Inf/NaN.
-  const redo = f.local('redo', 'v128');
-  const notBelow = (v: string, t: number) => op('v128.not', op('f64x2.lt', get(v), get(f.const(t === Infinity ? 'INF' : 'GUARD', f64x2(t)))));
-  f.emit(set(redo, [...sq.map((v) => notBelow(v, guard)), ...sb.map((v) => notBelow(v, Infinity)), ...(spec ? [get(spec)] : [])].reduce((a, b) => op('v128.or', a, b))));
+  // Redo the whole call in scalar, from the stats as they were, if Σd² went NaN or Inf (a NaN or Inf delta, whose
+  // square was not masked; also a genuine overflow, which the redo reproduces), if it reached the guard, or if an
+  // F16 input was Inf/NaN. A non-finite base always makes a non-finite delta, so Σbase² needs no test of its own.
+  const t = get(f.const(guard === Infinity ? 'INF' : 'GUARD', f64x2(guard)));
+  const redo = [load(WORK.sq), load(WORK.sq + 16)].map((v) => op('v128.not', op('f64x2.lt', v, t)));
+  if (x === 'F16') redo.push(load(WORK.spec));
   const scalar = `$${name}_s`;
-  f.emit(`(if (v128.any_true ${get(redo)}) (then (call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (i32.const 0) (local.get $n)) (return)))`);
-  const lanesum = (v: string) => `(i64.add (i64x2.extract_lane 0 ${get(v)}) (i64x2.extract_lane 1 ${get(v)}))`;
-  const exactP = cnt32 ? `(i64.add ${lanesum(cntP)} (i64.extend_i32_u ${[0, 1, 2, 3].map((j) => `(i32x4.extract_lane ${j} ${get(cnt32)})`).reduce((a, b) => op('i32.add', a, b))}))` : lanesum(cntP);
+  f.emit(`(if (v128.any_true ${redo.reduce((a, b) => op('v128.or', a, b))}) (then (call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (i32.const 0) (local.get $n)) (return)))`);
+  const lanesum = (at: number) => `(i64.add (i64.load offset=${at} (i32.const 0)) (i64.load offset=${at + 8} (i32.const 0)))`;
+  const exact = `(i64.add ${lanesum(WORK.cntP)} (i64.extend_i32_u ${[0, 4, 8, 12].map((o) => `(i32.load offset=${WORK.cnt32 + o} (i32.const 0))`).reduce((a, b) => op('i32.add', a, b))}))`;
+  const addI64 = (at: number, v: string) => `(i64.store offset=${at} (i32.const 0) (i64.add (i64.load offset=${at} (i32.const 0)) ${v}))`;
   f.emit(
-    ...sq.map((l, k) => `(v128.store offset=${STATS.sqD + 16 * k} (i32.const 0) ${get(l)})`),
-    ...sb.map((l, k) => `(v128.store offset=${STATS.sqB + 16 * k} (i32.const 0) ${get(l)})`),
-    `(i64.store offset=${STATS.rounded} (i32.const 0) (i64.add (i64.load offset=${STATS.rounded} (i32.const 0)) ${lanesum(cntR)}))`,
-    // cntP counted the exact lanes.
-    ...(pr === undefined ? [] : [`(i64.store offset=${STATS.misses} (i32.const 0) (i64.add (i64.load offset=${STATS.misses} (i32.const 0)) (i64.sub (i64.extend_i32_u (local.get $n8)) ${exactP})))`]),
-    `(f64.store offset=${STATS.maxError} (i32.const 0) (f64.max (f64.load offset=${STATS.maxError} (i32.const 0)) (f64.max (f64x2.extract_lane 0 ${get(mx)}) (f64x2.extract_lane 1 ${get(mx)}))))`,
+    ...[0, 16, 32, 48].map((o) => store(STATS.sqD + o, load(WORK.sq + o))),
+    addI64(STATS.rounded, lanesum(WORK.cntR)),
+    // cntP and cnt32 counted the exact lanes.
+    ...(pr === undefined ? [] : [addI64(STATS.misses, `(i64.sub (i64.extend_i32_u (local.get $n8)) ${exact})`)]),
+    `(f64.store offset=${STATS.maxError} (i32.const 0) (f64.max (f64.load offset=${STATS.maxError} (i32.const 0)) (f64.max (f64.load offset=${WORK.mx} (i32.const 0)) (f64.load offset=${WORK.mx + 8} (i32.const 0)))))`,
     `(call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (local.get $n8) (local.get $n))`,
   );
   return f;
@@ -577,50 +637,55 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
 // ---------------------------------------------------------------------------------------------------------------
 // Apply: out = round_y(widen(base) + s·widen(delta)). Several deltas chain through F64 scratch (x = F64, y = F64).
 
-function simdApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
-  const name = applyName(x, dt, y);
-  const f = new Func(name, '(param $pb i32) (param $pd i32) (param $po i32) (param $s f64) (param $sneg i32) (param $n i32)', true);
-  f.local('i', 'i32');
-  f.local('n8', 'i32');
+const APP_PARAMS = '(param $pb i32) (param $pd i32) (param $po i32) (param $s f64)';
+
+function applyHot(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
+  const f = new Func(`${applyName(x, dt, y)}_hot`, `${APP_PARAMS} (param $i i32) (param $n8 i32) (result i32)`, false);
   const [qb, qd, qo] = ['qb', 'qd', 'qo'].map((n) => f.local(n, 'i32'));
   const sv = f.local('sv', 'v128');
   const spec = x === 'F16' || dt === 'F16' ? f.local('spec', 'v128') : undefined;
-  f.emit(
-    set('$n8', '(i32.and (local.get $n) (i32.const -8))'),
-    set(qb, get('$pb')),
-    set(qd, get('$pd')),
-    set(qo, get('$po')),
-    set(sv, '(f64x2.splat (local.get $s))'),
-  );
-  const scalar = `$${name}_s`;
-  const sizes: [string, number][] = [
-    [qb, SIZE[x]],
-    [qd, SIZE[dt]],
-    [qo, SIZE[y]],
-  ];
+  f.emit(set(sv, '(f64x2.splat (local.get $s))'));
   let vectors: string[] = [];
-  groupLoop(f, sizes, {
-    body: () => {
-      if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
-      const xs = [0, 1, 2, 3].map((k) => {
-        const [b, d, v] = ['b', 'd', 'x'].map((n) => f.local(`${n}${k}`, 'v128'));
-        widenPair(f, x, qb, k, b, spec);
-        widenPair(f, dt, qd, k, d, spec);
-        f.emit(set(v, op('f64x2.add', get(b), op('f64x2.mul', get(d), get(sv)))));
-        return v;
-      });
-      const r = roundGroup(f, y, xs);
-      vectors = r.vectors;
-      // NaN results, double-rounding ties and F16 Inf/NaN inputs go to the scalar code, which also gives NaNs their
-      // sign explicitly. It runs instead of this group's stores, so out may alias base.
-      const conds = [r.nan(), ...(r.tie ? [get(r.tie)] : []), ...(spec ? [get(spec)] : [])];
-      return `(v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))})`;
+  hotLoop(
+    f,
+    [
+      [qb, '$pb', SIZE[x]],
+      [qd, '$pd', SIZE[dt]],
+      [qo, '$po', SIZE[y]],
+    ],
+    {
+      body: () => {
+        if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
+        const xs = [0, 1, 2, 3].map((k) => {
+          const [b, d, v] = ['b', 'd', 'x'].map((n) => f.local(`${n}${k}`, 'v128'));
+          widenPair(f, x, qb, k, b, spec);
+          widenPair(f, dt, qd, k, d, spec);
+          f.emit(set(v, op('f64x2.add', get(b), op('f64x2.mul', get(d), get(sv)))));
+          return v;
+        });
+        const r = roundGroup(f, y, xs);
+        vectors = r.vectors;
+        // NaN results, double-rounding ties and F16 Inf/NaN inputs stop the loop before this group's stores: the
+        // caller runs the scalar code on the group, which also gives NaNs their sign explicitly (so out may alias base).
+        const conds = [r.nan(), ...(r.tie ? [r.tie()] : []), ...(spec ? [get(spec)] : [])];
+        return `(v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))})`;
+      },
+      commit: () => storeVectors(f, qo, vectors),
+      save: () => {},
     },
-    commit: () => storeVectors(f, qo, vectors),
-    rare: () =>
-      f.emit(`(call ${scalar} (local.get $pb) (local.get $pd) (local.get $po) (local.get $s) (local.get $sneg) (local.get $i) (i32.add (local.get $i) (i32.const 8)))`),
-  });
-  f.emit(`(call ${scalar} (local.get $pb) (local.get $pd) (local.get $po) (local.get $s) (local.get $sneg) (local.get $n8) (local.get $n))`);
+  );
+  return f;
+}
+
+function simdApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
+  const name = applyName(x, dt, y);
+  const f = new Func(name, `${APP_PARAMS} (param $sneg i32) (param $n i32)`, true);
+  f.local('i', 'i32');
+  f.local('n8', 'i32');
+  f.emit(set('$n8', '(i32.and (local.get $n) (i32.const -8))'));
+  const args = '(local.get $pb) (local.get $pd) (local.get $po) (local.get $s)';
+  driveLoop(f, `(call $${name}_hot ${args} (local.get $i) (local.get $n8))`, `(call $${name}_s ${args} (local.get $sneg) (local.get $i) (i32.add (local.get $i) (i32.const 8)))`);
+  f.emit(`(call $${name}_s ${args} (local.get $sneg) (local.get $n8) (local.get $n))`);
   return f;
 }
 
@@ -630,9 +695,9 @@ export function kernelsWat(): string {
   for (const x of FORMATS) {
     for (const y of FORMATS) {
       for (const probe of [undefined, 'BF16', 'F16', 'F32'] as const) {
-        parts.push(scalarSubtract(x, y, probe).text(), simdSubtract(x, y, probe).text());
+        parts.push(scalarSubtract(x, y, probe).text(), subtractHot(x, y, probe).text(), subtractRare(x, y, probe).text(), simdSubtract(x, y, probe).text());
       }
-      for (const dt of FORMATS) parts.push(scalarApply(x, dt, y).text(), simdApply(x, dt, y).text());
+      for (const dt of FORMATS) parts.push(scalarApply(x, dt, y).text(), applyHot(x, dt, y).text(), simdApply(x, dt, y).text());
     }
   }
   parts.push(dataSegment(), ')');

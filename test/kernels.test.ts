@@ -1,0 +1,734 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import type { FloatDType } from '../lib/format/dtype.js';
+import {
+  bf16BitsToF64,
+  createKernels,
+  f16BitsToF64,
+  f64ToBf16Bits,
+  f64ToF16Bits,
+  f64ToF32Bits,
+  newSubtractStats,
+  readElement,
+  writeElement,
+  type DeltaInput,
+  type Kernels,
+  type SubtractStats,
+} from '../lib/kernels/index.js';
+
+const DTYPES: FloatDType[] = ['BF16', 'F16', 'F32', 'F64'];
+const SIZE: Record<FloatDType, number> = { BF16: 2, F16: 2, F32: 4, F64: 8 };
+
+// ---------------------------------------------------------------------------------------------------------------
+// Exact helpers, independent of the code under test: float64 bits and a BigInt rounding oracle.
+
+const dv = new DataView(new ArrayBuffer(8));
+function bitsOf(x: number): bigint {
+  dv.setFloat64(0, x);
+  return dv.getBigUint64(0);
+}
+function fromBits(b: bigint): number {
+  dv.setBigUint64(0, b);
+  return dv.getFloat64(0);
+}
+/** 2^k exactly, for −1074 ≤ k ≤ 1023. */
+function p2(k: number): number {
+  return k >= -1022 ? fromBits(BigInt(k + 1023) << 52n) : fromBits(1n << BigInt(k + 1074));
+}
+/** A NaN with the given sign, built from bits. */
+function nan(neg: boolean): number {
+  return fromBits((neg ? 0xfff8000000000000n : 0x7ff8000000000000n) | 0x1234n);
+}
+
+interface Fmt {
+  mant: number;
+  emin: number;
+  emax: number;
+  width: 16 | 32;
+}
+const FMT: Record<'BF16' | 'F16' | 'F32', Fmt> = {
+  BF16: { mant: 7, emin: -126, emax: 127, width: 16 },
+  F16: { mant: 10, emin: -14, emax: 15, width: 16 },
+  F32: { mant: 23, emin: -126, emax: 127, width: 32 },
+};
+
+function bitLength(m: bigint): number {
+  return m.toString(2).length;
+}
+
+/** x rounded once, half to even, to `f`, as bits; NaN gives the quiet NaN with x's sign. Exact BigInt arithmetic. */
+function oracleRound(x: number, f: Fmt): number {
+  const b = bitsOf(x);
+  const sign = b >> 63n === 1n ? 2 ** (f.width - 1) : 0;
+  const expBits = f.width - 1 - f.mant;
+  const bias = f.emax;
+  const inf = (2 ** expBits - 1) * 2 ** f.mant;
+  const field = Number((b >> 52n) & 0x7ffn);
+  const frac = b & ((1n << 52n) - 1n);
+  if (field === 0x7ff) return sign + inf + (frac === 0n ? 0 : 2 ** (f.mant - 1));
+  if (field === 0 && frac === 0n) return sign;
+  const m = field === 0 ? frac : frac | (1n << 52n);
+  const e = field === 0 ? -1074 : field - 1075; // |x| = m · 2^e
+  const top = e + bitLength(m) - 1;
+  let q = Math.max(top, f.emin) - f.mant; // exponent of the quantum
+  let k: bigint;
+  if (e >= q) k = m << BigInt(e - q);
+  else {
+    const sh = BigInt(q - e);
+    k = m >> sh;
+    const rem = m - (k << sh);
+    const half = 1n << (sh - 1n);
+    if (rem > half || (rem === half && (k & 1n) === 1n)) k += 1n;
+  }
+  if (k === 1n << BigInt(f.mant + 1)) {
+    k >>= 1n;
+    q += 1;
+  }
+  if (k >= 1n << BigInt(f.mant)) {
+    const exp = q + f.mant;
+    if (exp > f.emax) return sign + inf;
+    return sign + (exp + bias) * 2 ** f.mant + Number(k - (1n << BigInt(f.mant)));
+  }
+  return sign + Number(k); // subnormal (k = 2^mant would be the smallest normal, same bits)
+}
+
+/** The exact value of 16-bit pattern `bits` of `f`, built as float64 bits. */
+function oracleDecode(bits: number, f: Fmt): number {
+  const sign = bits >= 2 ** (f.width - 1) ? 1n << 63n : 0n;
+  const mag = bits % 2 ** (f.width - 1);
+  const field = Math.floor(mag / 2 ** f.mant);
+  let m = BigInt(mag % 2 ** f.mant);
+  if (field === 2 ** (f.width - 1 - f.mant) - 1) return fromBits(sign | (0x7ffn << 52n) | (m << BigInt(52 - f.mant)));
+  if (field === 0 && m === 0n) return fromBits(sign);
+  let exp = field === 0 ? f.emin : field - f.emax;
+  if (field === 0) {
+    while (m < 1n << BigInt(f.mant)) {
+      m <<= 1n;
+      exp -= 1;
+    }
+  }
+  const fracBits = (m & ((1n << BigInt(f.mant)) - 1n)) << BigInt(52 - f.mant);
+  return fromBits(sign | (BigInt(exp + 1023) << 52n) | fracBits);
+}
+
+function rounders(): Record<'BF16' | 'F16' | 'F32', (x: number) => number> {
+  return { BF16: f64ToBf16Bits, F16: f64ToF16Bits, F32: f64ToF32Bits };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hand-picked cases with answers worked out by hand (and checked against the oracle too).
+
+const ONE = 1;
+const HAND: Record<'BF16' | 'F16' | 'F32', [string, number, number][]> = {
+  BF16: [
+    ['1', ONE, 0x3f80],
+    ['-1', -ONE, 0xbf80],
+    ['1 + 2^-8: tie, down to even', ONE + p2(-8), 0x3f80],
+    ['1 + 3·2^-8: tie, up to even', ONE + 3 * p2(-8), 0x3f82],
+    ['1 + 2^-8 + 2^-40: above the tie (F32 first would make it a tie and give 0x3f80)', ONE + p2(-8) + p2(-40), 0x3f81],
+    ['1 + 2^-8 − 2^-40: below the tie', ONE + p2(-8) - p2(-40), 0x3f80],
+    ['−(1 + 2^-8 + 2^-40)', -(ONE + p2(-8) + p2(-40)), 0xbf81],
+    ['max finite (2 − 2^-7)·2^127', (2 - p2(-7)) * p2(127), 0x7f7f],
+    ['just below max + half ulp', (2 - p2(-8)) * p2(127) - p2(80), 0x7f7f],
+    ['max + half ulp: tie, max is odd, so Inf', (2 - p2(-8)) * p2(127), 0x7f80],
+    ['2^128 → Inf', p2(128), 0x7f80],
+    ['−1e300 → −Inf', -1e300, 0xff80],
+    ['smallest subnormal 2^-133', p2(-133), 0x0001],
+    ['2^-134: tie between 0 and 2^-133, to even 0', p2(-134), 0x0000],
+    ['−2^-134 → −0', -p2(-134), 0x8000],
+    ['2^-134 + 2^-180: above the tie', p2(-134) + p2(-180), 0x0001],
+    ['2^-134 + 2^-160: above the tie (F32 first would drop 2^-160 and give 0)', p2(-134) + p2(-160), 0x0001],
+    ['3·2^-134: tie between 1 and 2, to 2', 3 * p2(-134), 0x0002],
+    ['5·2^-134: tie between 2 and 3, to 2', 5 * p2(-134), 0x0002],
+    ['largest subnormal 127·2^-133', 127 * p2(-133), 0x007f],
+    ['2^-126 − 2^-134: tie between 0x7f and 0x80, to 0x80', p2(-126) - p2(-134), 0x0080],
+    ['smallest normal 2^-126', p2(-126), 0x0080],
+    ['float64 min subnormal → 0', p2(-1074), 0x0000],
+    ['−float64 min subnormal → −0', -p2(-1074), 0x8000],
+    ['+0', 0, 0x0000],
+    ['−0', -0, 0x8000],
+    ['Inf', Infinity, 0x7f80],
+    ['−Inf', -Infinity, 0xff80],
+    ['NaN', nan(false), 0x7fc0],
+    ['−NaN', nan(true), 0xffc0],
+  ],
+  F16: [
+    ['1', ONE, 0x3c00],
+    ['1 + 2^-11: tie, down to even', ONE + p2(-11), 0x3c00],
+    ['1 + 3·2^-11: tie, up to even', ONE + 3 * p2(-11), 0x3c02],
+    ['1 + 2^-11 + 2^-40: above the tie (F32 first would make it a tie)', ONE + p2(-11) + p2(-40), 0x3c01],
+    ['65504 max finite', 65504, 0x7bff],
+    ['65519', 65519, 0x7bff],
+    ['65520 − 2^-30', 65520 - p2(-30), 0x7bff],
+    ['65520: tie, max is odd, so Inf', 65520, 0x7c00],
+    ['65536 → Inf', 65536, 0x7c00],
+    ['−1e10 → −Inf', -1e10, 0xfc00],
+    ['smallest subnormal 2^-24', p2(-24), 0x0001],
+    ['2^-25: tie, to 0', p2(-25), 0x0000],
+    ['2^-25 + 2^-60', p2(-25) + p2(-60), 0x0001],
+    ['2^-25 + 2^-50 (F32 first would drop 2^-50 and give 0)', p2(-25) + p2(-50), 0x0001],
+    ['3·2^-25: tie, to 2', 3 * p2(-25), 0x0002],
+    ['largest subnormal 1023·2^-24', 1023 * p2(-24), 0x03ff],
+    ['2^-14 − 2^-25: tie between 0x3ff and 0x400, to 0x400', p2(-14) - p2(-25), 0x0400],
+    ['smallest normal 2^-14', p2(-14), 0x0400],
+    ['−0', -0, 0x8000],
+    ['Inf', Infinity, 0x7c00],
+    ['−Inf', -Infinity, 0xfc00],
+    ['NaN', nan(false), 0x7e00],
+    ['−NaN', nan(true), 0xfe00],
+  ],
+  F32: [
+    ['1 + 2^-24: tie, down', ONE + p2(-24), 0x3f800000],
+    ['1 + 3·2^-24: tie, up', ONE + 3 * p2(-24), 0x3f800002],
+    ['max finite', (2 - p2(-23)) * p2(127), 0x7f7fffff],
+    ['max + half ulp → Inf', (2 - p2(-24)) * p2(127), 0x7f800000],
+    ['2^-149', p2(-149), 0x00000001],
+    ['2^-150: tie, to 0', p2(-150), 0x00000000],
+    ['3·2^-150: tie, to 2', 3 * p2(-150), 0x00000002],
+    ['−0', -0, 0x80000000],
+    ['NaN', nan(false), 0x7fc00000],
+    ['−NaN', nan(true), 0xffc00000],
+  ],
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Seeded random data.
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 2 ** 32;
+  };
+}
+
+/** Random float64 values concentrated at the ties and boundaries of `f`. */
+function nearTies(r: () => number, f: Fmt, count: number): number[] {
+  const out: number[] = [];
+  const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)];
+  for (let i = 0; i < count; i++) {
+    // A representable value: random exponent across (and a little beyond) the format's range, random mantissa.
+    const exp = f.emin - f.mant - 3 + Math.floor(r() * (f.emax - f.emin + f.mant + 8));
+    const q = Math.max(exp, f.emin) - f.mant; // quantum at that exponent
+    const k = Math.floor(r() * 2 ** (f.mant + 1));
+    const v = k * p2(Math.min(1023, Math.max(-1074, q)));
+    const half = p2(Math.max(-1074, q - 1));
+    const nudge = pick([0, 0, p2(Math.max(-1074, q - 30)), p2(Math.max(-1074, q - 53)), 3 * p2(Math.max(-1074, q - 40))]);
+    let x = v + pick([0, half, -half, half + nudge, half - nudge, nudge]);
+    if (r() < 0.5) x = -x;
+    out.push(x);
+  }
+  return out;
+}
+
+type Profile = 'clean' | 'dirty';
+
+/** Writes n random elements of `dtype`: normals over the whole range, subnormals, ±0, and (dirty) ±Inf and NaNs. */
+function fillRandom(dtype: FloatDType, buf: Uint8Array, n: number, r: () => number, profile: Profile, like?: Uint8Array): void {
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const expBits = { BF16: 8, F16: 5, F32: 8, F64: 11 }[dtype];
+  const mant = { BF16: 7, F16: 10, F32: 23, F64: 52 }[dtype];
+  const lv = like && new DataView(like.buffer, like.byteOffset, like.byteLength);
+  for (let i = 0; i < n; i++) {
+    const c = r();
+    const neg = r() < 0.5 ? 1n : 0n;
+    const maxField = 2 ** expBits - 1;
+    let field: number;
+    let m = BigInt(Math.floor(r() * 2 ** Math.min(mant, 30))) << BigInt(Math.max(0, mant - 30));
+    if (mant > 30) m |= BigInt(Math.floor(r() * 2 ** 30)) & ((1n << BigInt(mant - 30)) - 1n);
+    if (lv && c < 0.45) {
+      // Close to the other operand: same pattern, nudged by a few units in the last place (small, exact-ish deltas).
+      const b = readBits(dtype, lv, i) + BigInt(Math.floor(r() * 9) - 4);
+      writeBits(dtype, v, i, b & ((1n << BigInt(SIZE[dtype] * 8)) - 1n));
+      continue;
+    }
+    if (c < 0.55) field = 1 + Math.floor(r() * (maxField - 1)); // any normal
+    else if (c < 0.8) field = Math.max(1, Math.min(maxField - 1, (maxField >> 1) - 12 + Math.floor(r() * 24))); // near 1
+    else if (c < 0.88) field = 0; // subnormal (or zero)
+    else if (c < 0.93) {
+      field = 0;
+      m = 0n;
+    } else if (profile === 'dirty' && c < 0.965) {
+      field = maxField;
+      m = 0n; // ±Inf
+    } else if (profile === 'dirty') {
+      field = maxField;
+      m = m | 1n; // NaN, payload random
+    } else field = (maxField >> 1) + Math.floor(r() * 4);
+    writeBits(dtype, v, i, (neg << BigInt(SIZE[dtype] * 8 - 1)) | (BigInt(field) << BigInt(mant)) | m);
+  }
+}
+
+function readBits(dtype: FloatDType, v: DataView, i: number): bigint {
+  const s = SIZE[dtype];
+  return s === 2 ? BigInt(v.getUint16(2 * i, true)) : s === 4 ? BigInt(v.getUint32(4 * i, true)) : v.getBigUint64(8 * i, true);
+}
+function writeBits(dtype: FloatDType, v: DataView, i: number, b: bigint): void {
+  const s = SIZE[dtype];
+  if (s === 2) v.setUint16(2 * i, Number(b), true);
+  else if (s === 4) v.setUint32(4 * i, Number(b), true);
+  else v.setBigUint64(8 * i, b, true);
+}
+
+/** x stored as `dtype` and read back (x itself when representable). */
+function readBack(dtype: FloatDType, x: number): number {
+  const b = new Uint8Array(8);
+  writeElement(dtype, b, 0, x);
+  return readElement(dtype, b, 0);
+}
+
+function hex(buf: Uint8Array, dtype: FloatDType, i: number): string {
+  const s = SIZE[dtype];
+  return [...buf.subarray(s * i, s * i + s)]
+    .reverse()
+    .map((b) => b.toString(16).padStart(2, '0'))
+    .join('');
+}
+
+/** Byte equality of the first n elements, reporting the first differing element. */
+function expectSame(got: Uint8Array, want: Uint8Array, dtype: FloatDType, n: number, what: string): void {
+  const s = SIZE[dtype];
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < s; j++) {
+      if (got[s * i + j] !== want[s * i + j]) {
+        expect.fail(`${what}: element ${i} is ${hex(got, dtype, i)}, want ${hex(want, dtype, i)}`);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+let wasm: Kernels;
+let ref: Kernels;
+const MAX_N = 8192;
+// Buffers in the wasm instance's memory, reused by the tests.
+let B: Uint8Array, P: Uint8Array, O: Uint8Array, DS: Uint8Array[];
+
+beforeAll(async () => {
+  wasm = await createKernels({ arenaBytes: 16 << 20 });
+  ref = await createKernels({ arenaBytes: 1 << 20, impl: 'reference' });
+  B = wasm.alloc(MAX_N * 8);
+  P = wasm.alloc(MAX_N * 8);
+  O = wasm.alloc(MAX_N * 8);
+  DS = [wasm.alloc(MAX_N * 8), wasm.alloc(MAX_N * 8), wasm.alloc(MAX_N * 8)];
+});
+
+describe('scalar helpers', () => {
+  for (const name of ['BF16', 'F16', 'F32'] as const) {
+    it(`rounds hand-picked ${name} cases as worked out by hand`, () => {
+      const round = rounders()[name];
+      for (const [what, x, want] of HAND[name]) {
+        expect(oracleRound(x, FMT[name]), `oracle: ${what}`).toBe(want);
+        expect(round(x), what).toBe(want);
+      }
+    });
+  }
+
+  it('would get the double-rounding traps wrong through F32 (the cases above are real traps)', () => {
+    const viaF32 = (x: number) => {
+      const f = new Float32Array([x]);
+      const u = new Uint32Array(f.buffer)[0];
+      return (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
+    };
+    expect(viaF32(ONE + p2(-8) + p2(-40))).toBe(0x3f80);
+    expect(f64ToBf16Bits(ONE + p2(-8) + p2(-40))).toBe(0x3f81);
+    expect(viaF32(p2(-134) + p2(-160))).toBe(0x0000);
+    expect(f64ToBf16Bits(p2(-134) + p2(-160))).toBe(0x0001);
+  });
+
+  it('widens every BF16 and F16 pattern exactly', () => {
+    for (let b = 0; b < 0x10000; b++) {
+      for (const [name, widen] of [
+        ['BF16', bf16BitsToF64],
+        ['F16', f16BitsToF64],
+      ] as const) {
+        const want = oracleDecode(b, FMT[name]);
+        const got = widen(b);
+        if (Number.isNaN(want)) expect(Number.isNaN(got)).toBe(true);
+        else if (!Object.is(got, want)) expect.fail(`${name} ${b.toString(16)}: got ${got}, want ${want}`);
+      }
+    }
+  });
+
+  it('reads and writes elements of every dtype', () => {
+    const buf = new Uint8Array(8 * 4 + 1).subarray(1); // unaligned on purpose
+    for (const dtype of DTYPES) {
+      for (const x of [1.5, -0.25, 61440, p2(-20), -0]) {
+        writeElement(dtype, buf, 3, x);
+        expect(Object.is(readElement(dtype, buf, 3), x)).toBe(true);
+      }
+      writeElement(dtype, buf, 2, nan(true));
+      expect(Number.isNaN(readElement(dtype, buf, 2))).toBe(true);
+      expect(buf[SIZE[dtype] * 3 - 1] >> 7).toBe(1); // sign kept
+    }
+    writeElement('BF16', buf, 0, ONE + p2(-8) + p2(-40));
+    expect(buf[0] | (buf[1] << 8)).toBe(0x3f81);
+  });
+
+  for (const name of ['BF16', 'F16', 'F32'] as const) {
+    it(`matches the BigInt oracle on random doubles (${name})`, () => {
+      const round = rounders()[name];
+      fc.assert(
+        fc.property(fc.double(), (x) => round(x) === oracleRound(x, FMT[name])),
+        { numRuns: 20000, seed: 42 },
+      );
+    });
+
+    it(`matches the BigInt oracle near ties and boundaries (${name})`, () => {
+      const round = rounders()[name];
+      for (const x of nearTies(rng(7 + name.length), FMT[name], 30000)) {
+        const want = oracleRound(x, FMT[name]);
+        if (round(x) !== want) expect.fail(`${name} of ${x} (${bitsOf(x).toString(16)}): got ${round(x).toString(16)}, want ${want.toString(16)}`);
+      }
+    });
+  }
+});
+
+describe('wasm kernels round like the oracle', () => {
+  // subtract(F64, zeros, x) stores x rounded (d = x − 0 keeps −0 and the NaN's sign); apply(F64 x, −0) does too.
+  for (const name of ['BF16', 'F16', 'F32'] as const) {
+    it(`through subtract and apply (${name})`, () => {
+      const xs = [...HAND[name].map(([, x]) => x), ...nearTies(rng(99), FMT[name], MAX_N - HAND[name].length)];
+      const n = xs.length;
+      const pv = new DataView(P.buffer, P.byteOffset, n * 8);
+      xs.forEach((x, i) => pv.setFloat64(8 * i, x, true));
+      const want = xs.map((x) => oracleRound(x, FMT[name]));
+      const check = (what: string) => {
+        const ov = new DataView(O.buffer, O.byteOffset, n * SIZE[name]);
+        for (let i = 0; i < n; i++) {
+          const got = name === 'F32' ? ov.getUint32(4 * i, true) : ov.getUint16(2 * i, true);
+          if (got !== want[i]) expect.fail(`${what} ${name} of ${xs[i]}: got ${got.toString(16)}, want ${want[i].toString(16)}`);
+        }
+      };
+      B.fill(0, 0, n * 8);
+      wasm.subtract('F64', B, P, n, name, O, newSubtractStats());
+      check('subtract');
+      const minusZero = DS[0];
+      const dz = new DataView(minusZero.buffer, minusZero.byteOffset, n * 8);
+      for (let i = 0; i < n; i++) dz.setFloat64(8 * i, -0, true);
+      wasm.apply('F64', P, [{ dtype: 'F64', data: minusZero, scale: 1 }], n, name, O);
+      check('apply');
+    });
+  }
+
+  it('widens every BF16 and F16 pattern like the reference', () => {
+    const n = 0x10000;
+    const post = new Uint8Array(2 * n);
+    const pv = new DataView(post.buffer);
+    for (let b = 0; b < n; b++) pv.setUint16(2 * b, b, true);
+    const base = new Uint8Array(2 * n); // +0
+    for (const dtype of ['BF16', 'F16'] as const) {
+      const w = new Uint8Array(8 * n);
+      const r = new Uint8Array(8 * n);
+      const sw = newSubtractStats();
+      const sr = newSubtractStats();
+      wasm.subtract(dtype, base, post, n, 'F64', w, sw);
+      ref.subtract(dtype, base, post, n, 'F64', r, sr);
+      expectSame(w, r, 'F64', n, dtype);
+      expect(sw).toEqual(sr);
+    }
+  });
+});
+
+describe('wasm matches the reference bit for bit', () => {
+  const LENGTHS = [0, 1, 7, 8, 9, 1003];
+  const PROBES = [undefined, 'BF16', 'F16', 'F32', 'F64'] as const;
+
+  function runSubtract(dtype: FloatDType, outDtype: FloatDType, n: number, profile: Profile, seed: number) {
+    const r = rng(seed);
+    fillRandom(dtype, B, n, r, profile);
+    fillRandom(dtype, P, n, r, profile, B);
+    for (const probe of PROBES) {
+      const want = new Uint8Array(n * SIZE[outDtype]);
+      const sw = newSubtractStats();
+      const sr = newSubtractStats();
+      ref.subtract(dtype, B, P, n, outDtype, want, sr, probe);
+      O.fill(0xee);
+      wasm.subtract(dtype, B, P, n, outDtype, O, sw, probe);
+      const what = `subtract ${dtype}→${outDtype} probe ${probe} n=${n} ${profile}`;
+      expectSame(O, want, outDtype, n, what);
+      expect(sw, what).toEqual(sr);
+    }
+  }
+
+  for (const dtype of DTYPES) {
+    for (const outDtype of DTYPES) {
+      it(`subtract ${dtype} → ${outDtype}`, () => {
+        LENGTHS.forEach((n, j) => runSubtract(dtype, outDtype, n, 'clean', 1000 + j));
+        runSubtract(dtype, outDtype, 1003, 'dirty', 77);
+        runSubtract(dtype, outDtype, 5000, 'clean', 78);
+      });
+    }
+  }
+
+  const DELTA_SETS: FloatDType[][] = [['BF16'], ['F16'], ['F32'], ['F64'], ['F32', 'BF16'], ['F16', 'F64'], ['BF16', 'BF16'], ['F32', 'F16', 'BF16'], ['F64', 'F32', 'F32']];
+  const SCALES = [1, 0.5, 0.7, 0.3, -1, 1e-3];
+
+  function runApply(baseDtype: FloatDType, outDtype: FloatDType, n: number, profile: Profile, seed: number) {
+    const r = rng(seed);
+    fillRandom(baseDtype, B, n, r, profile);
+    DELTA_SETS.forEach((set, s) => {
+      const deltas: DeltaInput[] = set.map((dtype, k) => {
+        fillRandom(dtype, DS[k], n, r, profile);
+        return { dtype, data: DS[k], scale: SCALES[(s + 2 * k) % SCALES.length] };
+      });
+      const want = new Uint8Array(n * SIZE[outDtype]);
+      ref.apply(baseDtype, B, deltas, n, outDtype, want);
+      O.fill(0xee);
+      wasm.apply(baseDtype, B, deltas, n, outDtype, O);
+      expectSame(O, want, outDtype, n, `apply ${baseDtype} + ${set.join('+')} → ${outDtype} n=${n} ${profile}`);
+    });
+  }
+
+  for (const baseDtype of DTYPES) {
+    for (const outDtype of DTYPES) {
+      it(`apply ${baseDtype} → ${outDtype}`, () => {
+        LENGTHS.forEach((n, j) => runApply(baseDtype, outDtype, n, 'clean', 2000 + j));
+        runApply(baseDtype, outDtype, 1003, 'dirty', 88);
+        runApply(baseDtype, outDtype, 5000, 'clean', 89);
+      });
+    }
+  }
+});
+
+describe('special paths', () => {
+  function both(fn: (k: Kernels, out: Uint8Array, stats: SubtractStats) => void, outBytes: number) {
+    const outs = [new Uint8Array(outBytes), new Uint8Array(outBytes)];
+    const stats = [newSubtractStats(), newSubtractStats()];
+    fn(ref, outs[0], stats[0]);
+    fn(wasm, outs[1], stats[1]);
+    return { ref: outs[0], wasm: outs[1], stats };
+  }
+  const f64s = (xs: number[]) => {
+    const b = new Uint8Array(8 * xs.length);
+    const v = new DataView(b.buffer);
+    xs.forEach((x, i) => v.setFloat64(8 * i, x, true));
+    return b;
+  };
+  const u16 = (b: Uint8Array, i: number) => b[2 * i] | (b[2 * i + 1] << 8);
+
+  it('gives NaNs the x86 sign: first NaN operand, else negative', () => {
+    // post NaN(+) − anything → +; base NaN(−) with finite post → −; Inf − Inf → −.
+    const n = 12;
+    const post = f64s([nan(false), 1, Infinity, -Infinity, nan(false), 2, 0, 0, 0, 0, 0, 0]);
+    const base = f64s([nan(true), nan(true), Infinity, -Infinity, 3, nan(false), 0, 0, 0, 0, 0, 0]);
+    const r = both((k, out, st) => k.subtract('F64', base, post, n, 'BF16', out, st), 2 * n);
+    expectSame(r.wasm, r.ref, 'BF16', n, 'subtract NaNs');
+    expect([0, 1, 2, 3, 4, 5].map((i) => u16(r.ref, i))).toEqual([0x7fc0, 0xffc0, 0xffc0, 0xffc0, 0x7fc0, 0x7fc0]);
+    expect(r.stats[1]).toEqual(r.stats[0]);
+  });
+
+  it('gives apply NaNs the x86 sign too (0·Inf, NaN scale, Inf − Inf, NaN base)', () => {
+    const n = 9;
+    const base = f64s([1, 1, Infinity, nan(true), -0, 2, 3, 4, 5]);
+    const d1 = f64s([Infinity, nan(true), -Infinity, 1, -0, 1, 1, 1, 1]);
+    for (const [scale, want0] of [
+      [0, 0xffc0], // 0·Inf: negative NaN
+      [nan(false), 0x7fc0], // NaN scale: its sign
+    ] as const) {
+      const r = both((k, out) => k.apply('F64', base, [{ dtype: 'F64', data: d1, scale }], n, 'BF16', out), 2 * n);
+      expectSame(r.wasm, r.ref, 'BF16', n, `apply scale ${scale}`);
+      expect(u16(r.ref, 0)).toBe(want0);
+    }
+    const r = both((k, out) => k.apply('F64', base, [{ dtype: 'F64', data: d1, scale: 1 }], n, 'BF16', out), 2 * n);
+    expectSame(r.wasm, r.ref, 'BF16', n, 'apply scale 1');
+    expect([1, 2, 3, 4].map((i) => u16(r.ref, i))).toEqual([0xffc0, 0xffc0, 0xffc0, 0x8000]);
+  });
+
+  it('rounds ties and double-rounding traps built from bf16/f32 operands', () => {
+    // x = 1 + 2^-8 (tie) and 1 + 2^-8 + 2^-40 (trap), reached through two F32 deltas; bf16 inputs for subtract.
+    const n = 16;
+    const base = new Uint8Array(2 * n);
+    const d1 = new Uint8Array(4 * n);
+    const d2 = new Uint8Array(4 * n);
+    for (let i = 0; i < n; i++) {
+      writeElement('BF16', base, i, i % 2 ? -1 : 1);
+      writeElement('F32', d1, i, (i % 2 ? -1 : 1) * p2(-8));
+      writeElement('F32', d2, i, (i % 2 ? -1 : 1) * (i % 4 < 2 ? p2(-40) : 0));
+    }
+    const deltas: DeltaInput[] = [
+      { dtype: 'F32', data: d1, scale: 1 },
+      { dtype: 'F32', data: d2, scale: 1 },
+    ];
+    const r = both((k, out) => k.apply('BF16', base, deltas, n, 'BF16', out), 2 * n);
+    expectSame(r.wasm, r.ref, 'BF16', n, 'apply ties');
+    expect([0, 1, 2, 3].map((i) => u16(r.ref, i))).toEqual([0x3f81, 0xbf81, 0x3f80, 0xbf80]);
+    // bf16 post − base with an exact BF16 tie (1 + 2^-8) and an F16 tie (1 + 2^-11).
+    const post = new Uint8Array(2 * n);
+    for (let i = 0; i < n; i++) {
+      writeElement('BF16', post, i, i % 2 ? 1 : 1 + p2(-7));
+      writeElement('BF16', base, i, i % 2 ? -p2(-11) : p2(-8));
+    }
+    for (const out of ['BF16', 'F16'] as const) {
+      const s = both((k, o, st) => k.subtract('BF16', base, post, n, out, o, st, 'F16'), 2 * n);
+      expectSame(s.wasm, s.ref, out, n, `subtract ties → ${out}`);
+      expect(s.stats[1]).toEqual(s.stats[0]);
+    }
+  });
+
+  it('counts rounding exactly at the precision boundaries of every format', () => {
+    // d = 2^k + 2^j (+ 2^(k−7)) spans k − j + 1 bits: around 8, 11 and 24 bits it crosses from exact to inexact in
+    // BF16, F16 and F32, which random data rarely hits.
+    const pairs: [number, number][] = [];
+    for (let k = -20; k <= 40; k++) {
+      for (let j = k - 40; j <= k; j++) {
+        pairs.push([p2(k), -p2(j)]);
+        pairs.push([p2(k) + p2(k - 7), -p2(j)]);
+        pairs.push([-p2(k), p2(j)]);
+      }
+    }
+    for (const dtype of DTYPES) {
+      const usable = pairs.filter(([p, b]) => readBack(dtype, p) === p && readBack(dtype, b) === b);
+      const n = usable.length;
+      usable.forEach(([p, b], i) => {
+        writeElement(dtype, P, i, p);
+        writeElement(dtype, B, i, b);
+      });
+      for (const out of DTYPES) {
+        for (const probe of [undefined, 'BF16', 'F16', 'F32'] as const) {
+          const want = new Uint8Array(n * SIZE[out]);
+          const sr = newSubtractStats();
+          const sw = newSubtractStats();
+          ref.subtract(dtype, B, P, n, out, want, sr, probe);
+          wasm.subtract(dtype, B, P, n, out, O, sw, probe);
+          expectSame(O, want, out, n, `boundaries ${dtype} → ${out} probe ${probe}`);
+          expect(sw, `boundaries ${dtype} → ${out} probe ${probe}`).toEqual(sr);
+        }
+      }
+    }
+  });
+
+  it('handles BF16 deltas beyond the F32 range (the 2^128 guard)', () => {
+    const n = 9;
+    const base = new Uint8Array(2 * n);
+    const post = new Uint8Array(2 * n);
+    const max = (2 - p2(-7)) * p2(127);
+    for (let i = 0; i < n; i++) {
+      writeElement('BF16', base, i, i === 3 ? -max : 0.5);
+      writeElement('BF16', post, i, i === 3 ? max : 0.75);
+    }
+    for (const out of DTYPES) {
+      const r = both((k, o, st) => k.subtract('BF16', base, post, n, out, o, st, 'BF16'), 8 * n);
+      expectSame(r.wasm, r.ref, out, n, `guard → ${out}`);
+      expect(r.stats[1]).toEqual(r.stats[0]);
+      if (out === 'F32') {
+        expect(r.stats[0].maxError).toBe(Infinity);
+        expect(r.stats[0].rounded).toBe(1);
+        expect(r.stats[0].probeMisses).toBe(1);
+      }
+    }
+  });
+
+  it('accumulates stats over calls like one call', () => {
+    const n = 1003;
+    const r = rng(5);
+    fillRandom('BF16', B, n, r, 'clean');
+    fillRandom('BF16', P, n, r, 'clean', B);
+    const one = newSubtractStats();
+    wasm.subtract('BF16', B, P, n, 'F32', O, one, 'BF16');
+    const two = newSubtractStats();
+    wasm.subtract('BF16', B, P, 504, 'F32', O, two, 'BF16');
+    wasm.subtract('BF16', B.subarray(1008), P.subarray(1008), n - 504, 'F32', O, two, 'BF16');
+    expect(two.elements).toBe(one.elements);
+    expect(two.rounded).toBe(one.rounded);
+    expect(two.probeMisses).toBe(one.probeMisses);
+    expect(two.maxError).toBe(one.maxError);
+    expect(Math.abs(two.sumSqBase - one.sumSqBase)).toBeLessThan(1e-12 * one.sumSqBase); // two partial sums, another order
+  });
+});
+
+describe('buffers and memory', () => {
+  it('accepts buffers that are not from alloc, unaligned ones included', () => {
+    const n = 5000; // several staging blocks
+    const r = rng(11);
+    fillRandom('BF16', B, n, r, 'dirty');
+    fillRandom('BF16', P, n, r, 'clean', B);
+    fillRandom('F32', DS[0], n, r, 'clean');
+    fillRandom('F16', DS[1], n, r, 'clean');
+    const copy = (src: Uint8Array, bytes: number) => {
+      const c = new Uint8Array(bytes + 3).subarray(3);
+      c.set(src.subarray(0, bytes));
+      return c;
+    };
+    const base = copy(B, 2 * n);
+    const post = copy(P, 2 * n);
+    const d0 = copy(DS[0], 4 * n);
+    const d1 = copy(DS[1], 2 * n);
+
+    const inMem = newSubtractStats();
+    wasm.subtract('BF16', B, P, n, 'F32', O, inMem, 'BF16');
+    const want = O.slice(0, 4 * n);
+    for (const [b, p] of [
+      [base, post],
+      [B, post],
+      [base, P],
+    ]) {
+      const out = new Uint8Array(4 * n + 1).subarray(1);
+      const st = newSubtractStats();
+      wasm.subtract('BF16', b, p, n, 'F32', out, st, 'BF16');
+      expectSame(out, want, 'F32', n, 'subtract, foreign buffers');
+      expect(st).toEqual(inMem);
+    }
+
+    for (const deltas of [
+      [{ dtype: 'F32' as const, data: DS[0], scale: 0.7 }],
+      [
+        { dtype: 'F32' as const, data: DS[0], scale: 0.7 },
+        { dtype: 'F16' as const, data: DS[1], scale: 0.3 },
+      ],
+    ]) {
+      wasm.apply('BF16', B, deltas, n, 'BF16', O);
+      const wantApply = O.slice(0, 2 * n);
+      const refOut = new Uint8Array(2 * n);
+      ref.apply('BF16', B, deltas, n, 'BF16', refOut);
+      expectSame(wantApply, refOut, 'BF16', n, 'apply, reference');
+      const foreign = deltas.map((d) => ({ ...d, data: copy(d.data, SIZE[d.dtype] * n) }));
+      const out = new Uint8Array(2 * n + 1).subarray(1);
+      wasm.apply('BF16', base, foreign, n, 'BF16', out);
+      expectSame(out, wantApply, 'BF16', n, 'apply, foreign buffers');
+      wasm.apply('BF16', B, foreign, n, 'BF16', O);
+      expectSame(O, wantApply, 'BF16', n, 'apply, foreign deltas');
+    }
+  });
+
+  it('applies in place (out = base)', () => {
+    const n = 1003;
+    const r = rng(12);
+    for (const k of [wasm, ref]) {
+      for (const deltaCount of [1, 2]) {
+        fillRandom('BF16', B, n, r, 'dirty');
+        fillRandom('F32', DS[0], n, r, 'dirty');
+        fillRandom('BF16', DS[1], n, r, 'clean');
+        const deltas = [DS[0], DS[1]].slice(0, deltaCount).map((data, j) => ({ dtype: (j ? 'BF16' : 'F32') as FloatDType, data, scale: 0.5 }));
+        const want = new Uint8Array(2 * n);
+        ref.apply('BF16', B, deltas, n, 'BF16', want);
+        const inPlace = k.impl === 'wasm' ? B : B.slice();
+        k.apply('BF16', inPlace, deltas, n, 'BF16', inPlace);
+        expectSame(inPlace, want, 'BF16', n, `${k.impl} in place, ${deltaCount} deltas`);
+      }
+    }
+  });
+
+  it('allocates 64-byte-aligned views that stay valid, and throws when the arena is exhausted', async () => {
+    for (const impl of ['wasm', 'reference'] as const) {
+      const k = await createKernels({ arenaBytes: 4096, impl });
+      const a = k.alloc(100);
+      a[99] = 7;
+      const b = k.alloc(1000);
+      expect(a.byteOffset % 64).toBe(0);
+      expect(b.byteOffset % 64).toBe(0);
+      expect(b.byteOffset - a.byteOffset).toBeGreaterThanOrEqual(100);
+      expect(() => k.alloc(4096)).toThrow(/arena/);
+      expect(a[99]).toBe(7);
+      expect(a.length).toBe(100);
+    }
+  });
+
+  it('rejects short buffers and empty delta lists', () => {
+    expect(() => wasm.subtract('F32', B, P, 10, 'F32', new Uint8Array(39), newSubtractStats())).toThrow(RangeError);
+    expect(() => wasm.apply('F32', B, [], 10, 'F32', O)).toThrow(RangeError);
+  });
+});
