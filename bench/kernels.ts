@@ -54,19 +54,27 @@ function applyCase(dtype: FloatDType, deltaDtypes: FloatDType[], scales: number[
   };
 }
 
-/** Elements per second, running `run` repeatedly for about SECONDS after a warm-up (which lets V8 tier up). */
-function measure(run: () => void): number {
+/**
+ * Elements per second over about SECONDS of repeated calls, after a warm-up that lets V8 tier up: the median and
+ * the best of 5 windows (the best is the machine's capability when other processes share the cores).
+ */
+function measure(run: () => void): { median: number; best: number } {
   const warm = performance.now();
   while (performance.now() - warm < 200) run();
-  let calls = 0;
-  const start = performance.now();
-  let elapsed = 0;
-  do {
-    run();
-    calls++;
-    elapsed = (performance.now() - start) / 1000;
-  } while (elapsed < SECONDS);
-  return (calls * N) / elapsed;
+  const rates: number[] = [];
+  for (let w = 0; w < 5; w++) {
+    let calls = 0;
+    const start = performance.now();
+    let elapsed = 0;
+    do {
+      run();
+      calls++;
+      elapsed = (performance.now() - start) / 1000;
+    } while (elapsed < SECONDS / 5);
+    rates.push((calls * N) / elapsed);
+  }
+  rates.sort((a, b) => a - b);
+  return { median: rates[2], best: rates[4] };
 }
 
 const cases: Case[] = [
@@ -81,15 +89,13 @@ const cases: Case[] = [
 
 const arenaBytes = 4 * N * 8 + (1 << 20);
 const impls = { reference: await createKernels({ arenaBytes, impl: 'reference' }), wasm: await createKernels({ arenaBytes, impl: 'wasm' }) };
-console.log(`${N} elements per call, G elements/s (higher is better)`);
-console.log(`${'case'.padEnd(50)} ${'reference'.padStart(10)} ${'wasm'.padStart(10)}`);
+const g = (rate: number) => (rate / 1e9).toFixed(2).padStart(10);
+console.log(`${N} elements per call; G elements/s, median (and best) of 5 windows`);
+console.log(`${'case'.padEnd(44)} ${'reference'.padStart(10)} ${'wasm'.padStart(10)} ${'(best)'.padStart(10)}`);
 for (const c of cases) {
-  const rates = Object.values(impls).map((k) => {
-    const run = c.setup(k);
-    const rate = measure(run);
-    return (rate / 1e9).toFixed(2);
-  });
-  console.log(`${c.name.padEnd(50)} ${rates[0].padStart(10)} ${rates[1].padStart(10)}`);
+  const ref = measure(c.setup(impls.reference));
+  const wasm = measure(c.setup(impls.wasm));
+  console.log(`${c.name.padEnd(44)} ${g(ref.median)} ${g(wasm.median)} ${g(wasm.best)}`);
   // Each case allocates fresh buffers: start the next from clean arenas.
   impls.reference = await createKernels({ arenaBytes, impl: 'reference' });
   impls.wasm = await createKernels({ arenaBytes, impl: 'wasm' });

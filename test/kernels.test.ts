@@ -622,6 +622,25 @@ describe('special paths', () => {
     }
   });
 
+  it('counts F16 deltas beyond the F16 range as rounded', () => {
+    // Every delta exact in F16 except d = 2^16 (32768 − (−32768)), which has few bits but overflows.
+    const n = 16;
+    const base = new Uint8Array(2 * n);
+    const post = new Uint8Array(2 * n);
+    for (let i = 0; i < n; i++) {
+      writeElement('F16', base, i, i === 5 ? -32768 : 0.5);
+      writeElement('F16', post, i, i === 5 ? 32768 : 0.75 + i);
+    }
+    for (const probe of [undefined, 'F16'] as const) {
+      const r = both((k, o, st) => k.subtract('F16', base, post, n, 'F16', o, st, probe), 2 * n);
+      expectSame(r.wasm, r.ref, 'F16', n, 'F16 overflow');
+      expect(r.stats[1]).toEqual(r.stats[0]);
+      expect(r.stats[0].rounded).toBe(1);
+      expect(r.stats[0].maxError).toBe(Infinity);
+      expect(r.stats[0].probeMisses).toBe(probe ? 1 : 0);
+    }
+  });
+
   it('accumulates stats over calls like one call', () => {
     const n = 1003;
     const r = rng(5);

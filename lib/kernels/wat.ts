@@ -455,16 +455,17 @@ const store = (at: number, v: string) => `(v128.store offset=${at} (i32.const 0)
 // ---------------------------------------------------------------------------------------------------------------
 // Subtract
 
-/** Mantissa bits below a format's precision; with BF16/F16 inputs, a delta is exact in BF16 or F32 iff they are 0. */
-const LOW_BITS: Partial<Record<FloatDType, bigint>> = { BF16: (1n << 45n) - 1n, F32: (1n << 29n) - 1n };
+/** Mantissa bits below a format's precision (see subtractPlan). */
+const LOW_BITS: Record<'BF16' | 'F16' | 'F32', bigint> = { BF16: (1n << 45n) - 1n, F16: (1n << 42n) - 1n, F32: (1n << 29n) - 1n };
 
 /** What the three functions of one subtract kernel share. */
 function subtractPlan(x: FloatDType, y: FloatDType, probe: FloatDType | undefined) {
   const pr = probe === 'F64' ? undefined : probe;
-  // Exactness tests. With BF16/F16 inputs every delta lies on the 2^-133 grid and (for F16) below 2^17, so
-  // exactness in BF16/F32 is just "no mantissa bits below the format's precision"; for BF16 inputs that also
-  // needs |d| < 2^128, which the scalar redo guarantees by firing whenever a Σd² slot reaches 2^256.
-  const bitsTest = (t: FloatDType) => (x === 'BF16' || x === 'F16') && LOW_BITS[t] !== undefined;
+  // Exactness tests. With BF16/F16 inputs every delta lies on the 2^-133 grid (F16: on the 2^-24 grid, below
+  // 2^17), so exactness in BF16/F32 is just "no mantissa bits below the format's precision"; for BF16 inputs that
+  // also needs |d| < 2^128, which the scalar redo guarantees by firing whenever a Σd² slot reaches 2^256. With F16
+  // inputs, exactness in F16 is the same test plus |d| < 2^16.
+  const bitsTest = (t: FloatDType) => ((x === 'BF16' || x === 'F16') && (t === 'BF16' || t === 'F32')) || (x === 'F16' && t === 'F16');
   const yTest = y === 'F64' ? undefined : bitsTest(y) ? 'bits' : 'full';
   // The main case (F32 out, BF16 probe) counts the probe on the stored F32 patterns, 4 lanes at a time: a delta
   // exact in F32 is exact in BF16 iff its low 16 bits are 0. Groups with an F32-inexact lane take the rare path,
@@ -480,14 +481,15 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
   const { name, pr, yTest, pTest } = subtractPlan(x, y, probe);
   const f = new Func(`${name}_hot`, `${SUB_PARAMS} (param $i i32) (param $n8 i32) (result i32)`, false);
   const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
-  const [cntP, bad, ok] = ['cntP', 'bad', 'ok'].map((n) => f.local(n, 'v128'));
+  const [cntP, bad, ok, big] = ['cntP', 'bad', 'ok', 'big'].map((n) => f.local(n, 'v128'));
   const cnt32 = pTest === 'packed' ? f.local('cnt32', 'v128') : undefined;
   const spec = x === 'F16' ? f.local('spec', 'v128') : undefined;
   // Partial sums by i mod 4: pairs 0 and 2 of a group feed sq[0] (slots 0, 1), pairs 1 and 3 feed sq[1].
   const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
   const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
   const zero = get(f.const('ZERO', K.ZERO));
-  const low = (t: FloatDType) => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t] ?? 0n)));
+  const low = (t: 'BF16' | 'F16' | 'F32') => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t])));
+  const tooBig = (d: string) => op('f64x2.ge', op('f64x2.abs', get(d)), get(f.const('F16_HI', f64x2(GRID.F16.vhi))));
   const state: [string | undefined, number][] = [
     [sq[0], WORK.sq],
     [sq[1], WORK.sq + 16],
@@ -509,11 +511,28 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
     {
       body: () => {
         const ds: string[] = [];
+        // F32 out from BF16/F32 in: subtract 4 lanes in F32. That is the float64 delta rounded to F32: F32
+        // subtraction rounds the exact difference correctly, and rounding it to float64 first changes nothing
+        // (53 ≥ 2·24 + 2 bits, so double rounding is innocuous for F32 operands).
+        const inF32 = y === 'F32' && (x === 'BF16' || x === 'F32');
+        const quads = inF32
+          ? [0, 1].map((j) => {
+              const [b, p, o] = ['bq', 'pq', 'oq'].map((n) => f.local(`${n}${j}`, 'v128'));
+              const quad = (ptr: string) =>
+                x === 'F32' ? `(v128.load offset=${16 * j} ${get(ptr)})` : `(i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 ${zero} (v128.load64_zero offset=${8 * j} ${get(ptr)}))`;
+              f.emit(set(b, quad(qb)), set(p, quad(qp)), set(o, op('f32x4.sub', get(p), get(b))));
+              return { b, p, o };
+            })
+          : [];
+        const half = (v: string, k: number) => `(f64x2.promote_low_f32x4 ${k % 2 ? `(i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 ${get(v)} ${get(v)})` : get(v)})`;
         for (let k = 0; k < 4; k++) {
           const [b, p, d] = ['b', 'p', 'd'].map((n) => f.local(`${n}${k}`, 'v128'));
           ds.push(d);
-          widenPair(f, x, qb, k, b, spec);
-          widenPair(f, x, qp, k, p, spec);
+          if (inF32) f.emit(set(b, half(quads[k >> 1].b, k)), set(p, half(quads[k >> 1].p, k)));
+          else {
+            widenPair(f, x, qb, k, b, spec);
+            widenPair(f, x, qp, k, p, spec);
+          }
           f.emit(
             set(d, op('f64x2.sub', get(p), get(b))),
             // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
@@ -521,21 +540,27 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
             set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
           );
           // The output's exactness only picks groups for the exact (rare) count; the probe's is counted here.
-          if (yTest === 'bits') f.emit(set(bad, k === 0 ? get(d) : op('v128.or', get(bad), get(d))));
-          else if (yTest === 'full') {
+          if (yTest === 'bits') {
+            f.emit(set(bad, k === 0 ? get(d) : op('v128.or', get(bad), get(d))));
+            if (y === 'F16') f.emit(set(big, k === 0 ? tooBig(d) : op('v128.or', get(big), tooBig(d))));
+          } else if (yTest === 'full') {
             const e = op('f64x2.eq', valueIn(f, y, d, `e${k}`), get(d));
             f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
           }
           if (pr !== undefined && pTest !== 'packed') {
-            const exact = pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', valueIn(f, pr, d, `q${k}`), get(d));
+            let exact = pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', valueIn(f, pr, d, `q${k}`), get(d));
+            if (pTest === 'bits' && pr === 'F16') exact = op('v128.andnot', exact, tooBig(d));
             f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
           }
         }
-        const r = roundGroup(f, y, ds);
-        storeVectors(f, qo, r.vectors);
-        if (cnt32) for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), low16Zero(f, v))));
+        const vectors = inF32 ? quads.map((q) => q.o) : roundGroup(f, y, ds).vectors;
+        storeVectors(f, qo, vectors);
+        if (cnt32) for (const v of vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), low16Zero(f, v))));
         // A double-rounding tie is an inexact lane, so the exactness test already sends its group to the exact path.
-        if (yTest === 'bits') return `(v128.any_true ${op('v128.and', get(bad), low(y))})`; // low bits of any delta (and distributes over or)
+        if (yTest === 'bits' && y !== 'F64') {
+          const lowBits = op('v128.and', get(bad), low(y)); // low bits of any delta (and distributes over or)
+          return `(v128.any_true ${y === 'F16' ? op('v128.or', lowBits, get(big)) : lowBits})`;
+        }
         if (yTest === 'full') return `(i32.eqz (i64x2.all_true ${get(ok)}))`;
         return '(i32.const 0)';
       },
@@ -592,7 +617,7 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     // Take back the packed probe count of this group and count it exactly instead.
     const zero = get(f.const('ZERO', K.ZERO));
     for (const v of packExact(f, 'F32', lanes, 'u')) f.emit(set(cnt32, op('i32x4.add', get(cnt32), low16Zero(f, v))));
-    for (const d of ds) f.emit(set(cntP, op('i64x2.sub', get(cntP), op('i64x2.eq', op('v128.and', get(d), get(f.const(`LOW_${pr}`, i64x2(LOW_BITS[pr] ?? 0n)))), zero))));
+    for (const d of ds) f.emit(set(cntP, op('i64x2.sub', get(cntP), op('i64x2.eq', op('v128.and', get(d), get(f.const('LOW_BF16', i64x2(LOW_BITS.BF16)))), zero))));
   }
   for (const [l, at] of state) f.emit(store(at, get(l)));
   return f;
