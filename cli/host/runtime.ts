@@ -9,7 +9,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { InvocationContext } from '@azure/functions';
+import azureFunctions, { type InvocationContext } from '@azure/functions';
+
+// @azure/functions is CommonJS whose classes Node's ESM loader cannot see as named exports.
+const { InvocationContext: Invocation } = azureFunctions;
 
 export type RuntimeStatus = 'Pending' | 'Running' | 'Completed' | 'Failed' | 'Terminated';
 
@@ -283,7 +286,7 @@ export class LocalDurableRuntime {
     inst.status = 'Running';
     inst.lastUpdatedTime = new Date();
 
-    const ctx = new InvocationContext({
+    const ctx = new Invocation({
       functionName: inst.name,
       invocationId: randomUUID(),
       logHandler: (_level, ...args) => this.log(`[${inst.id}] ${args.map(String).join(' ')}`),
@@ -455,7 +458,7 @@ export class LocalDurableRuntime {
     this.queue.push(async () => {
       await null; // run handler code after the scheduling episode, not inside it
       if (!isActive(inst)) return;
-      const ctx = new InvocationContext({
+      const ctx = new Invocation({
         functionName: name,
         invocationId: randomUUID(),
         logHandler: (_level, ...args) => this.log(`[${inst.id}] ${name}: ${args.map(String).join(' ')}`),

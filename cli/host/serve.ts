@@ -4,8 +4,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
-import { HttpRequest, InvocationContext, type EventGridEvent, type HttpResponseInit } from '@azure/functions';
+import azureFunctions, { type EventGridEvent, type HttpResponseInit, type InvocationContext } from '@azure/functions';
 import { LocalDurableRuntime, type ActivityFn } from './runtime.js';
+
+// @azure/functions is CommonJS whose classes Node's ESM loader cannot see as named exports.
+const { HttpRequest, InvocationContext: Invocation } = azureFunctions;
 import { startAzurite, type Azurite } from './azurite.js';
 
 export interface ServeOptions {
@@ -48,7 +51,7 @@ async function importQuietly<T>(load: () => Promise<T>): Promise<T> {
 }
 
 function invocation(functionName: string, log: (line: string) => void): InvocationContext {
-  return new InvocationContext({ functionName, invocationId: randomUUID(), logHandler: (_level, ...args) => log(`[${functionName}] ${args.join(' ')}`) });
+  return new Invocation({ functionName, invocationId: randomUUID(), logHandler: (_level, ...args) => log(`[${functionName}] ${args.join(' ')}`) });
 }
 
 function matchRoute(route: string, pathname: string): Record<string, string> | null {

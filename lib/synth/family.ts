@@ -25,7 +25,7 @@ function llamaTensors(bytes: number, hidden: number, elemSize: number): PlannedT
   const vocab = Math.min(32000, Math.max(256, Math.round(bytes / elemSize / hidden / 16)));
   const perLayer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden;
   const fixed = 2 * vocab * hidden + hidden;
-  const layers = Math.max(1, Math.round((bytes / elemSize - fixed) / perLayer));
+  const layers = Math.max(1, Math.ceil((bytes / elemSize - fixed) / perLayer));
   const dtype = elemSize === 2 ? 'BF16' : 'F32';
   const t: PlannedTensor[] = [{ name: 'model.embed_tokens.weight', dtype, shape: [vocab, hidden] }];
   for (let l = 0; l < layers; l++) {
