@@ -1,4 +1,4 @@
-import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { BlobServiceClient } from '@azure/storage-blob';
@@ -6,24 +6,12 @@ import { fixturesDir } from './helpers/fixtures.js';
 import { withTempDir } from './helpers/models.js';
 import { listNames, uploadFolder } from './helpers/blob.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
-import { main } from '../cli/index.js';
+import { runCli } from './helpers/cli.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 let azurite: Azurite;
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
-  try {
-    return { code: await main([...args, '--storage', azurite.connectionString]), stdout, stderr };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-    process.exitCode = undefined;
-  }
-}
+const run = (args: string[]) => runCli([...args, '--storage', azurite.connectionString]);
 
 beforeAll(async () => {
   azurite = await startAzurite();

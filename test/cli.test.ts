@@ -3,25 +3,12 @@ import path from 'node:path';
 import { cp, readFile, readdir, writeFile, chmod, stat } from 'node:fs/promises';
 import { fixturesDir } from './helpers/fixtures.js';
 import { withTempDir } from './helpers/models.js';
-import { main } from '../cli/index.js';
+import { runCli } from './helpers/cli.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 const F32 = path.join(fixturesDir, 'tiny-llama-f32');
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-    process.exitCode = undefined;
-  }
-}
+const run = runCli;
 
 async function exists(p: string): Promise<boolean> {
   return stat(p).then(() => true, () => false);

@@ -1,4 +1,8 @@
 import { describe, it, expect } from 'vitest';
+import path from 'node:path';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { runCli } from './helpers/cli.js';
+import { withTempDir } from './helpers/models.js';
 import fc from 'fast-check';
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -61,6 +65,22 @@ async function expectRule(bytes: Uint8Array, rule: string, tensor?: string): Pro
   expect(e.message).toContain('bad.safetensors');
   expect(e.message).toContain(`[rule: ${rule}]`);
   if (tensor !== undefined) expect(e.message).toContain(`tensor "${tensor}"`);
+  await expectCliRefuses(bytes, rule);
+}
+
+/** The same file as a checkpoint given to `paramdelta compute`: exit 2, the rule named, no output at all. */
+async function expectCliRefuses(bytes: Uint8Array, rule: string): Promise<void> {
+  await withTempDir(async (tmp) => {
+    const model = path.join(tmp, 'model');
+    await mkdir(model);
+    await writeFile(path.join(model, 'model.safetensors'), bytes);
+    const r = await runCli(['compute', '--base', model, '--post', model, '--out', path.join(tmp, 'out')]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(path.join(model, 'model.safetensors'));
+    expect(r.stderr).toContain(`[rule: ${rule}]`);
+    expect(await readdir(tmp)).toEqual(['model']);
+    expect(Buffer.from(await readFile(path.join(model, 'model.safetensors'))).equals(Buffer.from(bytes))).toBe(true);
+  });
 }
 
 function f16(bits: number): number {

@@ -43,3 +43,25 @@ export function* fanOutShards(
   }
   return results;
 }
+
+/**
+ * The shape shared by computeDelta and applyDeltas: a planning activity (headers only, plan stored
+ * as a blob), one activity per shard, then a finalizing activity that writes the completion marker.
+ */
+export function* planShardsFinalize(
+  ctx: df.OrchestrationContext,
+  activities: { plan: string; shard: string; finalize: string },
+  planInput: object,
+  output: string,
+  finalizeInput: (plan: PlanSummary) => object,
+): Generator<df.Task, unknown, unknown> {
+  report(ctx, { phase: 'planning', shardsDone: 0, shardsTotal: 0, bytesDone: 0, bytesTotal: 0 });
+  const plan = (yield ctx.df.callActivityWithRetry(activities.plan, shardRetry(), { runId: ctx.df.instanceId, ...planInput })) as PlanSummary;
+  const shards = yield* fanOutShards(ctx, activities.shard, plan, output);
+  const bytesTotal = plan.shards.reduce((a, s) => a + s.inputBytes, 0);
+  const done = { shardsDone: shards.length, shardsTotal: shards.length, bytesDone: bytesTotal, bytesTotal };
+  report(ctx, { phase: 'finalizing', ...done });
+  const result = yield ctx.df.callActivityWithRetry(activities.finalize, shardRetry(), finalizeInput(plan));
+  report(ctx, { phase: 'completed', ...done });
+  return result;
+}

@@ -69,6 +69,18 @@ function speculate(candidates: FloatDType[]): FloatDType {
   return candidates.includes('F32') ? 'F32' : candidates[0];
 }
 
+/** The smaller candidate to check while writing `current`, if there is one. */
+function probeFor(candidates: FloatDType[], current: FloatDType): FloatDType | undefined {
+  return dtypeSize(candidates[0]) < dtypeSize(current) ? candidates[0] : undefined;
+}
+
+/** After a pass written in `current` (probing the smallest candidate): the smallest candidate that holds every delta exactly. */
+function smallestExact(candidates: FloatDType[], current: FloatDType, st: SubtractStats): FloatDType {
+  const probe = probeFor(candidates, current);
+  if (probe && st.probeMisses === 0) return probe;
+  return st.rounded > 0 ? candidates[candidates.length - 1] : current;
+}
+
 /** Writes one delta shard. Safe to run again: it rewrites the same file with the same bytes. */
 export async function executeComputeShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
   const shard = plan.shards[index];
@@ -79,33 +91,55 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
   const slot = (): Slot => ({ inputs: [kernels.alloc(chunk * maxIn), kernels.alloc(chunk * maxIn)], out: kernels.alloc(chunk * 8) });
   const slots: [Slot, Slot] = [slot(), slot()];
 
+  const sources = new SourceCache(env.resolve);
   const dtypes: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));
+  // A dtype is decided once the whole tensor has been seen (or the policy fixes it).
+  const decided = shard.tensors.map((t) => t.candidates.length === 1);
+  const readChunk = async (t: number, start: number, n: number, s: Slot) => {
+    const tp = shard.tensors[t];
+    const size = dtypeSize(tp.modelDtype);
+    const [sb, sp] = await Promise.all([sources.get(plan.base, tp.base.file), sources.get(plan.post, tp.post.file)]);
+    await Promise.all([
+      sb.read(tp.base.offset + start * size, n * size, s.inputs[0]),
+      sp.read(tp.post.offset + start * size, n * size, s.inputs[1]),
+    ]);
+  };
+  // The shard's sha256 streams only if the header hashed first stays true, so settle the dtypes
+  // of tensors that fit in one chunk (norms, biases: cheap to read twice) before the header.
+  try {
+    for (let t = 0; t < shard.tensors.length; t++) {
+      const tp = shard.tensors[t];
+      if (decided[t] || tp.elements > chunk) continue;
+      const st = newSubtractStats();
+      if (tp.elements > 0) {
+        await readChunk(t, 0, tp.elements, slots[0]);
+        kernels.subtract(tp.modelDtype, slots[0].inputs[0], slots[0].inputs[1], tp.elements, dtypes[t], slots[0].out, st, probeFor(tp.candidates, dtypes[t]));
+      }
+      dtypes[t] = smallestExact(tp.candidates, dtypes[t], st);
+      decided[t] = true;
+    }
+  } catch (e) {
+    await sources.closeAll();
+    throw e;
+  }
   const header = () => encodeHeader(shard.tensors.map((t, i) => ({ name: t.name, dtype: dtypes[i], shape: t.shape })), SHARD_METADATA, shard.prefixLength - 8).bytes;
   const sink = await out.createShard(shard.file, shard.prefixLength, header(), { metadata: { [PLAN_TAG]: plan.hash } });
-  const sources = new SourceCache(env.resolve);
   const stats: SubtractStats[] = shard.tensors.map(() => newSubtractStats());
   let bodyLength = 0;
   const tensorStart: number[] = [];
-  let redoing = false;
 
   try {
     await streamTensors(
       {
         count: shard.tensors.length,
         elements: (t) => shard.tensors[t].elements,
-        read: async (t, start, n, s) => {
-          const tp = shard.tensors[t];
-          const size = dtypeSize(tp.modelDtype);
+        read: (t, start, n, s) => {
           if (start === 0) tensorStart[t] = bodyLength;
-          const [sb, sp] = await Promise.all([sources.get(plan.base, tp.base.file), sources.get(plan.post, tp.post.file)]);
-          await Promise.all([
-            sb.read(tp.base.offset + start * size, n * size, s.inputs[0]),
-            sp.read(tp.post.offset + start * size, n * size, s.inputs[1]),
-          ]);
+          return readChunk(t, start, n, s);
         },
         compute: (t, _start, n, s) => {
           const tp = shard.tensors[t];
-          const probe = !redoing && dtypeSize(tp.candidates[0]) < dtypeSize(dtypes[t]) ? tp.candidates[0] : undefined;
+          const probe = decided[t] ? undefined : probeFor(tp.candidates, dtypes[t]);
           kernels.subtract(tp.modelDtype, s.inputs[0], s.inputs[1], n, dtypes[t], s.out, stats[t], probe);
           env.onProgress?.(2 * n * dtypeSize(tp.modelDtype));
           const bytes = s.out.subarray(0, n * dtypeSize(dtypes[t]));
@@ -114,22 +148,11 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
         },
         write: (bytes) => sink.write(bytes),
         finish: (t) => {
-          const tp = shard.tensors[t];
-          const st = stats[t];
-          const wasRedo = redoing;
-          redoing = false;
-          if (wasRedo || tp.candidates.length === 1) return 'next';
-          if (tp.elements === 0) {
-            dtypes[t] = tp.candidates[0];
-            return 'next';
-          }
-          const probe = tp.candidates[0];
-          let best = dtypes[t];
-          if (dtypeSize(probe) < dtypeSize(best) && st.probeMisses === 0) best = probe;
-          else if (st.rounded > 0) best = tp.candidates[tp.candidates.length - 1];
+          if (decided[t]) return 'next';
+          decided[t] = true;
+          const best = smallestExact(shard.tensors[t].candidates, dtypes[t], stats[t]);
           if (best === dtypes[t]) return 'next';
-          dtypes[t] = best;
-          redoing = true;
+          dtypes[t] = best; // a large tensor guessed wrong: write it again in the right dtype
           return 'redo';
         },
         redo: async (t) => {
