@@ -25,6 +25,11 @@ export interface RepostBaseInput {
   etag: string;
 }
 
+/** A planning activity's answer when the request itself is wrong: retrying cannot help, so the run fails at once with this. */
+export interface PlanRejected {
+  rejected: string;
+}
+
 /** What a planning activity hands the orchestrator: enough to fan out and report progress. */
 export interface PlanSummary {
   runId: string;

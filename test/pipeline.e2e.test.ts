@@ -7,6 +7,7 @@ import { loadTensors, withTempDir } from './helpers/models.js';
 import { downloadFolder, uploadFolder } from './helpers/blob.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
 import { startServe, type ServeHandle } from '../cli/host/serve.js';
+import { historyEventNames } from '../cli/host/runtime.js';
 import { DELTA_LAYOUT } from '../lib/ops/manifest.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
@@ -138,5 +139,14 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
       expect(r.json.detail).toEqual(expect.any(String));
     }
     expect((await api('GET', 'runs/no-such-run')).status).toBe(404);
+  });
+
+  it('fails a run on a model that is not there at once, naming it, with no retries', async () => {
+    const r = await api('POST', 'deltas', { name: 'ghost', base: 'models/tiny/base', post: 'models/nope' });
+    expect(r.status).toBe(202);
+    const done = await waitFor(r.json.id, 10_000);
+    expect(done.status).toBe('Failed');
+    expect(done.error).toMatch(/models\/nope/);
+    expect(historyEventNames(serve.runtime.getHistory(r.json.id))).not.toContain('TimerCreated');
   });
 });

@@ -1,5 +1,5 @@
 import * as df from 'durable-functions';
-import type { PlanSummary, Progress, ShardDone, ShardTask } from '../contracts.js';
+import type { PlanRejected, PlanSummary, Progress, ShardDone, ShardTask } from '../contracts.js';
 
 /** Activities are retried: delivery is at least once and a shard may meet a transient storage error. */
 export function shardRetry(): df.RetryOptions {
@@ -56,7 +56,11 @@ export function* planShardsFinalize(
   finalizeInput: (plan: PlanSummary) => object,
 ): Generator<df.Task, unknown, unknown> {
   report(ctx, { phase: 'planning', shardsDone: 0, shardsTotal: 0, bytesDone: 0, bytesTotal: 0 });
-  const plan = (yield ctx.df.callActivityWithRetry(activities.plan, shardRetry(), { runId: ctx.df.instanceId, ...planInput })) as PlanSummary;
+  const planned = (yield ctx.df.callActivityWithRetry(activities.plan, shardRetry(), { runId: ctx.df.instanceId, ...planInput })) as
+    | PlanSummary
+    | PlanRejected;
+  if ('rejected' in planned) throw new Error(planned.rejected);
+  const plan = planned;
   const shards = yield* fanOutShards(ctx, activities.shard, plan, output);
   const bytesTotal = plan.shards.reduce((a, s) => a + s.inputBytes, 0);
   const done = { shardsDone: shards.length, shardsTotal: shards.length, bytesDone: bytesTotal, bytesTotal };
