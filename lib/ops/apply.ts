@@ -4,7 +4,7 @@ import { openCheckpoint, indexJson, MODEL_INDEX, MODEL_LAYOUT } from '../format/
 import { PLAN_TAG, type Store } from '../storage/types.js';
 import { planApply, SHARD_METADATA, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
 import { openDelta } from './delta.js';
-import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { SourceCache, streamTensors, chunkElementsFor, SLOTS, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, type ExecEnv } from './env.js';
 import type { Kernels } from '../kernels/index.js';
 
@@ -69,15 +69,15 @@ export class ApplyChunks {
 }
 
 /** Sizes chunk buffers for tensors with up to `inputs` operands of at most 8 bytes each. */
-export async function applySlots(env: ExecEnv, inputs: number, extraInputs = 0): Promise<{ kernels: Kernels; slots: [Slot, Slot]; chunk: number }> {
+export async function applySlots(env: ExecEnv, inputs: number, extraInputs = 0): Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> {
   const perElement = 8 * (inputs + extraInputs + 1);
   const chunk = chunkElementsFor(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES);
-  const kernels = await kernelsFor(env, 2 * chunk * perElement);
+  const kernels = await kernelsFor(env, SLOTS * chunk * perElement);
   const slot = (): Slot => ({
     inputs: Array.from({ length: inputs + extraInputs }, () => kernels.alloc(chunk * 8)),
     out: kernels.alloc(chunk * 8),
   });
-  return { kernels, slots: [slot(), slot()], chunk };
+  return { kernels, slots: Array.from({ length: SLOTS }, slot), chunk };
 }
 
 /** Writes one output shard. Safe to run again: same plan, same bytes. */

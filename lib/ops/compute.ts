@@ -8,7 +8,7 @@ import { InputError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import { DELTA_LAYOUT, DELTA_MANIFEST, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
 import { planCompute, SHARD_METADATA, type ComputePlan, type DeltaDtypePolicy } from './plan.js';
-import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { SourceCache, streamTensors, chunkElementsFor, SLOTS, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, type ExecEnv } from './env.js';
 
 export interface ComputeShardResult {
@@ -87,9 +87,9 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
   const budget = env.bufferBytes ?? DEFAULT_BUFFER_BYTES;
   const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
   const chunk = chunkElementsFor(2 * maxIn + 8, budget);
-  const kernels = await kernelsFor(env, 2 * chunk * (2 * maxIn + 8));
+  const kernels = await kernelsFor(env, SLOTS * chunk * (2 * maxIn + 8));
   const slot = (): Slot => ({ inputs: [kernels.alloc(chunk * maxIn), kernels.alloc(chunk * maxIn)], out: kernels.alloc(chunk * 8) });
-  const slots: [Slot, Slot] = [slot(), slot()];
+  const slots: Slot[] = Array.from({ length: SLOTS }, slot);
 
   const sources = new SourceCache(env.resolve);
   const dtypes: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));

@@ -45,16 +45,18 @@ export interface TensorStream {
 }
 
 /**
- * Streams tensors chunk by chunk with two slots: while the kernel works on one chunk, the next
- * chunk is being read and the previous one written, so I/O and arithmetic overlap and memory
- * stays at two chunks whatever the model size.
+ * Streams tensors chunk by chunk through a ring of slots: while the kernel works on one chunk, the
+ * next ones are being read and earlier ones written, so I/O and arithmetic overlap and memory stays
+ * at a few chunks whatever the model size. A slot's input buffers are free once its chunk has been
+ * computed; its output buffer once that chunk's write has settled.
  */
-export async function streamTensors(s: TensorStream, slots: [Slot, Slot], chunkElements: number): Promise<void> {
-  const writes: (Promise<void> | null)[] = [null, null];
+export async function streamTensors(s: TensorStream, slots: Slot[], chunkElements: number): Promise<void> {
+  const k = slots.length;
+  const writes: (Promise<void> | null)[] = slots.map(() => null);
   let job = 0;
   const drain = async () => {
     await Promise.all(writes);
-    writes[0] = writes[1] = null;
+    writes.fill(null);
   };
   try {
     for (let t = 0; t < s.count; t++) {
@@ -62,21 +64,26 @@ export async function streamTensors(s: TensorStream, slots: [Slot, Slot], chunkE
       const starts: number[] = [];
       for (let i = 0; i < total; i += chunkElements) starts.push(i);
       const size = (i: number) => Math.min(chunkElements, total - starts[i]);
-      let pending: Promise<void> | null = starts.length ? s.read(t, 0, size(0), slots[job % 2]) : null;
+      const first = job;
+      const reads = new Map<number, Promise<void>>();
+      const issue = (i: number) => {
+        if (i >= starts.length || reads.has(i)) return;
+        const r = s.read(t, starts[i], size(i), slots[(first + i) % k]);
+        r.catch(() => undefined); // awaited in turn; keep an early failure from going unobserved
+        reads.set(i, r);
+      };
+      for (let i = 0; i < k - 1; i++) issue(i);
       for (let i = 0; i < starts.length; i++, job++) {
-        const slot = slots[job % 2];
-        const next = i + 1 < starts.length ? s.read(t, starts[i + 1], size(i + 1), slots[(job + 1) % 2]) : null;
-        // Keep the prefetch from rejecting unobserved while we wait on the current chunk.
-        next?.catch(() => undefined);
-        await pending;
-        await writes[job % 2];
-        const out = s.compute(t, starts[i], size(i), slot);
+        issue(i + k - 1);
+        await reads.get(i);
+        reads.delete(i);
+        await writes[job % k];
+        const out = s.compute(t, starts[i], size(i), slots[job % k]);
         if (out && s.write) {
           const w = s.write(out);
           w.catch(() => undefined);
-          writes[job % 2] = w;
+          writes[job % k] = w;
         }
-        pending = next;
       }
       if (s.finish?.(t) === 'redo') {
         await drain();
@@ -91,8 +98,11 @@ export async function streamTensors(s: TensorStream, slots: [Slot, Slot], chunkE
   await drain();
 }
 
-/** Chunk length in elements so that two slots of `bytesPerElement` fit in `budget` bytes. */
+/** Slots in the ring: one computing, the rest reading ahead or writing behind. */
+export const SLOTS = 4;
+
+/** Chunk length in elements so that SLOTS slots of `bytesPerElement` fit in `budget` bytes. */
 export function chunkElementsFor(bytesPerElement: number, budget: number): number {
-  const n = Math.floor(budget / (2 * bytesPerElement));
+  const n = Math.floor(budget / (SLOTS * bytesPerElement));
   return Math.max(4096, Math.min(1 << 21, n - (n % 64)));
 }
