@@ -48,6 +48,11 @@ function out(opts: Common, text: string, json: unknown): void {
   process.stdout.write(opts.json ? JSON.stringify(json, null, 2) + '\n' : text + '\n');
 }
 
+/** A `<dir>` flag, with the reference implementation's name for it as a hidden alias. */
+function withAlias(cmd: Command, flag: string, alias: string, description: string): Command {
+  return cmd.option(`${flag} <dir>`, description).addOption(new Option(`${alias} <dir>`).hideHelp());
+}
+
 const kernelsOption = new Option('--kernels <impl>', 'kernel implementation').choices(['wasm', 'reference']).default('wasm').hideHelp();
 const storageOption = new Option('--storage <connection-string>', 'storage account for az://container/prefix references (default: the AzureWebJobsStorage setting)');
 
@@ -58,16 +63,10 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
 
-  program
-    .command('compute')
-    .alias('compute-delta')
-    .description('compute Δ = post − base into a delta folder')
-    .option('--base <dir>', 'the base checkpoint')
-    .addOption(new Option('--base-model <dir>').hideHelp())
-    .option('--post <dir>', 'the post-trained checkpoint')
-    .addOption(new Option('--post-model <dir>').hideHelp())
-    .option('--out <dir>', 'the delta folder to write')
-    .addOption(new Option('--output <dir>').hideHelp())
+  const compute = program.command('compute').alias('compute-delta').description('compute Δ = post − base into a delta folder');
+  withAlias(compute, '--base', '--base-model', 'the base checkpoint');
+  withAlias(compute, '--post', '--post-model', 'the post-trained checkpoint');
+  withAlias(compute, '--out', '--output', 'the delta folder to write')
     .addOption(new Option('--delta-dtype <dtype>', 'dtype of stored deltas; auto keeps them exact').choices(DELTA_DTYPE_POLICIES).default('auto'))
     .option('--shard-size <size>', 'largest delta shard, e.g. 5GB or 2GiB', '5GB')
     .option('--force', 'replace an existing output folder')
@@ -158,15 +157,12 @@ export function buildProgram(): Command {
       }
     });
 
-  program
+  const verifyCmd = program
     .command('verify')
-    .description('apply the delta to the original base and compare with post, byte for byte (exit 1 on mismatch)')
-    .option('--base <dir>', 'the original base')
-    .addOption(new Option('--base-model <dir>').hideHelp())
-    .option('--post <dir>', 'the post-trained model')
-    .addOption(new Option('--post-model <dir>').hideHelp())
-    .option('--delta <dir>', 'the delta folder')
-    .addOption(new Option('--delta-path <dir>').hideHelp())
+    .description('apply the delta to the original base and compare with post, byte for byte (exit 1 on mismatch)');
+  withAlias(verifyCmd, '--base', '--base-model', 'the original base');
+  withAlias(verifyCmd, '--post', '--post-model', 'the post-trained model');
+  withAlias(verifyCmd, '--delta', '--delta-path', 'the delta folder')
     .option('--json', 'print a machine-readable result')
     .addOption(storageOption)
     .addOption(kernelsOption)
