@@ -62,6 +62,23 @@ describe('paramdelta CLI', () => {
       expect(got.equals(await readFile(`${F32}/expected/apply-post-0.7-post2-0.3/model.safetensors`))).toBe(true);
     }));
 
+  it('reports how many elements a lossy delta dtype rounded, and the largest error; verify then fails', () =>
+    withTempDir(async (tmp) => {
+      const d = path.join(tmp, 'delta');
+      const c = await run(['compute', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--out', d, '--delta-dtype', 'bf16']);
+      expect(c.code).toBe(0);
+      const m = /lossy: (\d+) elements in (\d+) tensors were rounded to bf16; largest error (\S+)/.exec(c.stdout);
+      expect(m).not.toBeNull();
+      expect(Number(m![1])).toBeGreaterThan(0);
+      expect(Number(m![3])).toBeGreaterThan(0);
+      const manifest = JSON.parse(await readFile(path.join(d, 'delta.json'), 'utf8'));
+      const rounded = Object.values(manifest.tensors as Record<string, { rounded: number; dtype: string }>);
+      expect(rounded.every((t) => t.dtype === 'BF16')).toBe(true);
+      expect(rounded.reduce((a, t) => a + t.rounded, 0)).toBe(Number(m![1]));
+      const v = await run(['verify', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--delta', d]);
+      expect(v.code).toBe(1);
+    }));
+
   it('exits 1 when verification finds a mismatch, naming the tensors', () =>
     withTempDir(async (tmp) => {
       const d = path.join(tmp, 'delta');
