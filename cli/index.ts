@@ -5,12 +5,13 @@ import { SafetensorsError } from '../lib/format/safetensors.js';
 import { MODEL_INDEX } from '../lib/format/checkpoint.js';
 import { DELTA_MANIFEST } from '../lib/ops/manifest.js';
 import { cliOutput, cliResolver } from './storage.js';
+import { isBlobRef } from '../lib/storage/refs.js';
 import { runCompute, runApply } from '../lib/ops/run.js';
 import { verify } from '../lib/ops/verify.js';
 import { inspect } from '../lib/ops/inspect.js';
 import { DELTA_DTYPE_POLICIES, DEFAULT_SHARD_SIZE, type DeltaDtypePolicy } from '../lib/ops/plan.js';
 import { formatBytes, parseSize } from '../lib/ops/sizes.js';
-import type { ExecEnv } from '../lib/ops/env.js';
+import { BLOB_SLOTS, LOCAL_SLOTS, type ExecEnv } from '../lib/ops/env.js';
 import { TOOL_VERSION } from '../lib/version.js';
 import path from 'node:path';
 import { rm } from 'node:fs/promises';
@@ -28,10 +29,11 @@ interface Common {
   storage?: string;
 }
 
-function env(opts: Common, progress: Progress): ExecEnv & { onPlan: (p: unknown, bytes: number) => void } {
+function env(opts: Common, progress: Progress, refs: string[]): ExecEnv & { onPlan: (p: unknown, bytes: number) => void } {
   return {
     resolve: cliResolver(opts),
     kernels: opts.kernels,
+    slots: refs.some(isBlobRef) ? BLOB_SLOTS : LOCAL_SLOTS,
     onProgress: (b) => progress.add(b),
     onPlan: (_p, bytes) => progress.start('paramdelta', bytes),
   };
@@ -79,7 +81,7 @@ export function buildProgram(): Command {
       const dir = pick('--out', o.out, o.output);
       const progress = new Progress(process.stderr.isTTY && !o.json);
       try {
-        const e = env(o, progress);
+        const e = env(o, progress, [base, post, dir]);
         const { plan, manifest } = await runCompute(
           e,
           { base, post, policy: o.deltaDtype as DeltaDtypePolicy, shardSize: parseSize(o.shardSize, '--shard-size') },
@@ -141,7 +143,7 @@ export function buildProgram(): Command {
       if (!deltas.length) throw new InputError('--delta is required');
       const progress = new Progress(process.stderr.isTTY && !o.json);
       try {
-        const e = env(o, progress);
+        const e = env(o, progress, [base, dir, ...deltas.map((d) => d.ref)]);
         const { plan } = await runApply(
           e,
           { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') },
@@ -168,12 +170,8 @@ export function buildProgram(): Command {
     .addOption(kernelsOption)
     .action(async (o) => {
       const progress = new Progress(process.stderr.isTTY && !o.json);
-      const r = await verify(
-        { resolve: cliResolver(o), kernels: o.kernels, onProgress: (b) => progress.add(b) },
-        pick('--base', o.base, o.baseModel),
-        pick('--post', o.post, o.postModel),
-        pick('--delta', o.delta, o.deltaPath),
-      );
+      const refs = [pick('--base', o.base, o.baseModel), pick('--post', o.post, o.postModel), pick('--delta', o.delta, o.deltaPath)] as const;
+      const r = await verify(env(o, progress, [...refs]), ...refs);
       progress.stop();
       const lines = r.ok
         ? [`verified: ${r.tensors} tensors reproduce post byte for byte`]

@@ -4,7 +4,7 @@ import { blobServiceFromSettings } from '../lib/storage/azure.js';
 import { BlobStore, blobResolver, ensureContainers } from '../lib/storage/blob.js';
 import { parseModelRef } from '../lib/storage/refs.js';
 import type { Store } from '../lib/storage/types.js';
-import type { ExecEnv } from '../lib/ops/env.js';
+import { BLOB_SLOTS, type ExecEnv } from '../lib/ops/env.js';
 import { RunState } from '../lib/ops/runstate.js';
 import { readSettings, userContainers, type PipelineSettings } from './settings.js';
 
@@ -34,7 +34,7 @@ export function pipeline(): Pipeline {
   current = {
     settings,
     service,
-    env: { resolve, bufferBytes: settings.bufferBytes },
+    env: { resolve, bufferBytes: settings.bufferBytes, slots: BLOB_SLOTS },
     ref(field, ref, containers = allowed) {
       const r = parseModelRef(ref, { allowedContainers: containers, field });
       return `${r.container}/${r.prefix}`.replace(/\/$/, '');

@@ -4,8 +4,8 @@ import { openCheckpoint, indexJson, MODEL_INDEX, MODEL_LAYOUT } from '../format/
 import { PLAN_TAG, type Store } from '../storage/types.js';
 import { planApply, SHARD_METADATA, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
 import { openDelta } from './delta.js';
-import { SourceCache, streamTensors, chunkElementsFor, SLOTS, type Slot } from './stream.js';
-import { DEFAULT_BUFFER_BYTES, kernelsFor, type ExecEnv } from './env.js';
+import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 import type { Kernels } from '../kernels/index.js';
 
 export interface ApplyShardResult {
@@ -71,13 +71,14 @@ export class ApplyChunks {
 /** Sizes chunk buffers for tensors with up to `inputs` operands of at most 8 bytes each. */
 export async function applySlots(env: ExecEnv, inputs: number, extraInputs = 0): Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> {
   const perElement = 8 * (inputs + extraInputs + 1);
-  const chunk = chunkElementsFor(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES);
-  const kernels = await kernelsFor(env, SLOTS * chunk * perElement);
+  const count = slotsFor(env);
+  const chunk = chunkElementsFor(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count);
+  const kernels = await kernelsFor(env, count * chunk * perElement);
   const slot = (): Slot => ({
     inputs: Array.from({ length: inputs + extraInputs }, () => kernels.alloc(chunk * 8)),
     out: kernels.alloc(chunk * 8),
   });
-  return { kernels, slots: Array.from({ length: SLOTS }, slot), chunk };
+  return { kernels, slots: Array.from({ length: count }, slot), chunk };
 }
 
 /** Writes one output shard. Safe to run again: same plan, same bytes. */

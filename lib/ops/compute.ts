@@ -8,8 +8,8 @@ import { InputError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import { DELTA_LAYOUT, DELTA_MANIFEST, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
 import { planCompute, SHARD_METADATA, type ComputePlan, type DeltaDtypePolicy } from './plan.js';
-import { SourceCache, streamTensors, chunkElementsFor, SLOTS, type Slot } from './stream.js';
-import { DEFAULT_BUFFER_BYTES, kernelsFor, type ExecEnv } from './env.js';
+import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 
 export interface ComputeShardResult {
   file: string;
@@ -86,10 +86,11 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
   const shard = plan.shards[index];
   const budget = env.bufferBytes ?? DEFAULT_BUFFER_BYTES;
   const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
-  const chunk = chunkElementsFor(2 * maxIn + 8, budget);
-  const kernels = await kernelsFor(env, SLOTS * chunk * (2 * maxIn + 8));
+  const count = slotsFor(env);
+  const chunk = chunkElementsFor(2 * maxIn + 8, budget, count);
+  const kernels = await kernelsFor(env, count * chunk * (2 * maxIn + 8));
   const slot = (): Slot => ({ inputs: [kernels.alloc(chunk * maxIn), kernels.alloc(chunk * maxIn)], out: kernels.alloc(chunk * 8) });
-  const slots: Slot[] = Array.from({ length: SLOTS }, slot);
+  const slots: Slot[] = Array.from({ length: count }, slot);
 
   const sources = new SourceCache(env.resolve);
   const dtypes: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));

@@ -98,11 +98,8 @@ export async function streamTensors(s: TensorStream, slots: Slot[], chunkElement
   await drain();
 }
 
-/** Slots in the ring: one computing, the rest reading ahead or writing behind. */
-export const SLOTS = 4;
-
-/** Chunk length in elements so that SLOTS slots of `bytesPerElement` fit in `budget` bytes. */
-export function chunkElementsFor(bytesPerElement: number, budget: number): number {
-  const n = Math.floor(budget / (SLOTS * bytesPerElement));
+/** Chunk length in elements so that `slots` slots of `bytesPerElement` fit in `budget` bytes. */
+export function chunkElementsFor(bytesPerElement: number, budget: number, slots: number): number {
+  const n = Math.floor(budget / (slots * bytesPerElement));
   return Math.max(4096, Math.min(1 << 21, n - (n % 64)));
 }
