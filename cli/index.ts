@@ -58,6 +58,16 @@ function withAlias(cmd: Command, flag: string, alias: string, description: strin
 const kernelsOption = new Option('--kernels <impl>', 'kernel implementation').choices(['wasm', 'reference']).default('wasm').hideHelp();
 const storageOption = new Option('--storage <connection-string>', 'storage account for az://container/prefix references (default: the AzureWebJobsStorage setting)');
 
+/** Options of the commands that write a folder of shards: compute and apply. */
+function writerOptions(cmd: Command, shardHelp: string): Command {
+  return cmd
+    .option('--shard-size <size>', shardHelp, '5GB')
+    .option('--force', 'replace an existing output folder')
+    .option('--json', 'print a machine-readable result')
+    .addOption(storageOption)
+    .addOption(kernelsOption);
+}
+
 export function buildProgram(): Command {
   const program = new Command('paramdelta')
     .description('ParamΔ: carry post-training over to a new base model (Δ = post − base; new post = new base + Δ)')
@@ -69,45 +79,40 @@ export function buildProgram(): Command {
   withAlias(compute, '--base', '--base-model', 'the base checkpoint');
   withAlias(compute, '--post', '--post-model', 'the post-trained checkpoint');
   withAlias(compute, '--out', '--output', 'the delta folder to write')
-    .addOption(new Option('--delta-dtype <dtype>', 'dtype of stored deltas; auto keeps them exact').choices(DELTA_DTYPE_POLICIES).default('auto'))
-    .option('--shard-size <size>', 'largest delta shard, e.g. 5GB or 2GiB', '5GB')
-    .option('--force', 'replace an existing output folder')
-    .option('--json', 'print a machine-readable result')
-    .addOption(storageOption)
-    .addOption(kernelsOption)
-    .action(async (o) => {
-      const base = pick('--base', o.base, o.baseModel);
-      const post = pick('--post', o.post, o.postModel);
-      const dir = pick('--out', o.out, o.output);
-      const progress = new Progress(process.stderr.isTTY && !o.json);
-      try {
-        const e = env(o, progress, [base, post, dir]);
-        const { plan, manifest } = await runCompute(
-          e,
-          { base, post, policy: o.deltaDtype as DeltaDtypePolicy, shardSize: parseSize(o.shardSize, '--shard-size') },
-          cliOutput(e.resolve, dir, DELTA_MANIFEST, { force: o.force, inputs: [base, post] }),
-        );
-        progress.stop();
-        const entries = Object.entries(manifest.tensors);
-        const lossy = entries.filter(([, t]) => t.rounded > 0);
-        const dtypes: Record<string, number> = {};
-        for (const [, t] of entries) dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + 1;
-        const bytes = manifest.shards.reduce((a, s) => a + s.bytes, 0);
-        let text = `wrote ${dir}: ${entries.length} delta tensors (${Object.entries(dtypes).map(([d, n]) => `${n} ${d}`).join(', ')}) in ${manifest.shards.length} shard(s), ${formatBytes(bytes)}`;
-        if (plan.unchangedNonFloat.length) text += `\nnon-float tensors checked equal and left out: ${plan.unchangedNonFloat.join(', ')}`;
-        if (lossy.length) {
-          const rounded = lossy.reduce((a, [, t]) => a + t.rounded, 0);
-          const maxErr = Math.max(...lossy.map(([, t]) => t.maxError));
-          text += `\nlossy: ${rounded} elements in ${lossy.length} tensors were rounded to ${o.deltaDtype}; largest error ${maxErr}`;
-        }
-        out(o, text, { ok: true, out: dir, shards: manifest.shards, tensors: manifest.tensors, unchangedNonFloat: plan.unchangedNonFloat });
-      } finally {
-        progress.stop();
+    .addOption(new Option('--delta-dtype <dtype>', 'dtype of stored deltas; auto keeps them exact').choices(DELTA_DTYPE_POLICIES).default('auto'));
+  writerOptions(compute, 'largest delta shard, e.g. 5GB or 2GiB').action(async (o) => {
+    const base = pick('--base', o.base, o.baseModel);
+    const post = pick('--post', o.post, o.postModel);
+    const dir = pick('--out', o.out, o.output);
+    const progress = new Progress(process.stderr.isTTY && !o.json);
+    try {
+      const e = env(o, progress, [base, post, dir]);
+      const { plan, manifest } = await runCompute(
+        e,
+        { base, post, policy: o.deltaDtype as DeltaDtypePolicy, shardSize: parseSize(o.shardSize, '--shard-size') },
+        cliOutput(e.resolve, dir, DELTA_MANIFEST, { force: o.force, inputs: [base, post] }),
+      );
+      progress.stop();
+      const entries = Object.entries(manifest.tensors);
+      const lossy = entries.filter(([, t]) => t.rounded > 0);
+      const dtypes: Record<string, number> = {};
+      for (const [, t] of entries) dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + 1;
+      const bytes = manifest.shards.reduce((a, s) => a + s.bytes, 0);
+      let text = `wrote ${dir}: ${entries.length} delta tensors (${Object.entries(dtypes).map(([d, n]) => `${n} ${d}`).join(', ')}) in ${manifest.shards.length} shard(s), ${formatBytes(bytes)}`;
+      if (plan.unchangedNonFloat.length) text += `\nnon-float tensors checked equal and left out: ${plan.unchangedNonFloat.join(', ')}`;
+      if (lossy.length) {
+        const rounded = lossy.reduce((a, [, t]) => a + t.rounded, 0);
+        const maxErr = Math.max(...lossy.map(([, t]) => t.maxError));
+        text += `\nlossy: ${rounded} elements in ${lossy.length} tensors were rounded to ${o.deltaDtype}; largest error ${maxErr}`;
       }
-    });
+      out(o, text, { ok: true, out: dir, shards: manifest.shards, tensors: manifest.tensors, unchangedNonFloat: plan.unchangedNonFloat });
+    } finally {
+      progress.stop();
+    }
+  });
 
   const deltas: { ref: string; scale: number }[] = [];
-  program
+  const applyCmd = program
     .command('apply')
     .alias('apply-delta')
     .description('write new base + Σ scale·Δ as a complete Hugging Face model folder')
@@ -131,33 +136,28 @@ export function buildProgram(): Command {
       return v;
     })
     .option('--out <dir>', 'the model folder to write')
-    .addOption(new Option('--output <dir>').hideHelp())
-    .option('--shard-size <size>', 'largest output shard', '5GB')
-    .option('--force', 'replace an existing output folder')
-    .option('--json', 'print a machine-readable result')
-    .addOption(storageOption)
-    .addOption(kernelsOption)
-    .action(async (o) => {
-      const base = pick('--base', o.base, o.baseModel);
-      const dir = pick('--out', o.out, o.output);
-      if (!deltas.length) throw new InputError('--delta is required');
-      const progress = new Progress(process.stderr.isTTY && !o.json);
-      try {
-        const e = env(o, progress, [base, dir, ...deltas.map((d) => d.ref)]);
-        const { plan } = await runApply(
-          e,
-          { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') },
-          cliOutput(e.resolve, dir, MODEL_INDEX, { force: o.force, inputs: [base, ...deltas.map((d) => d.ref)] }),
-        );
-        progress.stop();
-        let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
-        if (plan.copied.length) text += `\ncopied unchanged from the new base (no delta has them): ${plan.copied.join(', ')}`;
-        text += `\nfiles: ${plan.files.map((f) => f.file).join(', ')}`;
-        out(o, text, { ok: true, out: dir, shards: plan.shards.map((s) => s.file), copied: plan.copied, files: plan.files });
-      } finally {
-        progress.stop();
-      }
-    });
+    .addOption(new Option('--output <dir>').hideHelp());
+  writerOptions(applyCmd, 'largest output shard').action(async (o) => {
+    const base = pick('--base', o.base, o.baseModel);
+    const dir = pick('--out', o.out, o.output);
+    if (!deltas.length) throw new InputError('--delta is required');
+    const progress = new Progress(process.stderr.isTTY && !o.json);
+    try {
+      const e = env(o, progress, [base, dir, ...deltas.map((d) => d.ref)]);
+      const { plan } = await runApply(
+        e,
+        { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') },
+        cliOutput(e.resolve, dir, MODEL_INDEX, { force: o.force, inputs: [base, ...deltas.map((d) => d.ref)] }),
+      );
+      progress.stop();
+      let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
+      if (plan.copied.length) text += `\ncopied unchanged from the new base (no delta has them): ${plan.copied.join(', ')}`;
+      text += `\nfiles: ${plan.files.map((f) => f.file).join(', ')}`;
+      out(o, text, { ok: true, out: dir, shards: plan.shards.map((s) => s.file), copied: plan.copied, files: plan.files });
+    } finally {
+      progress.stop();
+    }
+  });
 
   const verifyCmd = program
     .command('verify')

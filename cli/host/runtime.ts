@@ -8,8 +8,12 @@
  * so replay, determinism and JSON round-trips behave as they do in Azure.
  */
 import { randomUUID } from 'node:crypto';
-import { createRequire } from 'node:module';
 import azureFunctions, { type InvocationContext } from '@azure/functions';
+import {
+  ActionType, EventType, ExecutionStarted, OrchestratorCompleted, OrchestratorStarted, SubCompleted, SubCreated, SubFailed,
+  TaskCompleted, TaskFailed, TaskScheduled, TimerCreated, TimerFired, flattenActions, replayEpisode, sequenceNumber,
+  type Action, type HistoryEvent, type OrchestratorFn, type OrchestratorState,
+} from './durable-lib.js';
 
 // @azure/functions is CommonJS whose classes Node's ESM loader cannot see as named exports.
 const { InvocationContext: Invocation } = azureFunctions;
@@ -45,53 +49,8 @@ export interface RuntimeOptions {
   timerScale?: number;
 }
 
-export type OrchestratorFn = (ctx: any) => Generator<any, any, any>;
 export type ActivityFn = (input: any, ctx: InvocationContext) => unknown | Promise<unknown>;
-
-// ---- durable-functions internals (no typings ship for lib/src, so declare what we use) ----
-
-interface HistoryEvent {
-  EventType: number;
-  EventId: number;
-  IsPlayed: boolean;
-  Timestamp: Date;
-  [key: string]: unknown;
-}
-type EventCtor = new (opts: Record<string, unknown>) => HistoryEvent;
-interface Action {
-  actionType: number;
-  functionName?: string;
-  input?: unknown;
-  instanceId?: string;
-  fireAt?: Date;
-  isCanceled?: boolean;
-  retryOptions?: { firstRetryIntervalInMilliseconds: number; maxNumberOfAttempts: number; backoffCoefficient?: number; maxRetryIntervalInMilliseconds?: number };
-  compoundActions?: Action[];
-}
-interface OrchestratorState { isDone: boolean; actions: unknown[]; output?: unknown; error?: string; customStatus?: unknown }
-type Listener = (trigger: unknown, ctx: InvocationContext) => Promise<OrchestratorState>;
-
-const requireCjs = createRequire(import.meta.url);
-const LIB = 'durable-functions/lib/src/';
-const { createOrchestrator, DurableOrchestrationInput } = requireCjs(`${LIB}util/testingUtils`) as {
-  createOrchestrator: (fn: OrchestratorFn) => Listener;
-  DurableOrchestrationInput: new (...args: unknown[]) => object;
-};
-const ReplaySchemaV1 = (requireCjs(`${LIB}orchestrations/ReplaySchema`) as { ReplaySchema: { V1: number } }).ReplaySchema.V1;
-const EventType = (requireCjs(`${LIB}history/HistoryEventType`) as { HistoryEventType: Record<string, number> & Record<number, string> }).HistoryEventType;
-const ActionType = (requireCjs(`${LIB}actions/ActionType`) as { ActionType: Record<string, number> & Record<number, string> }).ActionType;
-const ev = (name: string): EventCtor => (requireCjs(`${LIB}history/${name}`) as Record<string, EventCtor>)[name]!;
-const OrchestratorStarted = ev('OrchestratorStartedEvent');
-const OrchestratorCompleted = ev('OrchestratorCompletedEvent');
-const ExecutionStarted = ev('ExecutionStartedEvent');
-const TaskScheduled = ev('TaskScheduledEvent');
-const TaskCompleted = ev('TaskCompletedEvent');
-const TaskFailed = ev('TaskFailedEvent');
-const TimerCreated = ev('TimerCreatedEvent');
-const TimerFired = ev('TimerFiredEvent');
-const SubCreated = ev('SubOrchestrationInstanceCreatedEvent');
-const SubCompleted = ev('SubOrchestrationInstanceCompletedEvent');
-const SubFailed = ev('SubOrchestrationInstanceFailedEvent');
+export type { OrchestratorFn };
 
 /** Names of history event types, e.g. for asserting on `getHistory()` in tests. */
 export function historyEventNames(history: readonly unknown[]): string[] {
@@ -130,17 +89,6 @@ const toJson = (v: unknown): string => JSON.stringify(v) ?? 'null';
 const fromJson = (s: string | undefined): unknown => (s === undefined ? undefined : JSON.parse(s));
 const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 const isActive = (i: Instance): boolean => i.status === 'Pending' || i.status === 'Running';
-const FAILURE_LABEL = '$OutOfProcData$:';
-
-function flatten(actions: unknown, out: Action[] = []): Action[] {
-  if (Array.isArray(actions)) for (const a of actions) flatten(a, out);
-  else if (actions && typeof actions === 'object') {
-    const a = actions as Action;
-    if (a.compoundActions) flatten(a.compoundActions, out); // WhenAll/WhenAny (schema V2+); V1 already flattens
-    else out.push(a);
-  }
-  return out;
-}
 
 export class LocalDurableRuntime {
   private readonly orchestrators = new Map<string, OrchestratorFn>();
@@ -291,23 +239,16 @@ export class LocalDurableRuntime {
       invocationId: randomUUID(),
       logHandler: (_level, ...args) => this.log(`[${inst.id}] ${args.map(String).join(' ')}`),
     });
-    const trigger = new DurableOrchestrationInput(
-      inst.id, inst.history, fromJson(inst.inputJson), undefined, undefined, undefined,
-      ReplaySchemaV1, false, inst.parent?.inst.id ?? '',
-    );
     let state: OrchestratorState | undefined;
     let failure: string | undefined;
     try {
-      state = await createOrchestrator(fn)(trigger, ctx);
+      const r = await replayEpisode(fn, { instanceId: inst.id, history: inst.history, input: fromJson(inst.inputJson), parentInstanceId: inst.parent?.inst.id }, ctx);
+      if (r.failed) {
+        if ('customStatus' in r) inst.customStatus = r.customStatus;
+        failure = r.error;
+      } else state = r;
     } catch (e) {
-      // OrchestrationFailureError carries the orchestrator state as JSON after a label.
-      const msg = errText(e);
-      const at = msg.indexOf(FAILURE_LABEL);
-      if (at >= 0) {
-        const failed = JSON.parse(msg.slice(at + FAILURE_LABEL.length)) as OrchestratorState;
-        if ('customStatus' in failed) inst.customStatus = failed.customStatus;
-        failure = failed.error ?? 'orchestrator threw a non-Error value';
-      } else failure = msg;
+      failure = errText(e);
     }
     if (!isActive(inst)) return; // terminated while the episode ran
 
@@ -321,7 +262,7 @@ export class LocalDurableRuntime {
         if (state.isDone) outcome = { status: 'Completed', output: fromJson(toJson(state.output)) };
         else {
           this.continueRetry(inst, event, ts);
-          this.scheduleActions(inst, flatten(state.actions), ts);
+          this.scheduleActions(inst, flattenActions(state.actions), ts);
           this.checkSequence(inst, ctx);
           if (inst.outstanding <= 0 && inst.inbox.length === 0) {
             outcome = failed('it is waiting but nothing is scheduled (an API this local host does not support?)');
@@ -448,8 +389,8 @@ export class LocalDurableRuntime {
 
   /** Our event ids must match the library's task sequence numbers, or completions land on the wrong tasks. */
   private checkSequence(inst: Instance, ctx: InvocationContext): void {
-    const seq = (ctx as unknown as { df?: { taskOrchestratorExecutor?: { sequenceNumber?: unknown } } }).df?.taskOrchestratorExecutor?.sequenceNumber;
-    if (typeof seq === 'number' && seq !== inst.nextEventId) {
+    const seq = sequenceNumber(ctx);
+    if (seq !== undefined && seq !== inst.nextEventId) {
       throw new Error(`replay mismatch: the orchestrator allocated ${seq} task ids, the host scheduled ${inst.nextEventId} (was an already-yielded task yielded again inside Task.all/Task.any?)`);
     }
   }

@@ -10,68 +10,17 @@
  * the episode with `close()`. Event ids must agree with the library's task sequence numbers, which
  * `replay` reports so tests can check them.
  *
- * Deliberately independent of cli/host/runtime.ts: these histories are the reference it is judged by.
+ * Independent of cli/host/runtime.ts, which writes its own histories: these are the reference it is judged by.
+ * Both share only cli/host/durable-lib.ts, the typed handles on the library's internals.
  */
-import { createRequire } from 'node:module';
 import { InvocationContext } from '@azure/functions';
+import {
+  ActionType, EventType, ExecutionStarted, HistoryEventOptions, OrchestratorCompleted, OrchestratorStarted, SubCompleted, SubCreated,
+  TaskCompleted, TaskFailed, TaskScheduled, TimerCreated, TimerFired, flattenActions, replayEpisode, sequenceNumber,
+  type Action, type HistoryEvent, type OrchestratorFn,
+} from '../../cli/host/durable-lib.js';
 
-export interface HistoryEvent {
-  EventType: number;
-  EventId: number;
-  IsPlayed: boolean;
-  Timestamp: Date;
-  [key: string]: unknown;
-}
-
-/** One action as the library returns it (schema V1: CallActivityWithRetry, CallSubOrchestratorWithRetry, ...). */
-export interface Action {
-  actionType: number;
-  functionName?: string;
-  input?: unknown;
-  instanceId?: string;
-  retryOptions?: { firstRetryIntervalInMilliseconds: number; maxNumberOfAttempts: number; backoffCoefficient?: number };
-  compoundActions?: Action[];
-}
-
-interface OrchestratorState {
-  isDone: boolean;
-  actions: unknown[];
-  output?: unknown;
-  error?: string;
-  customStatus?: unknown;
-}
-
-export type OrchestratorFn = (ctx: any) => Generator<any, any, any>;
-type Listener = (trigger: unknown, ctx: InvocationContext) => Promise<OrchestratorState>;
-type EventCtor = new (opts: Record<string, unknown>) => HistoryEvent;
-
-const requireCjs = createRequire(import.meta.url);
-const LIB = 'durable-functions/lib/src/';
-const { createOrchestrator, DurableOrchestrationInput } = requireCjs(`${LIB}util/testingUtils`) as {
-  createOrchestrator: (fn: OrchestratorFn) => Listener;
-  DurableOrchestrationInput: new (...args: unknown[]) => object;
-};
-const { HistoryEventOptions } = requireCjs(`${LIB}history/HistoryEventOptions`) as {
-  HistoryEventOptions: new (eventId: number, timestamp: Date, isPlayed?: boolean) => { eventId: number; timestamp: Date; isPlayed: boolean };
-};
-const ReplaySchemaV1 = (requireCjs(`${LIB}orchestrations/ReplaySchema`) as { ReplaySchema: { V1: number } }).ReplaySchema.V1;
-export const ActionType = (requireCjs(`${LIB}actions/ActionType`) as { ActionType: Record<string, number> & Record<number, string> }).ActionType;
-export const EventType = (requireCjs(`${LIB}history/HistoryEventType`) as { HistoryEventType: Record<string, number> & Record<number, string> })
-  .HistoryEventType;
-
-const ev = (name: string): EventCtor => (requireCjs(`${LIB}history/${name}`) as Record<string, EventCtor>)[name]!;
-const OrchestratorStarted = ev('OrchestratorStartedEvent');
-const OrchestratorCompleted = ev('OrchestratorCompletedEvent');
-const ExecutionStarted = ev('ExecutionStartedEvent');
-const TaskScheduled = ev('TaskScheduledEvent');
-const TaskCompleted = ev('TaskCompletedEvent');
-const TaskFailed = ev('TaskFailedEvent');
-const TimerCreated = ev('TimerCreatedEvent');
-const TimerFired = ev('TimerFiredEvent');
-const SubCreated = ev('SubOrchestrationInstanceCreatedEvent');
-const SubCompleted = ev('SubOrchestrationInstanceCompletedEvent');
-
-const FAILURE_LABEL = '$OutOfProcData$:';
+export { ActionType, EventType, type Action, type HistoryEvent, type OrchestratorFn };
 
 /** Options every event constructor takes: the library's own HistoryEventOptions, plus event fields. */
 function opts(eventId: number, timestamp: Date, extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -178,40 +127,17 @@ export interface Replay {
   sequenceNumber: number | undefined;
 }
 
-function flatten(actions: unknown, out: Action[] = []): Action[] {
-  if (Array.isArray(actions)) for (const a of actions) flatten(a, out);
-  else if (actions && typeof actions === 'object') {
-    const a = actions as Action;
-    if (a.compoundActions) flatten(a.compoundActions, out);
-    else out.push(a);
-  }
-  return out;
-}
-
 /** Replays `history` through the library, as the extension would invoke the orchestrator for the open episode. */
 export async function replay(fn: OrchestratorFn, history: History): Promise<Replay> {
-  const trigger = new DurableOrchestrationInput(
-    history.instanceId, history.events, history.input, undefined, undefined, undefined, ReplaySchemaV1, false, '',
-  );
   const ctx = new InvocationContext({ functionName: history.orchestrator, invocationId: 'replay', logHandler: () => {} });
-  let state: OrchestratorState;
-  try {
-    state = await createOrchestrator(fn)(trigger, ctx);
-  } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
-    const at = msg.indexOf(FAILURE_LABEL);
-    if (at < 0) throw e;
-    state = JSON.parse(msg.slice(at + FAILURE_LABEL.length)) as OrchestratorState;
-    if (state.error === undefined) state.error = 'orchestrator failed without a message';
-  }
+  const state = await replayEpisode(fn, { instanceId: history.instanceId, history: history.events, input: history.input }, ctx);
   // What the extension sees is JSON: round-trip so tests never compare against live, later-mutated objects.
-  const wire = JSON.parse(JSON.stringify(state)) as OrchestratorState;
-  const seq = (ctx as unknown as { df?: { taskOrchestratorExecutor?: { sequenceNumber?: unknown } } }).df?.taskOrchestratorExecutor?.sequenceNumber;
+  const wire = JSON.parse(JSON.stringify(state)) as typeof state;
   const r: Replay = {
     isDone: wire.isDone,
     output: wire.output,
-    actions: flatten(wire.actions),
-    sequenceNumber: typeof seq === 'number' ? seq : undefined,
+    actions: flattenActions(wire.actions),
+    sequenceNumber: sequenceNumber(ctx),
   };
   if (wire.error !== undefined) r.error = wire.error;
   if ('customStatus' in wire) r.customStatus = wire.customStatus;
