@@ -29,7 +29,7 @@ interface Common {
   storage?: string;
 }
 
-function env(opts: Common, progress: Progress, refs: string[]): ExecEnv & { onPlan: (p: unknown, bytes: number) => void } {
+function env(opts: Common, progress: Progress, refs: readonly string[]): ExecEnv & { onPlan: (p: unknown, bytes: number) => void } {
   return {
     resolve: cliResolver(opts),
     kernels: opts.kernels,
@@ -85,12 +85,13 @@ export function buildProgram(): Command {
     const post = pick('--post', o.post, o.postModel);
     const dir = pick('--out', o.out, o.output);
     const progress = new Progress(process.stderr.isTTY && !o.json);
+    const inputs = [base, post];
     try {
-      const e = env(o, progress, [base, post, dir]);
+      const e = env(o, progress, [...inputs, dir]);
       const { plan, manifest } = await runCompute(
         e,
         { base, post, policy: o.deltaDtype as DeltaDtypePolicy, shardSize: parseSize(o.shardSize, '--shard-size') },
-        cliOutput(e.resolve, dir, DELTA_MANIFEST, { force: o.force, inputs: [base, post] }),
+        cliOutput(e.resolve, dir, DELTA_MANIFEST, { force: o.force, inputs }),
       );
       progress.stop();
       const entries = Object.entries(manifest.tensors);
@@ -142,12 +143,13 @@ export function buildProgram(): Command {
     const dir = pick('--out', o.out, o.output);
     if (!deltas.length) throw new InputError('--delta is required');
     const progress = new Progress(process.stderr.isTTY && !o.json);
+    const inputs = [base, ...deltas.map((d) => d.ref)];
     try {
-      const e = env(o, progress, [base, dir, ...deltas.map((d) => d.ref)]);
+      const e = env(o, progress, [...inputs, dir]);
       const { plan } = await runApply(
         e,
         { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') },
-        cliOutput(e.resolve, dir, MODEL_INDEX, { force: o.force, inputs: [base, ...deltas.map((d) => d.ref)] }),
+        cliOutput(e.resolve, dir, MODEL_INDEX, { force: o.force, inputs }),
       );
       progress.stop();
       let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
@@ -171,7 +173,7 @@ export function buildProgram(): Command {
     .action(async (o) => {
       const progress = new Progress(process.stderr.isTTY && !o.json);
       const refs = [pick('--base', o.base, o.baseModel), pick('--post', o.post, o.postModel), pick('--delta', o.delta, o.deltaPath)] as const;
-      const r = await verify(env(o, progress, [...refs]), ...refs);
+      const r = await verify(env(o, progress, refs), ...refs);
       progress.stop();
       const lines = r.ok
         ? [`verified: ${r.tensors} tensors reproduce post byte for byte`]

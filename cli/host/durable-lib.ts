@@ -13,7 +13,7 @@ export interface HistoryEvent {
   Timestamp: Date;
   [key: string]: unknown;
 }
-export type EventCtor = new (opts: Record<string, unknown>) => HistoryEvent;
+type EventCtor = new (opts: Record<string, unknown>) => HistoryEvent;
 
 /** One action as the library returns it (schema V1: CallActivityWithRetry, CallSubOrchestratorWithRetry, ...). */
 export interface Action {
@@ -87,22 +87,22 @@ export interface Episode {
 
 /**
  * Replays `episode.history` through the library, as the extension invokes an orchestrator (replay
- * schema V1). A failed orchestrator comes back as its state with `error` set: the library throws
- * an OrchestrationFailureError carrying that state as JSON after a label.
+ * schema V1). A failed orchestrator comes back as its state with `error` set (and only then): the
+ * library throws an OrchestrationFailureError carrying that state as JSON after a label.
  */
-export async function replayEpisode(fn: OrchestratorFn, episode: Episode, ctx: InvocationContext): Promise<OrchestratorState & { failed: boolean }> {
+export async function replayEpisode(fn: OrchestratorFn, episode: Episode, ctx: InvocationContext): Promise<OrchestratorState> {
   const trigger = new DurableOrchestrationInput(
     episode.instanceId, episode.history, episode.input, undefined, undefined, undefined,
     ReplaySchemaV1, false, episode.parentInstanceId ?? '',
   );
   try {
-    return { ...(await createOrchestrator(fn)(trigger, ctx)), failed: false };
+    return await createOrchestrator(fn)(trigger, ctx);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     const at = msg.indexOf(FAILURE_LABEL);
     if (at < 0) throw e;
     const state = JSON.parse(msg.slice(at + FAILURE_LABEL.length)) as OrchestratorState;
-    return { ...state, error: state.error ?? 'orchestrator threw a non-Error value', failed: true };
+    return { ...state, error: state.error ?? 'orchestrator threw a non-Error value' };
   }
 }
 

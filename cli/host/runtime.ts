@@ -243,7 +243,7 @@ export class LocalDurableRuntime {
     let failure: string | undefined;
     try {
       const r = await replayEpisode(fn, { instanceId: inst.id, history: inst.history, input: fromJson(inst.inputJson), parentInstanceId: inst.parent?.inst.id }, ctx);
-      if (r.failed) {
+      if (r.error !== undefined) {
         if ('customStatus' in r) inst.customStatus = r.customStatus;
         failure = r.error;
       } else state = r;
