@@ -1,9 +1,12 @@
-# The function app image: Azure Functions host for Node 20 with the compiled app in /home/site/wwwroot.
+# The function app image: Azure Functions host for Node 22 with the compiled app in /home/site/wwwroot.
 
 # Build: compile TypeScript (tsc -> dist/), then drop the dev dependencies.
-FROM node:20-bookworm-slim AS build
+FROM node:22-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
+# zstd-napi compiles its native binding; onnxruntime-node ships its CPU binary (CUDA parts only in the GPU image).
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
+ENV ONNXRUNTIME_NODE_INSTALL=skip
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY lib ./lib
@@ -13,7 +16,7 @@ COPY bench ./bench
 RUN npm run build && npm prune --omit=dev
 
 # Run: the official Functions image; package.json "main" points the host at dist/functions/index.js.
-FROM mcr.microsoft.com/azure-functions/node:4-node20
+FROM mcr.microsoft.com/azure-functions/node:4-node22
 ENV AzureWebJobsScriptRoot=/home/site/wwwroot \
     AzureFunctionsJobHost__Logging__Console__IsEnabled=true
 WORKDIR /home/site/wwwroot

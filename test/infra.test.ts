@@ -369,9 +369,9 @@ describe('local settings agree with host.json and the code', () => {
 describe('Dockerfile', () => {
   const froms = [...dockerfile.matchAll(/^FROM (\S+)/gm)].map((m) => m[1]);
 
-  it('builds with Node 20 and runs on the Functions Node 20 image', () => {
-    expect(froms[0]).toMatch(/^node:20\b/);
-    expect(froms.at(-1)).toBe('mcr.microsoft.com/azure-functions/node:4-node20');
+  it('builds with Node 22 and runs on the Functions Node 22 image', () => {
+    expect(froms[0]).toMatch(/^node:22\b/);
+    expect(froms.at(-1)).toBe('mcr.microsoft.com/azure-functions/node:4-node22');
     for (const step of ['npm ci', 'npm run build', 'npm prune --omit=dev']) expect(dockerfile).toContain(step);
     expect(dockerfile).toMatch(/AzureWebJobsScriptRoot=\/home\/site\/wwwroot/);
     expect(dockerfile).toMatch(/AzureFunctionsJobHost__Logging__Console__IsEnabled=true/);

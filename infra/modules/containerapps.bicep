@@ -32,9 +32,9 @@ param shardSize string
 param schedulerEndpoint string
 param taskHubName string
 
-// Until `azd deploy` pushes the app's image: the bare Functions Node 20 image the Dockerfile builds
+// Until `azd deploy` pushes the app's image: the bare Functions Node 22 image the Dockerfile builds
 // on, a Functions host with no functions, so the first revision starts cleanly with these settings.
-var placeholderImage = 'mcr.microsoft.com/azure-functions/node:4-node20'
+var placeholderImage = 'mcr.microsoft.com/azure-functions/node:4-node22'
 
 // Per replica: the Consumption profile allows up to 4 vCPU / 8 GiB; serverless GPU profiles come as a
 // whole replica (T4: 8 vCPU / 56 GiB, A100: 24 vCPU / 220 GiB). With two shard activities per replica

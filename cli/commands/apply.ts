@@ -1,0 +1,55 @@
+import { Option, type Command } from 'commander';
+import { InputError } from '../../lib/errors.js';
+import { MODEL_INDEX } from '../../lib/format/checkpoint.js';
+import { runApply } from '../../lib/ops/run.js';
+import { parseSize } from '../../lib/ops/sizes.js';
+import { cliOutput } from '../storage.js';
+import { Progress } from '../progress.js';
+import { commandEnv, pick, print, writerOptions } from '../common.js';
+
+export function registerApply(program: Command): void {
+  const deltas: { ref: string; scale: number }[] = [];
+  const addDelta = (v: string) => {
+    deltas.push({ ref: v, scale: 1 });
+    return v;
+  };
+  const applyCmd = program
+    .command('apply')
+    .alias('apply-delta')
+    .description('write new base + Σ scale·Δ as a complete Hugging Face model folder')
+    .option('--base <dir>', 'the new base checkpoint')
+    .addOption(new Option('--base-model <dir>').hideHelp())
+    .option('--delta <dir>', 'a delta folder; repeat to fuse several', addDelta)
+    .addOption(new Option('--delta-path <dir>').hideHelp().argParser(addDelta))
+    .option('--scale <s>', 'scale of the --delta just before it (default 1)', (v: string) => {
+      const s = Number(v);
+      if (!deltas.length) throw new InputError('--scale must follow the --delta it scales');
+      if (v.trim() === '' || !Number.isFinite(s)) throw new InputError(`--scale ${v}: not a finite number`);
+      deltas[deltas.length - 1].scale = s;
+      return v;
+    })
+    .option('--out <dir>', 'the model folder to write')
+    .addOption(new Option('--output <dir>').hideHelp());
+  writerOptions(applyCmd, 'largest output shard').action(async (o) => {
+    const base = pick('--base', o.base, o.baseModel);
+    const dir = pick('--out', o.out, o.output);
+    if (!deltas.length) throw new InputError('--delta is required');
+    const progress = new Progress(process.stderr.isTTY && !o.json);
+    const inputs = [base, ...deltas.map((d) => d.ref)];
+    try {
+      const e = commandEnv(o, progress, [...inputs, dir]);
+      const { plan } = await runApply(
+        e,
+        { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') },
+        cliOutput(e.resolve, dir, MODEL_INDEX, { force: o.force, inputs }),
+      );
+      progress.stop();
+      let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
+      if (plan.copied.length) text += `\ncopied unchanged from the new base (no delta has them): ${plan.copied.join(', ')}`;
+      text += `\nfiles: ${plan.files.map((f) => f.file).join(', ')}`;
+      print(o, text, { ok: true, out: dir, shards: plan.shards.map((s) => s.file), copied: plan.copied, files: plan.files });
+    } finally {
+      progress.stop();
+    }
+  });
+}
