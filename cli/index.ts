@@ -10,6 +10,7 @@ import { registerVerify } from './commands/verify.js';
 import { registerInspect } from './commands/inspect.js';
 import { registerServe } from './commands/serve.js';
 import { registerDemo } from './commands/demo.js';
+import { registerTransfer } from './commands/transfer.js';
 
 export function buildProgram(): Command {
   const program = new Command('paramdelta')
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerApply(program);
   registerVerify(program);
   registerInspect(program);
+  registerTransfer(program);
   registerServe(program);
   registerDemo(program, main);
   return program;

@@ -1,6 +1,6 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import type { BlobClient, BlobServiceClient, BlockBlobClient, ContainerClient } from '@azure/storage-blob';
-import { PLAN_TAG, type ByteSource, type ShardSink, type Store } from './types.js';
+import { PLAN_TAG, type ByteSource, type FileStat, type ShardOptions, type ShardSink, type Store } from './types.js';
 import { StreamingDigest, sha256OfSource } from './digest.js';
 import { formatRef, isValidContainerName, parseModelRef } from './refs.js';
 import { InputError } from '../errors.js';
@@ -107,18 +107,22 @@ class BlobShardSink implements ShardSink {
   private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
   private readonly digest: StreamingDigest;
   private readonly hashing: boolean;
+  /** MD5 of the body for Content-MD5, which Azure does not compute for blobs committed from blocks. */
+  private md5: Hash | null;
 
   constructor(
     readonly name: string,
     private readonly blob: BlockBlobClient,
     private readonly prefixLength: number,
     provisional: Uint8Array | undefined,
-    private readonly metadata: Record<string, string> | undefined,
+    private readonly shardOpts: ShardOptions,
     private readonly opts: BlobStoreOptions,
   ) {
     this.digest = new StreamingDigest(provisional);
     this.hashing = provisional !== undefined;
     this.prefixId = this.nextId();
+    if (shardOpts.md5 && prefixLength !== 0) throw new Error(`${name}: an MD5 is recorded only for files written without a prefix`);
+    this.md5 = shardOpts.md5 ? createHash('md5') : null;
   }
 
   /** Azure wants every block id of a blob to have the same length: fixed-width token and counter. */
@@ -144,6 +148,7 @@ class BlobShardSink implements ShardSink {
       return Promise.reject(new Error(`${this.name}: more than ${MAX_BLOCKS} blocks; write larger chunks`));
     }
     this.digest.update(data);
+    this.md5?.update(data);
     const staged: Promise<void>[] = [];
     for (let i = 0; i < count; i++) {
       const piece = data.subarray(i * max, Math.min(data.length, (i + 1) * max));
@@ -170,6 +175,7 @@ class BlobShardSink implements ShardSink {
       throw new RangeError(`${this.name}: cannot cut back to ${length} bytes: not where a write ended`);
     }
     this.digest.invalidate();
+    if (this.md5) throw new Error(`${this.name}: cannot cut back a file whose MD5 is being recorded`);
     const dropped = this.blocks.splice(keep);
     this.bodyLength = length;
     // Dropped blocks are never committed; wait for them only so no request outlives the call.
@@ -192,8 +198,8 @@ class BlobShardSink implements ShardSink {
       }
       for (const b of this.blocks) ids.push(b.id);
       const res = await this.blob.commitBlockList(ids, {
-        metadata: this.metadata,
-        blobHTTPHeaders: { blobContentType: 'application/octet-stream' },
+        metadata: this.shardOpts.metadata,
+        blobHTTPHeaders: { blobContentType: 'application/octet-stream', blobContentMD5: this.md5?.digest() },
       });
       this.state = 'committed';
       let sha256 = this.hashing ? this.digest.finish(prefix) : null;
@@ -323,9 +329,20 @@ export class BlobStore implements Store {
     }
   }
 
-  async createShard(file: string, prefixLength: number, hashFrom?: Uint8Array, opts?: { metadata?: Record<string, string> }): Promise<ShardSink> {
+  async createShard(file: string, prefixLength: number, hashFrom?: Uint8Array, opts: ShardOptions = {}): Promise<ShardSink> {
     if (!Number.isSafeInteger(prefixLength) || prefixLength < 0) throw new RangeError(`${this.where(file)}: bad prefix length ${prefixLength}`);
-    return new BlobShardSink(this.where(file), this.container.getBlockBlobClient(this.blobName(file)), prefixLength, hashFrom, opts?.metadata, this.opts);
+    return new BlobShardSink(this.where(file), this.container.getBlockBlobClient(this.blobName(file)), prefixLength, hashFrom, opts, this.opts);
+  }
+
+  async stat(file: string): Promise<FileStat | null> {
+    try {
+      const props = await this.container.getBlobClient(this.blobName(file)).getProperties();
+      const md5 = props.contentMD5 ? Buffer.from(props.contentMD5).toString('base64') : null;
+      return { size: props.contentLength ?? 0, md5 };
+    } catch (e) {
+      if (statusOf(e) === 404) return null;
+      this.rethrow(e);
+    }
   }
 
   async fileVersion(file: string): Promise<string | null> {

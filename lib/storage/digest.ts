@@ -25,12 +25,16 @@ export class StreamingDigest {
   }
 }
 
-export async function sha256OfSource(src: ByteSource, chunkBytes = 8 << 20): Promise<string> {
-  const h = createHash('sha256');
+export async function digestOfSource(src: ByteSource, algorithm: 'sha256' | 'md5', encoding: 'hex' | 'base64', chunkBytes = 8 << 20): Promise<string> {
+  const h = createHash(algorithm);
   const buf = new Uint8Array(Math.min(chunkBytes, Math.max(1, src.size)));
   for (let off = 0; off < src.size; off += buf.length) {
     const n = Math.min(buf.length, src.size - off);
     h.update(await src.read(off, n, buf.subarray(0, n)));
   }
-  return h.digest('hex');
+  return h.digest(encoding);
+}
+
+export function sha256OfSource(src: ByteSource, chunkBytes = 8 << 20): Promise<string> {
+  return digestOfSource(src, 'sha256', 'hex', chunkBytes);
 }

@@ -2,8 +2,8 @@ import { open, readdir, readFile, rename, rm, stat, writeFile, mkdir } from 'nod
 import type { FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import type { ByteSource, ShardSink, Store } from './types.js';
-import { StreamingDigest, sha256OfSource } from './digest.js';
+import type { ByteSource, FileStat, ShardSink, Store } from './types.js';
+import { StreamingDigest, digestOfSource, sha256OfSource } from './digest.js';
 
 export class LocalFileSource implements ByteSource {
   private constructor(readonly name: string, readonly size: number, private readonly fh: FileHandle) {}
@@ -130,6 +130,17 @@ export class LocalStore implements Store {
 
   openRead(file: string): Promise<ByteSource> {
     return LocalFileSource.open(this.path(file));
+  }
+
+  /** A local file's MD5 is computed by reading it, so only when asked. */
+  async stat(file: string, opts: { md5?: boolean } = {}): Promise<FileStat | null> {
+    if (!(await this.exists(file))) return null;
+    const src = await this.openRead(file);
+    try {
+      return { size: src.size, md5: opts.md5 ? await digestOfSource(src, 'md5', 'base64') : null };
+    } finally {
+      await src.close();
+    }
   }
 
   readText(file: string): Promise<string> {

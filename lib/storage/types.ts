@@ -45,15 +45,31 @@ export interface Store {
    * Starts a shard whose prefix will be exactly `prefixLength` bytes. With `hashFrom` (the prefix as
    * planned) the sink computes the file's sha256, while streaming when the final prefix matches.
    * `opts.metadata` is recorded with the committed shard where the store can (blob metadata;
-   * `paramdeltaplan` is what `shardTag` reads back); LocalStore ignores it.
+   * `paramdeltaplan` is what `shardTag` reads back); LocalStore ignores it. With `opts.md5` (and no
+   * prefix) the store records the file's MD5 where it can (a blob's Content-MD5), for `stat` to read back.
    */
-  createShard(file: string, prefixLength: number, hashFrom?: Uint8Array, opts?: { metadata?: Record<string, string> }): Promise<ShardSink>;
+  createShard(file: string, prefixLength: number, hashFrom?: Uint8Array, opts?: ShardOptions): Promise<ShardSink>;
+  /**
+   * Size and MD5 (base64, as Azure's Content-MD5) of a file, or null when it is absent; `md5` is null
+   * when unknown. A store that must read the file to know its MD5 does so only when `opts.md5` asks.
+   */
+  stat?(file: string, opts?: { md5?: boolean }): Promise<FileStat | null>;
   /** An identifier that changes whenever the file does (a blob's ETag), or null when it is absent. */
   fileVersion?(file: string): Promise<string | null>;
   /** Properties recorded with a committed shard (the plan hash that produced it), or null. */
   shardTag?(file: string): Promise<string | null>;
   /** Deletes one file if it is there. */
   remove?(file: string): Promise<void>;
+}
+
+export interface ShardOptions {
+  metadata?: Record<string, string>;
+  md5?: boolean;
+}
+
+export interface FileStat {
+  size: number;
+  md5: string | null;
 }
 
 /** Metadata key on a committed shard naming the plan hash that wrote it, so a repeated activity can skip it. */
