@@ -138,7 +138,7 @@ export async function finalizeApply(plan: ApplyPlan, env: ExecEnv, out: Store): 
     tool: { name: 'paramdelta', version: TOOL_VERSION },
     createdAt: new Date().toISOString(),
     base: plan.base,
-    deltas: plan.deltas.map((d) => ({ ref: d.ref, scale: d.scale })),
+    deltas: plan.deltas.map((d) => ({ ref: env.resolve(d.ref).ref, scale: d.scale })),
     shards: plan.shards.map((s) => s.file),
   };
   await out.writeFile(MODEL_MANIFEST, JSON.stringify(manifest, null, 2) + '\n', { metadata: tags });

@@ -1,7 +1,7 @@
 // The one rule for where an output may go: never onto, into or around an input, and never a
 // container root. Judged on path segments (models/a and models/ab are apart), after resolving
 // symlinks for local paths, so the CLI, the HTTP API and the planning activities agree.
-import { realpath } from 'node:fs/promises';
+import { readlink, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { InputError } from '../errors.js';
 import { BLOB_SCHEME, isBlobRef } from './refs.js';
@@ -35,9 +35,10 @@ export function blobLocation(ref: string): Location {
 
 /**
  * A local path with symlinks resolved. A path that does not exist yet (an output) resolves its
- * nearest existing ancestor and keeps the rest, so a link anywhere above it is seen through.
+ * nearest existing ancestor and keeps the rest, so a link anywhere above it is seen through; a
+ * dangling link is followed to where it points, since that is where writing through it would land.
  */
-export async function realLocalPath(p: string): Promise<string> {
+export async function realLocalPath(p: string, hops = 0): Promise<string> {
   const abs = path.resolve(p);
   const rest: string[] = [];
   for (let at = abs; ; at = path.dirname(at)) {
@@ -45,7 +46,13 @@ export async function realLocalPath(p: string): Promise<string> {
       return path.join(await realpath(at), ...rest.reverse());
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if ((code !== 'ENOENT' && code !== 'ENOTDIR') || path.dirname(at) === at) throw e;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw e;
+      const link = await readlink(at).catch(() => null);
+      if (link !== null) {
+        if (hops >= 40) throw new InputError(`${p}: too many levels of symbolic links`);
+        return realLocalPath(path.join(path.resolve(path.dirname(at), link), ...rest.reverse()), hops + 1);
+      }
+      if (path.dirname(at) === at) throw e;
       rest.push(path.basename(at));
     }
   }
