@@ -47,17 +47,6 @@ async function timedSync(fh: FileHandle): Promise<void> {
   localSync.ms += performance.now() - t0;
 }
 
-/** Makes a file's bytes durable before it is renamed anywhere. */
-export async function syncFile(file: string): Promise<void> {
-  if (!localSync.enabled) return;
-  const fh = await open(file, 'r');
-  try {
-    await timedSync(fh);
-  } finally {
-    await fh.close();
-  }
-}
-
 /** Makes a folder's entries (renames, new files) durable: fsync of the directory itself. */
 export async function syncDir(dir: string): Promise<void> {
   if (!localSync.enabled) return;
