@@ -1,11 +1,12 @@
 // npm run bench [-- --size 1GiB --dir /tmp/x --keep]
 // Generates a BF16 model family, then times compute and apply against the I/O floor measured in
-// the same run: reading the same input files and writing the same number of output bytes with
-// plain streams. Each operation runs in a child process so its peak RSS is its own.
+// the same run: reading the same input files and writing files of the same sizes with plain Node
+// I/O, fsynced as the tool fsyncs them. Each operation runs in a child process so its peak RSS is
+// its own; each is also timed with fsync off, to show what durability costs.
 import { execSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
@@ -32,28 +33,50 @@ async function bytesOf(files: string[]): Promise<number> {
   return n;
 }
 
-/** The floor: stream every input file through, then stream out as many bytes as the operation wrote. */
-async function ioFloor(inputs: string[], outBytes: number, outFile: string): Promise<number> {
+/**
+ * The floor: stream every input file through, then write as many files of the same sizes as the
+ * operation wrote. With `fsync` it does the tool's durability work too: each file fsynced, then
+ * its folder (the tool also renames; renames cost next to nothing).
+ */
+async function ioFloor(inputs: string[], outSizes: number[], outDir: string, fsync: boolean): Promise<number> {
+  await mkdir(outDir, { recursive: true });
   const t0 = performance.now();
   for (const f of inputs) {
     const s = createReadStream(f, { highWaterMark: 8 << 20 });
     for await (const _chunk of s) void _chunk;
   }
-  const w = createWriteStream(outFile, { highWaterMark: 8 << 20 });
   const block = Buffer.alloc(8 << 20, 0x3c);
-  for (let left = outBytes; left > 0; left -= block.length) {
-    if (!w.write(left >= block.length ? block : block.subarray(0, left))) await once(w, 'drain');
+  for (const [i, size] of outSizes.entries()) {
+    const fh = await open(path.join(outDir, `out-${i}`), 'w');
+    for (let left = size; left > 0; left -= block.length) await fh.write(left >= block.length ? block : block.subarray(0, left));
+    if (fsync) await fh.sync();
+    await fh.close();
+    if (fsync) {
+      const dir = await open(outDir, 'r');
+      await dir.sync();
+      await dir.close();
+    }
   }
-  w.end();
-  await once(w, 'finish');
   const secs = (performance.now() - t0) / 1000;
-  await rm(outFile, { force: true });
+  await rm(outDir, { recursive: true, force: true });
   return secs;
 }
 
-/** Runs the CLI in a child process; returns wall seconds and the child's peak RSS. */
-async function timed(cliArgs: string[]): Promise<{ secs: number; rss: number }> {
-  const code = `import(${JSON.stringify(cli)}).then(async (m) => { const c = await m.main(${JSON.stringify(cliArgs)}); process.stderr.write('\\nRSS ' + process.resourceUsage().maxRSS * 1024 + '\\n'); process.exit(c); })`;
+interface Timed {
+  secs: number;
+  rss: number;
+  /** fsync calls the operation made, and seconds spent waiting in them. */
+  syncs: number;
+  syncSecs: number;
+}
+
+/** Runs the CLI in a child process; returns wall seconds, the child's peak RSS and its fsync time. */
+async function timed(cliArgs: string[], fsync: boolean): Promise<Timed> {
+  const sync = fileURLToPath(new URL('../lib/storage/local.js', import.meta.url));
+  const code =
+    `const s = await import(${JSON.stringify(sync)}); s.localSync.enabled = ${fsync};` +
+    `const m = await import(${JSON.stringify(cli)}); const c = await m.main(${JSON.stringify(cliArgs)});` +
+    `process.stderr.write('\\nRSS ' + process.resourceUsage().maxRSS * 1024 + ' SYNC ' + s.localSync.calls + ' ' + s.localSync.ms + '\\n'); process.exit(c);`;
   const t0 = performance.now();
   const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
@@ -61,7 +84,8 @@ async function timed(cliArgs: string[]): Promise<{ secs: number; rss: number }> 
   const [exit] = await once(child, 'exit');
   const secs = (performance.now() - t0) / 1000;
   if (exit !== 0) throw new Error(`paramdelta ${cliArgs[0]} failed (${exit}): ${err}`);
-  return { secs, rss: Number(/RSS (\d+)/.exec(err)?.[1] ?? NaN) };
+  const m = /RSS (\d+) SYNC (\d+) ([\d.]+)/.exec(err);
+  return { secs, rss: Number(m?.[1] ?? NaN), syncs: Number(m?.[2] ?? NaN), syncSecs: Number(m?.[3] ?? NaN) / 1000 };
 }
 
 const root = opt('--dir', '') || (await mkdtemp(path.join(os.tmpdir(), 'paramdelta-bench-')));
@@ -86,27 +110,35 @@ function settle(): 'cold' | 'warm' {
 
 const rows: string[] = [];
 const ROUNDS = 2;
+/**
+ * Times the operation with fsync (as shipped) and without, against the floor with and without,
+ * each the best of ROUNDS, every step from a settled (cold, where allowed) cache.
+ */
 async function measure(label: string, cliArgs: string[], inputs: string[], outDir: string) {
   const inBytes = await bytesOf(inputs);
-  let op = Infinity;
-  let floor = Infinity;
+  const best = { op: Infinity, opNoSync: Infinity, floor: Infinity, floorNoSync: Infinity, syncSecs: Infinity, syncs: 0 };
   let rss = 0;
   let cache = 'warm';
+  let outSizes: number[] = [];
   for (let round = 0; round < ROUNDS; round++) {
     cache = settle();
-    const r = await timed(cliArgs);
-    op = Math.min(op, r.secs);
+    const r = await timed(cliArgs, true);
+    if (r.secs < best.op) Object.assign(best, { op: r.secs, syncSecs: r.syncSecs, syncs: r.syncs });
     rss = Math.max(rss, r.rss);
-    const outBytes = await bytesOf(await filesIn(outDir));
     settle();
-    floor = Math.min(floor, await ioFloor(inputs, outBytes, path.join(root, 'floor.tmp')));
+    best.opNoSync = Math.min(best.opNoSync, (await timed(cliArgs, false)).secs);
+    outSizes = await Promise.all((await filesIn(outDir)).map(async (f) => (await stat(f)).size));
+    settle();
+    best.floor = Math.min(best.floor, await ioFloor(inputs, outSizes, path.join(root, 'floor.tmp'), true));
+    settle();
+    best.floorNoSync = Math.min(best.floorNoSync, await ioFloor(inputs, outSizes, path.join(root, 'floor.tmp'), false));
   }
-  const outBytes = await bytesOf(await filesIn(outDir));
-  const r = { secs: op, rss };
+  const outBytes = outSizes.reduce((a, b) => a + b, 0);
   const row =
-    `${label.padEnd(8)} in ${formatBytes(inBytes).padStart(9)}  out ${formatBytes(outBytes).padStart(9)}  ` +
-    `wall ${r.secs.toFixed(2).padStart(6)} s  ${formatBytes((inBytes + outBytes) / r.secs).padStart(10)}/s  ` +
-    `floor ${floor.toFixed(2).padStart(6)} s  ratio ${(r.secs / floor).toFixed(2)}  peak RSS ${formatBytes(r.rss)}  (${cache} cache, best of ${ROUNDS})`;
+    `${label.padEnd(8)} in ${formatBytes(inBytes).padStart(9)}  out ${formatBytes(outBytes).padStart(9)} in ${outSizes.length} files  ` +
+    `wall ${best.op.toFixed(2)} s (no fsync ${best.opNoSync.toFixed(2)} s; ${best.syncs} fsyncs waited ${best.syncSecs.toFixed(2)} s)  ` +
+    `floor ${best.floor.toFixed(2)} s (no fsync ${best.floorNoSync.toFixed(2)} s)  ratio ${(best.op / best.floor).toFixed(2)} ` +
+    `(no fsync ${(best.opNoSync / best.floorNoSync).toFixed(2)})  peak RSS ${formatBytes(rss)}  (${cache} cache, best of ${ROUNDS})`;
   console.log(row);
   rows.push(row);
 }

@@ -4,7 +4,8 @@ import { LocalStore } from '../lib/storage/local.js';
 import { blobResolver } from '../lib/storage/blob.js';
 import { blobServiceFromConnectionString, blobServiceFromSettings } from '../lib/storage/azure.js';
 import { isBlobRef } from '../lib/storage/refs.js';
-import { blobOutput, localOutput, type OutputTarget } from '../lib/storage/output.js';
+import { blobOutput, localOutput, type OutputKind, type OutputTarget } from '../lib/storage/output.js';
+import { assertCliOutputApart } from '../lib/storage/overlap.js';
 import type { Store } from '../lib/storage/types.js';
 import { readSettings, userContainers } from '../functions/settings.js';
 
@@ -28,15 +29,19 @@ export function cliResolver(opts: StorageOptions): (ref: string) => Store {
   };
 }
 
-/** The output target for --out: a hidden staging folder locally, or a marker-last blob folder. */
-export function cliOutput(
+/**
+ * The output target for --out: a hidden staging folder locally, or a marker-last blob folder. The
+ * output is checked against every input first (before planning, before anything is written).
+ */
+export async function cliOutput(
   resolve: (ref: string) => Store,
   out: string,
-  marker: string,
-  opts: { force?: boolean; inputs: string[] },
-): (plan: { shards: { file: string }[] }) => Promise<OutputTarget> {
+  kind: OutputKind,
+  opts: { force?: boolean; inputs: { label: string; ref: string }[] },
+): Promise<(plan: { shards: { file: string }[] }) => Promise<OutputTarget>> {
+  await assertCliOutputApart({ label: '--out', ref: out }, opts.inputs);
   return async (plan) =>
     isBlobRef(out)
-      ? blobOutput(resolve(out), marker, plan.shards.map((s) => s.file), { force: opts.force })
-      : localOutput(out, { force: opts.force, inputs: opts.inputs.filter((i) => !isBlobRef(i)) });
+      ? blobOutput(resolve(out), kind, plan.shards.map((s) => s.file), { force: opts.force })
+      : localOutput(out, kind, { force: opts.force });
 }

@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
 import { InputError } from '../../lib/errors.js';
-import { MODEL_INDEX } from '../../lib/format/checkpoint.js';
+import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { runApply } from '../../lib/ops/run.js';
 import { parseSize } from '../../lib/ops/sizes.js';
 import { cliOutput } from '../storage.js';
@@ -35,14 +35,11 @@ export function registerApply(program: Command): void {
     const dir = pick('--out', o.out, o.output);
     if (!deltas.length) throw new InputError('--delta is required');
     const progress = new Progress(process.stderr.isTTY && !o.json);
-    const inputs = [base, ...deltas.map((d) => d.ref)];
+    const inputs = [{ label: '--base', ref: base }, ...deltas.map((d) => ({ label: '--delta', ref: d.ref }))];
     try {
-      const e = commandEnv(o, progress, [...inputs, dir]);
-      const { plan } = await runApply(
-        e,
-        { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') },
-        cliOutput(e.resolve, dir, MODEL_INDEX, { force: o.force, inputs }),
-      );
+      const e = commandEnv(o, progress, [base, ...deltas.map((d) => d.ref), dir]);
+      const output = await cliOutput(e.resolve, dir, OUTPUT_KINDS.model, { force: o.force, inputs });
+      const { plan } = await runApply(e, { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') }, output);
       progress.stop();
       let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
       if (plan.copied.length) text += `\ncopied unchanged from the new base (no delta has them): ${plan.copied.join(', ')}`;

@@ -1,5 +1,5 @@
 import { Option, type Command } from 'commander';
-import { DELTA_MANIFEST } from '../../lib/ops/manifest.js';
+import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { runCompute } from '../../lib/ops/run.js';
 import { DELTA_DTYPE_POLICIES, type DeltaDtypePolicy } from '../../lib/ops/plan.js';
 import { formatBytes, parseSize } from '../../lib/ops/sizes.js';
@@ -18,13 +18,14 @@ export function registerCompute(program: Command): void {
     const post = pick('--post', o.post, o.postModel);
     const dir = pick('--out', o.out, o.output);
     const progress = new Progress(process.stderr.isTTY && !o.json);
-    const inputs = [base, post];
+    const inputs = [{ label: '--base', ref: base }, { label: '--post', ref: post }];
     try {
-      const e = commandEnv(o, progress, [...inputs, dir]);
+      const e = commandEnv(o, progress, [base, post, dir]);
+      const output = await cliOutput(e.resolve, dir, OUTPUT_KINDS.delta, { force: o.force, inputs });
       const { plan, manifest } = await runCompute(
         e,
         { base, post, policy: o.deltaDtype as DeltaDtypePolicy, shardSize: parseSize(o.shardSize, '--shard-size') },
-        cliOutput(e.resolve, dir, DELTA_MANIFEST, { force: o.force, inputs }),
+        output,
       );
       progress.stop();
       const entries = Object.entries(manifest.tensors);

@@ -2,6 +2,7 @@ import * as df from 'durable-functions';
 import { finalizeCompute, type ComputeShardResult } from '../../lib/ops/compute.js';
 import type { ComputePlan } from '../../lib/ops/plan.js';
 import { REGISTRATION_FILE, type Registration } from '../../lib/ops/registry.js';
+import { outputTags } from '../../lib/ops/outputs.js';
 import type { ComputeDeltaInput } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
 
@@ -18,7 +19,7 @@ export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; 
   }
   const out = p.env.resolve(input.output);
   const registration: Registration = { autoApply: input.autoApply };
-  await out.writeFile(REGISTRATION_FILE, JSON.stringify(registration) + '\n');
+  await out.writeFile(REGISTRATION_FILE, JSON.stringify(registration) + '\n', { metadata: outputTags('delta') });
   const manifest = await finalizeCompute(plan, results, p.env, out);
   return {
     delta: input.output,

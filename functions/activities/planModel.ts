@@ -1,6 +1,7 @@
 import * as df from 'durable-functions';
 import { prepareApply } from '../../lib/ops/apply.js';
-import { MODEL_INDEX } from '../../lib/format/checkpoint.js';
+import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
+import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
 import { type ApplyPlan } from '../../lib/ops/plan.js';
 import { clearForRun } from '../../lib/storage/output.js';
 import type { ApplyDeltasInput, PlanRejected, PlanSummary } from '../contracts.js';
@@ -14,12 +15,18 @@ export async function planModel(input: ApplyDeltasInput & { runId: string }): Pr
   await p.ready();
   let plan;
   try {
+    // Checked again here, whoever started the run: nothing below may write into or delete an input.
+    assertBlobOutputApart({ label: 'output', ref: input.output }, [
+      { label: 'base', ref: input.base },
+      ...input.deltas.map((d, i) => ({ label: `deltas.${i}`, ref: d.ref })),
+    ]);
     plan = await prepareApply(p.env, input.base, input.deltas, { shardSize: p.settings.shardSize });
+    // Refused unless empty or an earlier model output; then only its own files are cleared.
+    await clearForRun(p.env.resolve(input.output), OUTPUT_KINDS.model, plan.shards.map((s) => s.file), `output ${input.output}`);
   } catch (e) {
     if (e instanceof InputError || e instanceof SafetensorsError) return { rejected: e.message };
     throw e;
   }
-  await clearForRun(p.env.resolve(input.output), MODEL_INDEX, plan.shards.map((s) => s.file));
   await p.run<ApplyPlan, unknown>(input.runId).savePlan(plan);
   return { runId: input.runId, planHash: plan.hash, shards: plan.shards.map((s) => ({ file: s.file, inputBytes: s.inputBytes })) };
 }

@@ -7,6 +7,7 @@ import type { ComputeDeltaInput } from '../contracts.js';
 import { runClient, startOnce } from '../client.js';
 import { accepted, badInput, problem, readBody, runId } from '../http.js';
 import { pipeline } from '../pipeline.js';
+import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
 
 export const DELTA_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
@@ -38,6 +39,11 @@ export async function startDelta(req: HttpRequest, ctx: InvocationContext): Prom
       autoApply: b.autoApply,
       output: `${p.settings.containers.deltas}/${b.name}`,
     };
+    // The delta's folder comes from its name: it must not be, hold or lie in an input either.
+    assertBlobOutputApart({ label: 'name', ref: input.output }, [
+      { label: 'base', ref: input.base },
+      { label: 'post', ref: input.post },
+    ]);
   } catch (e) {
     return badInput(e);
   }

@@ -5,6 +5,7 @@ import type { ApplyDeltasInput } from '../contracts.js';
 import { runClient, startOnce } from '../client.js';
 import { accepted, badInput, readBody, runId } from '../http.js';
 import { pipeline } from '../pipeline.js';
+import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
 import { DELTA_NAME } from './startDelta.js';
 
 const StartModel = z
@@ -31,6 +32,11 @@ export async function startModel(req: HttpRequest, ctx: InvocationContext): Prom
       deltas: b.deltas.map((d) => ({ ref: `${c.deltas}/${d.name}`, scale: d.scale })),
       output: p.ref('output', b.output, [c.models, c.postedModels]),
     };
+    // Before a run exists: an output on, in or around an input, or a whole container, is refused.
+    assertBlobOutputApart({ label: 'output', ref: input.output }, [
+      { label: 'base', ref: input.base },
+      ...input.deltas.map((d, i) => ({ label: `deltas.${i}`, ref: d.ref })),
+    ]);
   } catch (e) {
     return badInput(e);
   }

@@ -1,7 +1,10 @@
 import { dtypeSize, isFloatDType, type FloatDType } from '../format/dtype.js';
 import { encodeHeader } from '../format/safetensors.js';
 import { openCheckpoint, indexJson, MODEL_INDEX, MODEL_LAYOUT } from '../format/checkpoint.js';
-import { PLAN_TAG, type Store } from '../storage/types.js';
+import type { Store } from '../storage/types.js';
+import { TOOL_VERSION } from '../version.js';
+import { MODEL_FORMAT, MODEL_MANIFEST, type ModelManifest } from './manifest.js';
+import { outputTags } from './outputs.js';
 import { planApply, SHARD_METADATA, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
 import { openDelta } from './delta.js';
 import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
@@ -86,7 +89,7 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
   const shard = plan.shards[index];
   const { kernels, slots, chunk } = await applySlots(env, ApplyChunks.inputsPerSlot(plan));
   const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
-  const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: { [PLAN_TAG]: plan.hash } });
+  const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: outputTags('model', plan.hash) });
   const sources = new SourceCache(env.resolve);
   const chunks = new ApplyChunks(plan, sources, kernels);
   try {
@@ -115,17 +118,31 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
   }
 }
 
-/** Copies config and chat files, then writes model.safetensors.index.json last: the mark of a complete model. */
+/**
+ * Copies config and chat files, then writes paramdelta.json (what made this model: the mark of a
+ * paramdelta output), then model.safetensors.index.json last: the mark of a complete model.
+ */
 export async function finalizeApply(plan: ApplyPlan, env: ExecEnv, out: Store): Promise<void> {
+  const tags = outputTags('model');
   for (const f of plan.files) {
     const src = await env.resolve(f.from).openRead(f.file);
     try {
-      await out.writeFile(f.file, await src.read(0, src.size));
+      await out.writeFile(f.file, await src.read(0, src.size), { metadata: tags });
     } finally {
       await src.close();
     }
   }
+  const manifest: ModelManifest = {
+    format: MODEL_FORMAT,
+    formatVersion: 1,
+    tool: { name: 'paramdelta', version: TOOL_VERSION },
+    createdAt: new Date().toISOString(),
+    base: plan.base,
+    deltas: plan.deltas.map((d) => ({ ref: env.resolve(d.ref).ref, scale: d.scale })),
+    shards: plan.shards.map((s) => s.file),
+  };
+  await out.writeFile(MODEL_MANIFEST, JSON.stringify(manifest, null, 2) + '\n', { metadata: tags });
   const entries = plan.shards.flatMap((s) => s.tensors.map((t) => ({ name: t.name, file: s.file })));
   const total = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + t.elements * dtypeSize(t.dtype), 0), 0);
-  await out.writeFile(MODEL_INDEX, indexJson(entries, total));
+  await out.writeFile(MODEL_INDEX, indexJson(entries, total), { metadata: tags });
 }

@@ -3,10 +3,11 @@ import { dtypeSize, type FloatDType } from '../format/dtype.js';
 import { encodeHeader } from '../format/safetensors.js';
 import { openCheckpoint, indexJson, MODEL_LAYOUT, type Checkpoint } from '../format/checkpoint.js';
 import { newSubtractStats, type SubtractStats } from '../kernels/index.js';
-import { PLAN_TAG, type Store } from '../storage/types.js';
+import type { Store } from '../storage/types.js';
 import { InputError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
-import { DELTA_LAYOUT, DELTA_MANIFEST, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
+import { DELTA_FORMAT, DELTA_LAYOUT, DELTA_MANIFEST, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
+import { outputTags } from './outputs.js';
 import { planCompute, SHARD_METADATA, type ComputePlan, type DeltaDtypePolicy } from './plan.js';
 import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
@@ -124,7 +125,7 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
     throw e;
   }
   const header = () => encodeHeader(shard.tensors.map((t, i) => ({ name: t.name, dtype: dtypes[i], shape: t.shape })), SHARD_METADATA, shard.prefixLength - 8).bytes;
-  const sink = await out.createShard(shard.file, shard.prefixLength, header(), { metadata: { [PLAN_TAG]: plan.hash } });
+  const sink = await out.createShard(shard.file, shard.prefixLength, header(), { metadata: outputTags('delta', plan.hash) });
   const stats: SubtractStats[] = shard.tensors.map(() => newSubtractStats());
   let bodyLength = 0;
   const tensorStart: number[] = [];
@@ -192,6 +193,7 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
 /** Writes the delta index, the post model's chat files, and `delta.json` last: the mark of a complete delta. */
 export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardResult[], env: ExecEnv, out: Store): Promise<DeltaManifest> {
   const post = env.resolve(plan.post);
+  const tags = outputTags('delta');
   const files: DeltaManifest['files'] = [];
   for (const file of plan.files) {
     const src = await post.openRead(file);
@@ -201,7 +203,7 @@ export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardRes
     } finally {
       await src.close();
     }
-    await out.writeFile(file, data);
+    await out.writeFile(file, data, { metadata: tags });
     files.push({ file, sha256: createHash('sha256').update(data).digest('hex'), bytes: data.length });
   }
   const tensors: DeltaManifest['tensors'] = {};
@@ -214,9 +216,9 @@ export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardRes
       total += t.shape.reduce((a, b) => a * b, 1) * dtypeSize(t.dtype);
     }
   }
-  await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total));
+  await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total), { metadata: tags });
   const manifest: DeltaManifest = {
-    format: 'paramdelta.delta',
+    format: DELTA_FORMAT,
     formatVersion: 1,
     tool: { name: 'paramdelta', version: TOOL_VERSION },
     createdAt: new Date().toISOString(),
@@ -229,7 +231,7 @@ export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardRes
     unchangedNonFloat: plan.unchangedNonFloat,
     files,
   };
-  await out.writeFile(DELTA_MANIFEST, JSON.stringify(manifest, null, 2) + '\n');
+  await out.writeFile(DELTA_MANIFEST, JSON.stringify(manifest, null, 2) + '\n', { metadata: tags });
   return manifest;
 }
 

@@ -5,6 +5,11 @@ import type { Checkpoint, CheckpointLayout } from '../format/checkpoint.js';
 import { InputError } from '../errors.js';
 
 export const DELTA_MANIFEST = 'delta.json';
+/** paramdelta's own record in a model folder it wrote (apply), written just before the index. */
+export const MODEL_MANIFEST = 'paramdelta.json';
+/** The `format` field of each manifest: the tag that marks a folder as paramdelta's own output. */
+export const DELTA_FORMAT = 'paramdelta.delta';
+export const MODEL_FORMAT = 'paramdelta.model';
 export const DELTA_LAYOUT: CheckpointLayout = { single: 'delta.safetensors', index: 'delta.safetensors.index.json' };
 export const DELTA_SHARD_STEM = 'delta';
 
@@ -54,7 +59,7 @@ export type DeltaTensorEntry = z.infer<typeof deltaTensorSchema>;
 const fileEntry = z.object({ file: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/), bytes: z.number().int().nonnegative() });
 
 export const deltaManifestSchema = z.object({
-  format: z.literal('paramdelta.delta'),
+  format: z.literal(DELTA_FORMAT),
   formatVersion: z.literal(1),
   tool: z.object({ name: z.literal('paramdelta'), version: z.string() }),
   createdAt: z.string(),
@@ -70,6 +75,18 @@ export const deltaManifestSchema = z.object({
   files: z.array(fileEntry),
 });
 export type DeltaManifest = z.infer<typeof deltaManifestSchema>;
+
+/** What `apply` records about a model it wrote. */
+export interface ModelManifest {
+  format: typeof MODEL_FORMAT;
+  formatVersion: 1;
+  tool: { name: 'paramdelta'; version: string };
+  createdAt: string;
+  /** The new base, and each delta applied to it with its scale, in order. */
+  base: string;
+  deltas: { ref: string; scale: number }[];
+  shards: string[];
+}
 
 export function modelIdentity(ckpt: Checkpoint): ModelIdentity {
   const config: Record<string, unknown> = {};

@@ -287,6 +287,19 @@ export class BlobStore implements Store {
     return names.sort();
   }
 
+  async listMetadata(): Promise<Map<string, Record<string, string>>> {
+    const dir = this.dir();
+    const out = new Map<string, Record<string, string>>();
+    try {
+      for await (const item of this.container.listBlobsByHierarchy('/', { prefix: dir, includeMetadata: true })) {
+        if (item.kind === 'blob') out.set(item.name.slice(dir.length), item.metadata ?? {});
+      }
+    } catch (e) {
+      this.rethrow(e);
+    }
+    return out;
+  }
+
   /** Names of the sub-folders directly under this one (virtual directories of the blob namespace). */
   async listFolders(): Promise<string[]> {
     const dir = this.dir();
@@ -319,11 +332,13 @@ export class BlobStore implements Store {
   }
 
   /** One Put Blob request: the blob appears complete or not at all. */
-  async writeFile(file: string, data: Uint8Array | string): Promise<void> {
+  async writeFile(file: string, data: Uint8Array | string, opts?: { metadata?: Record<string, string> }): Promise<void> {
     const body = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
     const type = file.endsWith('.json') ? 'application/json' : 'application/octet-stream';
     try {
-      await this.container.getBlockBlobClient(this.blobName(file)).upload(body, body.length, { blobHTTPHeaders: { blobContentType: type } });
+      await this.container
+        .getBlockBlobClient(this.blobName(file))
+        .upload(body, body.length, { blobHTTPHeaders: { blobContentType: type }, metadata: opts?.metadata });
     } catch (e) {
       this.rethrow(e);
     }

@@ -39,8 +39,11 @@ export interface Store {
   exists(file: string): Promise<boolean>;
   openRead(file: string): Promise<ByteSource>;
   readText(file: string): Promise<string>;
-  /** Writes a small file whole; it becomes visible complete or not at all. */
-  writeFile(file: string, data: Uint8Array | string): Promise<void>;
+  /**
+   * Writes a small file whole; it becomes visible complete or not at all. `opts.metadata` is
+   * recorded with it where the store can (blob metadata); LocalStore ignores it.
+   */
+  writeFile(file: string, data: Uint8Array | string, opts?: { metadata?: Record<string, string> }): Promise<void>;
   /**
    * Starts a shard whose prefix will be exactly `prefixLength` bytes. With `hashFrom` (the prefix as
    * planned) the sink computes the file's sha256, while streaming when the final prefix matches.
@@ -58,6 +61,8 @@ export interface Store {
   fileVersion?(file: string): Promise<string | null>;
   /** Properties recorded with a committed shard (the plan hash that produced it), or null. */
   shardTag?(file: string): Promise<string | null>;
+  /** The metadata recorded with each file directly in this folder (blob metadata), by file name. */
+  listMetadata?(): Promise<Map<string, Record<string, string>>>;
   /** Deletes one file if it is there. */
   remove?(file: string): Promise<void>;
 }
@@ -74,3 +79,9 @@ export interface FileStat {
 
 /** Metadata key on a committed shard naming the plan hash that wrote it, so a repeated activity can skip it. */
 export const PLAN_TAG = 'paramdeltaplan';
+
+/**
+ * Metadata key on every file paramdelta writes into an output ('delta' or 'model'), so the
+ * leftovers of an interrupted run, written before any marker, are still recognisably its own.
+ */
+export const KIND_TAG = 'paramdeltakind';
