@@ -11,6 +11,7 @@ import { BlobInstanceStore } from '../cli/host/history.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
 
 type Ctx = df.OrchestrationContext;
+type Orchestration = Generator<df.Task, unknown, any>;
 
 function deferred<T = void>() {
   let resolve!: (v: T) => void;
@@ -55,7 +56,7 @@ function fanOut(calls: string[], gate: { promise: Promise<void> } | null) {
       calls.push('sum');
       return xs.reduce((a, b) => a + b, 0);
     },
-    orchestrator: function* (context: Ctx) {
+    orchestrator: function* (context: Ctx): Orchestration {
       context.df.setCustomStatus({ phase: 'fan-out' });
       const parts: number[] = yield context.df.Task.all([1, 2, 3].map((x) => context.df.callActivity('work', x)));
       context.df.setCustomStatus({ phase: 'sum' });
@@ -124,7 +125,7 @@ describe('resuming from the instance store', () => {
       if (++attempts === 1) throw new Error('transient');
       return 'ok';
     };
-    const orchestrator = function* (context: Ctx) {
+    const orchestrator = function* (context: Ctx): Orchestration {
       return yield context.df.callActivityWithRetry('flaky', new df.RetryOptions(60_000, 3), null);
     };
     const a = runtime(store, 1); // real time: the 60 s retry timer is still pending when the process dies
@@ -161,10 +162,10 @@ describe('resuming from the instance store', () => {
       if (++kidRuns === 1) await gate.promise;
       return n + 1;
     };
-    const kid = function* (context: Ctx) {
+    const kid = function* (context: Ctx): Orchestration {
       return yield context.df.callActivity('kidWork', context.df.getInput<number>());
     };
-    const parent = function* (context: Ctx) {
+    const parent = function* (context: Ctx): Orchestration {
       const r: number = yield context.df.callSubOrchestrator('kid', 41, 'parent-1:kid');
       return { r, kid: 'parent-1:kid' };
     };

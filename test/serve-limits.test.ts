@@ -128,7 +128,7 @@ describe('paramdelta serve, end to end on Azurite', () => {
     await azurite?.stop();
   });
 
-  const post = (route: string, body: BodyInit, headers: Record<string, string> = {}) =>
+  const post = (route: string, body: RequestInit['body'], headers: Record<string, string> = {}) =>
     fetch(`${serve.url}/api/${route}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body, duplex: 'half' } as RequestInit);
 
   it('answers 413 with a problem body for a request body over 1 MiB, declared or streamed', async () => {
@@ -157,7 +157,7 @@ describe('paramdelta serve, end to end on Azurite', () => {
     const padded = JSON.stringify({ name: 'Not A Name', base: 'models/tiny/base', post: 'models/tiny/post' }).padEnd(MiB, ' ');
     const under = await post('deltas', padded);
     expect(under.status).toBe(400);
-    expect((await under.json()).field).toBe('name');
+    expect(((await under.json()) as { field?: string }).field).toBe('name');
   });
 
   it('serves exactly the app.http registrations, with their methods, under the api prefix', async () => {
@@ -167,12 +167,12 @@ describe('paramdelta serve, end to end on Azurite', () => {
     for (const [method, url] of [['GET', '/api/deltas'], ['GET', '/api/runs/none']] as const) {
       const res = await fetch(`${serve.url}${url}`, { method });
       expect(res.status, `${method} ${url}`).not.toBe(405);
-      expect((await res.json()).detail ?? '', `${method} ${url}`).not.toMatch(/^no route/);
+      expect(((await res.json()) as { detail?: string }).detail ?? '', `${method} ${url}`).not.toMatch(/^no route/);
     }
     for (const [method, url] of [['GET', '/api/models'], ['DELETE', '/api/deltas'], ['POST', '/api/runs/x'], ['GET', '/deltas'], ['GET', '/api/nope'], ['GET', '/api/runs/a/b']] as const) {
       const res = await fetch(`${serve.url}${url}`, { method });
       expect(res.status, `${method} ${url}`).toBe(404);
-      expect((await res.json()).detail, `${method} ${url}`).toMatch(/^no route/);
+      expect(((await res.json()) as { detail?: string }).detail, `${method} ${url}`).toMatch(/^no route/);
     }
   });
 

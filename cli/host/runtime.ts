@@ -349,21 +349,23 @@ export class LocalDurableRuntime {
       if (COMPLETIONS.has(e.EventType)) settled.add(e.TaskScheduledId as number);
       if (e.EventType === EventType.TimerFired) fired.add(e.TimerId as number);
     }
-    const again: string[] = [];
+    const again = new Map<string, number>();
+    const note = (what: string) => again.set(what, (again.get(what) ?? 0) + 1);
     for (const e of inst.history) {
       if (e.EventType === EventType.TaskScheduled && !settled.has(e.EventId)) {
-        again.push(`activity ${e.Name as string}`);
+        note(`activity ${e.Name as string}`);
         this.enqueueActivity(inst, e.EventId, e.Name as string, e.Input as string | undefined);
       } else if (e.EventType === EventType.SubOrchestrationInstanceCreated && !settled.has(e.EventId)) {
-        again.push(`sub-orchestration ${e.InstanceId as string}`);
+        note(`sub-orchestration ${e.Name as string}`);
         this.reattachChild(inst, e);
       } else if (e.EventType === EventType.TimerCreated && !fired.has(e.EventId) && !inst.canceledTimers.has(e.EventId)) {
-        again.push(`timer ${e.EventId}`);
+        note('timer');
         const fireAt = e.FireAt as Date;
         this.armTimer(inst, e.EventId, fireAt, Math.max(0, fireAt.getTime() - Date.now()) * this.timerScale);
       }
     }
-    this.log(`[${inst.id}] ${inst.name} resumed: ${again.join(', ') || 'nothing pending'}`);
+    const pending = [...again].map(([what, n]) => `${what}${n > 1 ? ` ×${n}` : ''}`).join(', ');
+    this.log(`[${inst.id}] ${inst.name} resumed: ${pending ? `running ${pending} again` : 'nothing pending'}`);
   }
 
   /** A resumed parent's sub-orchestration: still running (linked already), finished (deliver its result), or never saved (start it). */
