@@ -5,6 +5,7 @@ import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { InputError } from '../../lib/errors.js';
 
 /** Azurite's well-known development account (public, documented; not a secret). */
 export const AZURITE_ACCOUNT = 'devstoreaccount1';
@@ -249,7 +250,7 @@ export async function azuriteForFolder(location: string, log: (line: string) => 
   const found = await readRecord(file);
   if (found) {
     if (found.owner !== process.pid && isAlive(found.owner) && ((await commandLine(found.owner))?.includes('serve') ?? true)) {
-      throw new Error(`data folder ${folder} is in use by another paramdelta serve (pid ${found.owner}); stop it first or pass another --data-dir`);
+      throw new InputError(`data folder ${folder} is in use by another paramdelta serve (pid ${found.owner}); stop it first or pass another --data-dir`);
     }
     if (await isAzuriteOn(found.pid, folder)) {
       const answers = (await answersAs(found.blobPort, 'Blob')) && (await answersAs(found.queuePort, 'Queue')) && (await answersAs(found.tablePort, 'Table'));
