@@ -1,43 +1,50 @@
-// Every function of the app, by kind. Importing this registers them with the Functions host;
-// `paramdelta serve` reads the same table to run the same handlers in-process.
-import { startDelta } from './triggers/startDelta.js';
-import { startModel } from './triggers/startModel.js';
-import { getRun } from './triggers/getRun.js';
-import { listDeltas } from './triggers/listDeltas.js';
-import { baseModelUploaded } from './triggers/baseModelUploaded.js';
-import { computeDeltaOrchestrator } from './orchestrators/computeDelta.js';
-import { applyDeltasOrchestrator } from './orchestrators/applyDeltas.js';
-import { repostBaseOrchestrator } from './orchestrators/repostBase.js';
-import { planDelta } from './activities/planDelta.js';
-import { computeDeltaShard } from './activities/computeDeltaShard.js';
-import { finalizeDelta } from './activities/finalizeDelta.js';
-import { planModel } from './activities/planModel.js';
-import { applyDeltaShard } from './activities/applyDeltaShard.js';
-import { finalizeModel } from './activities/finalizeModel.js';
-import { findCompatibleDeltas } from './activities/findCompatibleDeltas.js';
+// Every function of the app. Importing this registers them with the Functions host (each module
+// calls ./app.ts, which calls app.http, app.eventGrid and df.app.*); the tables below are read from
+// those same registrations, and `paramdelta serve` runs them in-process.
+import type { EventGridHandler, HttpHandler } from '@azure/functions';
+import type * as df from 'durable-functions';
+import './triggers/startDelta.js';
+import './triggers/startModel.js';
+import './triggers/getRun.js';
+import './triggers/listDeltas.js';
+import './triggers/baseModelUploaded.js';
+import './orchestrators/computeDelta.js';
+import './orchestrators/applyDeltas.js';
+import './orchestrators/repostBase.js';
+import './activities/planDelta.js';
+import './activities/computeDeltaShard.js';
+import './activities/finalizeDelta.js';
+import './activities/planModel.js';
+import './activities/applyDeltaShard.js';
+import './activities/finalizeModel.js';
+import './activities/findCompatibleDeltas.js';
+import { registrations } from './app.js';
 
-/** HTTP routes under /api, as registered with app.http. */
-export const httpRoutes = [
-  { name: 'startDelta', method: 'POST', route: 'deltas', handler: startDelta },
-  { name: 'listDeltas', method: 'GET', route: 'deltas', handler: listDeltas },
-  { name: 'startModel', method: 'POST', route: 'models', handler: startModel },
-  { name: 'getRun', method: 'GET', route: 'runs/{id}', handler: getRun },
-] as const;
+export interface HttpRoute {
+  name: string;
+  /** The route under the host's prefix (`api`), as registered (the function name when none is given). */
+  route: string;
+  /** Upper case; the @azure/functions defaults (GET and POST) when none are given. */
+  methods: string[];
+  authLevel: 'anonymous' | 'function' | 'admin';
+  handler: HttpHandler;
+}
 
-export const eventGridTriggers = { baseModelUploaded } as const;
+/** HTTP routes, with the defaults the Functions host applies to options left out. */
+export const httpRoutes: readonly HttpRoute[] = [...registrations.http].map(([name, o]) => ({
+  name,
+  route: o.route ?? name,
+  methods: (o.methods ?? ['GET', 'POST']).map((m) => m.toUpperCase()),
+  authLevel: o.authLevel ?? 'anonymous',
+  handler: o.handler,
+}));
 
-export const orchestrators = {
-  computeDelta: computeDeltaOrchestrator,
-  applyDeltas: applyDeltasOrchestrator,
-  repostBase: repostBaseOrchestrator,
-} as const;
+export const eventGridTriggers: Readonly<Record<string, EventGridHandler>> = Object.fromEntries(
+  [...registrations.eventGrid].map(([name, o]) => [name, o.handler]),
+);
 
-export const activities = {
-  planDelta,
-  computeDeltaShard,
-  finalizeDelta,
-  planModel,
-  applyDeltaShard,
-  finalizeModel,
-  findCompatibleDeltas,
-} as const;
+export const orchestrators: Readonly<Record<string, df.OrchestrationHandler>> = Object.fromEntries(registrations.orchestrations);
+
+export const activities: Readonly<Record<string, df.ActivityHandler>> = Object.fromEntries(
+  [...registrations.activities].map(([name, o]) => [name, o.handler]),
+);

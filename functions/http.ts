@@ -2,10 +2,11 @@ import type { HttpRequest, HttpResponseInit } from '@azure/functions';
 import { createHash } from 'node:crypto';
 import type { z } from 'zod';
 import { InputError } from '../lib/errors.js';
+import { BACKEND_LIMITS } from './limits.js';
 
 /** An RFC 9457 problem body; `field` names the request field at fault. */
 export function problem(status: number, detail: string, field?: string): HttpResponseInit {
-  const titles: Record<number, string> = { 400: 'Bad request', 404: 'Not found', 409: 'Conflict', 500: 'Internal error' };
+  const titles: Record<number, string> = { 400: 'Bad request', 404: 'Not found', 409: 'Conflict', 413: 'Content too large', 500: 'Internal error' };
   return {
     status,
     headers: { 'content-type': 'application/problem+json' },
@@ -13,11 +14,40 @@ export function problem(status: number, detail: string, field?: string): HttpRes
   };
 }
 
-/** Parses a JSON body against a schema, or answers 400 naming the field. */
+/**
+ * The largest request body the API reads: 1 MiB, the Durable Task Scheduler's payload limit
+ * (functions/limits.ts), since a request becomes an orchestration input. Its requests are small JSON.
+ */
+export const MAX_REQUEST_BYTES = BACKEND_LIMITS.payloadBytes;
+
+function tooLarge(bytes: number | undefined): HttpResponseInit {
+  const size = bytes === undefined ? 'larger than' : `${bytes} bytes; the limit is`;
+  return problem(413, `the request body is ${size} ${MAX_REQUEST_BYTES} bytes (1 MiB)`, 'body');
+}
+
+/** Parses a JSON body against a schema, or answers 400 naming the field (413 for a body over MAX_REQUEST_BYTES). */
 export async function readBody<T extends z.ZodType>(req: HttpRequest, schema: T): Promise<{ ok: true; body: z.infer<T> } | { ok: false; response: HttpResponseInit }> {
+  // A declared length is refused before a byte is read; an undeclared one is counted as it streams.
+  const declared = Number(req.headers.get('content-length') ?? NaN);
+  if (declared > MAX_REQUEST_BYTES) return { ok: false, response: tooLarge(declared) };
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  if (req.body) {
+    const reader = req.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > MAX_REQUEST_BYTES) {
+        await reader.cancel();
+        return { ok: false, response: tooLarge(undefined) };
+      }
+      chunks.push(value);
+    }
+  }
   let json: unknown;
   try {
-    json = JSON.parse(await req.text());
+    json = JSON.parse(Buffer.concat(chunks).toString('utf8'));
   } catch {
     return { ok: false, response: problem(400, 'the body must be a JSON object', 'body') };
   }

@@ -194,6 +194,13 @@ describe('Durable Task Scheduler', () => {
     expect(value).toBe("'Endpoint=${schedulerEndpoint};Authentication=ManagedIdentity;ClientID=${identityClientId}'");
   });
 
+  it('pins an extension bundle that carries the scheduler provider for Node apps (4.32.0 on)', () => {
+    // Microsoft Learn, "Quickstart: Configure a Durable Functions app to use Durable Task Scheduler":
+    // non-.NET apps need Microsoft.Azure.Functions.ExtensionBundle [4.32.0, 5.0.0).
+    expect(hostJson.extensionBundle).toEqual({ id: 'Microsoft.Azure.Functions.ExtensionBundle', version: '[4.32.0, 5.0.0)' });
+    expect(readme).toContain('[4.32.0, 5.0.0)');
+  });
+
   it('names the same task hub as local runs', () => {
     expect(settings.get('PARAMDELTA_TASK_HUB')).toBe('taskHubName');
     expect(paramDefault(main, 'taskHubName')).toBe(localValues.PARAMDELTA_TASK_HUB);
@@ -259,6 +266,24 @@ describe('identity, roles and secrets', () => {
   });
 });
 
+// ---- Function registrations ----------------------------------------------------------------------
+
+describe('function registrations', () => {
+  const sources = (dir: string): string[] =>
+    readdirSync(path.join(root, dir), { withFileTypes: true }).flatMap((e) =>
+      e.isDirectory() ? sources(`${dir}/${e.name}`) : e.name.endsWith('.ts') ? [`${dir}/${e.name}`] : [],
+    );
+
+  it('all go through functions/app.ts, which the routing table of paramdelta serve reads', () => {
+    const direct = /\b(?:app\.(?:http|get|post|put|patch|deleteRequest|eventGrid|generic|timer|storageBlob|storageQueue)|df\.app\.\w+)\(/;
+    const offenders = sources('functions').filter((f) => f !== 'functions/app.ts' && direct.test(read(f)));
+    expect(offenders).toEqual([]);
+    const calls = sources('functions').flatMap((f) => [...read(f).matchAll(/^register\.(\w+)\('(\w+)'/gm)].map((m) => `${m[1]} ${m[2]}`));
+    expect(calls.length).toBeGreaterThan(10);
+    expect(calls.filter((c) => c.startsWith('http ')).map((c) => c.slice(5)).sort()).toEqual(httpRoutes.map((r) => r.name).sort());
+  });
+});
+
 // ---- Event Grid ------------------------------------------------------------------------------
 
 describe('Event Grid subscription', () => {
@@ -267,7 +292,7 @@ describe('Event Grid subscription', () => {
   it('delivers BlobCreated under the base models container to the Event Grid trigger', () => {
     const fn = paramDefault(subscriptionBicep, 'functionName');
     expect(Object.keys(eventGridTriggers)).toContain(fn);
-    expect(triggerSource).toContain(`app.eventGrid('${fn}'`);
+    expect(triggerSource).toContain(`register.eventGrid('${fn}'`);
     expect(subscriptionBicep).toContain(
       "endpointUrl: 'https://${appFqdn}/runtime/webhooks/eventgrid?functionName=${functionName}&code=${eventGridSystemKey}'",
     );
@@ -409,12 +434,12 @@ describe('README deployment section', () => {
   });
 
   it('mentions only routes and functions the app has', () => {
-    const routes = httpRoutes.map((r) => ({ method: r.method, re: new RegExp(`^${r.route.replace(/\{[^}]+\}/g, '[^/]+')}$`) }));
+    const routes = httpRoutes.map((r) => ({ methods: r.methods, re: new RegExp(`^${r.route.replace(/\{[^}]+\}/g, '[^/]+')}$`) }));
     const mentioned = [...section.matchAll(/(?:(GET|POST) )?\/api\/([\w{}./-]+)/g)];
     expect(mentioned.length).toBeGreaterThan(2);
     for (const [text, method, route] of mentioned) {
       const clean = route.replace(/[.,]+$/, '');
-      expect(routes.some((r) => r.re.test(clean) && (!method || r.method === method)), text).toBe(true);
+      expect(routes.some((r) => r.re.test(clean) && (!method || r.methods.includes(method))), text).toBe(true);
     }
     for (const m of section.matchAll(/functionName=(\w+)/g)) expect(Object.keys(eventGridTriggers)).toContain(m[1]);
   });

@@ -4,6 +4,7 @@
  * customStatus, output, error) is checked, and the history is extended the way the extension would.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createHash } from 'node:crypto';
 import { HttpRequest, InvocationContext } from '@azure/functions';
 import { computeDeltaOrchestrator } from '../functions/orchestrators/computeDelta.js';
 import { applyDeltasOrchestrator } from '../functions/orchestrators/applyDeltas.js';
@@ -320,7 +321,8 @@ describe('repostBase', () => {
       const d = found.compatible[i]!;
       expect(ActionType[a.actionType]).toBe('CallSubOrchestratorWithRetry');
       expect(a.functionName).toBe('applyDeltas');
-      expect(a.instanceId).toBe(`${ID}:${d.name}`);
+      // <parent>:<name>-<12 hex of sha256(name)>, which fits the scheduler's 100 characters.
+      expect(a.instanceId).toBe(`${ID}:${d.name}-${createHash('sha256').update(d.name).digest('hex').slice(0, 12)}`);
       expect(a.input).toEqual({ base: INPUT.base, deltas: [{ ref: d.ref, scale: 1 }], output: d.output });
       expect(a.retryOptions).toMatchObject(RETRY);
     });

@@ -13,7 +13,8 @@ export function registerServe(program: Command): void {
       const say = (s: string) => process.stdout.write(s + '\n');
       say(`paramdelta serve: ${handle.url}/api (POST deltas, POST models, GET deltas, GET runs/{id})`);
       // Only Azurite's public development key is ever printed; a connection string given by the user is not.
-      if (handle.startedAzurite) say(`storage (Azurite): ${handle.connectionString}`);
+      if (handle.azurite) say(`storage (Azurite${handle.azurite.reused ? `, pid ${handle.azurite.pid}, reused from a serve that was stopped without closing it` : `, pid ${handle.azurite.pid}`}): ${handle.connectionString}`);
+      if (handle.resumed > 0) say(`resumed ${handle.resumed} unfinished orchestration instance(s)`);
       say('watching base-models for uploads; Ctrl-C stops');
       await new Promise<void>((resolve) => {
         const stop = () => void handle.close().then(resolve);

@@ -1,9 +1,11 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { openSync, closeSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { InputError } from '../../lib/errors.js';
 
 /** Azurite's well-known development account (public, documented; not a secret). */
 export const AZURITE_ACCOUNT = 'devstoreaccount1';
@@ -16,6 +18,10 @@ export interface Azurite {
   blobPort: number;
   queuePort: number;
   tablePort: number;
+  /** Its process id. */
+  pid: number;
+  /** True when this is an Azurite an earlier (killed) serve left running on the same data folder. */
+  reused: boolean;
   stop(): Promise<void>;
 }
 
@@ -54,6 +60,8 @@ export interface AzuriteOptions {
   /** Keep data in this folder (created if needed); without it, data lives in memory and goes with the process. */
   location?: string;
   timeoutMs?: number;
+  /** Send Azurite's output to this file instead of a pipe, so it can outlive this process. */
+  logFile?: string;
 }
 
 /**
@@ -61,7 +69,7 @@ export interface AzuriteOptions {
  * otherwise calls out to the internet) and --skipApiVersionCheck (the SDK speaks a newer API
  * version than Azurite knows).
  */
-export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> {
+export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite & { cwd: string }> {
   const timeoutMs = opts.timeoutMs ?? 20_000;
   const [blobPort, queuePort, tablePort] = await freePorts(3);
   // In-memory persistence refuses --location; run in a temp cwd so nothing Azurite writes lands in the repo.
@@ -69,6 +77,7 @@ export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> 
   const storage = opts.location ? ['--location', opts.location] : ['--inMemoryPersistence'];
   const env = { ...process.env };
   delete env.AZURITE_ACCOUNTS; // custom accounts would invalidate the well-known key
+  const logFd = opts.logFile ? openSync(opts.logFile, 'a') : undefined;
   const child = spawn(
     process.execPath,
     [
@@ -81,14 +90,15 @@ export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> 
       '--queueHost', '127.0.0.1', '--queuePort', String(queuePort),
       '--tableHost', '127.0.0.1', '--tablePort', String(tablePort),
     ],
-    { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] },
+    { env, cwd, stdio: ['ignore', logFd ?? 'pipe', logFd ?? 'pipe'] },
   );
+  if (logFd !== undefined) closeSync(logFd);
   let output = '';
   const keep = (d: Buffer) => {
     output = (output + d.toString()).slice(-4000);
   };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let gone = false;
   void exited.then(() => (gone = true));
@@ -113,14 +123,19 @@ export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> 
     while (!(await accepts(port))) {
       if (gone || Date.now() > deadline) {
         await stop();
+        if (opts.logFile) output = (await readFile(opts.logFile, 'utf8').catch(() => '')).slice(-4000);
         throw new Error(`Azurite did not start on port ${port}${gone ? ' (it exited)' : ''}:\n${output}`);
       }
       await new Promise((r) => setTimeout(r, 50));
     }
   }
 
+  return { connectionString: connectionStringFor(blobPort, queuePort, tablePort), blobPort, queuePort, tablePort, pid: child.pid!, reused: false, stop, cwd };
+}
+
+function connectionStringFor(blobPort: number, queuePort: number, tablePort: number): string {
   const base = 'http://127.0.0.1';
-  const connectionString = [
+  return [
     'DefaultEndpointsProtocol=http',
     `AccountName=${AZURITE_ACCOUNT}`,
     `AccountKey=${AZURITE_KEY}`,
@@ -128,5 +143,152 @@ export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> 
     `QueueEndpoint=${base}:${queuePort}/${AZURITE_ACCOUNT}`,
     `TableEndpoint=${base}:${tablePort}/${AZURITE_ACCOUNT}`,
   ].join(';') + ';';
-  return { connectionString, blobPort, queuePort, tablePort, stop };
+}
+
+// ---- One Azurite per data folder ----
+
+/** What `paramdelta serve` records in its data folder about the Azurite it runs there. */
+export interface AzuriteRecord {
+  pid: number;
+  blobPort: number;
+  queuePort: number;
+  tablePort: number;
+  /** Azurite's working folder (a temporary one), removed when it is stopped. */
+  cwd: string;
+  /** The data folder, as given to Azurite's --location. */
+  location: string;
+  /** The serve process that uses it. */
+  owner: number;
+  startedAt: string;
+}
+
+export const AZURITE_RECORD = '.paramdelta-azurite.json';
+const AZURITE_LOG = '.paramdelta-azurite.log';
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A process's arguments where /proc shows them (Linux), else undefined. */
+async function commandLine(pid: number): Promise<string[] | undefined> {
+  try {
+    return (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0').filter(Boolean);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether `pid` is an Azurite started on `location` (by its arguments where they can be read). */
+export async function isAzuriteOn(pid: number, location: string): Promise<boolean> {
+  if (!isAlive(pid)) return false;
+  const args = await commandLine(pid);
+  if (!args) return process.platform !== 'linux'; // no /proc: the ports' answers decide alone
+  const at = args.indexOf('--location');
+  return args.some((a) => a === AZURITE_MAIN) && at >= 0 && path.resolve(args[at + 1] ?? '') === location;
+}
+
+/** Whether the port is answered by Azurite's `service` (its Server header, e.g. "Azurite-Blob/3.37.0"). */
+async function answersAs(port: number, service: 'Blob' | 'Queue' | 'Table'): Promise<boolean> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/${AZURITE_ACCOUNT}`, { signal: AbortSignal.timeout(2000) });
+    await res.arrayBuffer();
+    return (res.headers.get('server') ?? '').startsWith(`Azurite-${service}/`);
+  } catch {
+    return false;
+  }
+}
+
+async function stopPid(pid: number, graceMs = 5000): Promise<void> {
+  const gone = async (ms: number) => {
+    for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 50))) if (!isAlive(pid)) return true;
+    return !isAlive(pid);
+  };
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  if (await gone(graceMs)) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return;
+  }
+  await gone(graceMs);
+}
+
+async function readRecord(file: string): Promise<AzuriteRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as AzuriteRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+async function writeRecord(file: string, record: AzuriteRecord): Promise<void> {
+  await writeFile(`${file}.tmp`, JSON.stringify(record, null, 2) + '\n');
+  await rename(`${file}.tmp`, file);
+}
+
+/**
+ * The Azurite of a data folder, for `paramdelta serve`. A serve that was killed leaves its Azurite
+ * running; its pid and ports are recorded in the folder (`.paramdelta-azurite.json`), so the next
+ * serve reuses it when it is alive, really Azurite on that folder and answering on those ports, and
+ * stops it when it is Azurite on that folder but does not answer. Only then does it start one: never
+ * two on one folder. A process that is not that Azurite is left alone. A serve that is still alive
+ * on the folder makes this fail.
+ */
+export async function azuriteForFolder(location: string, log: (line: string) => void = () => {}): Promise<Azurite> {
+  const folder = path.resolve(location);
+  await mkdir(folder, { recursive: true });
+  const file = path.join(folder, AZURITE_RECORD);
+  const found = await readRecord(file);
+  if (found) {
+    if (found.owner !== process.pid && isAlive(found.owner) && ((await commandLine(found.owner))?.includes('serve') ?? true)) {
+      throw new InputError(`data folder ${folder} is in use by another paramdelta serve (pid ${found.owner}); stop it first or pass another --data-dir`);
+    }
+    if (await isAzuriteOn(found.pid, folder)) {
+      const answers = (await answersAs(found.blobPort, 'Blob')) && (await answersAs(found.queuePort, 'Queue')) && (await answersAs(found.tablePort, 'Table'));
+      if (answers) {
+        await writeRecord(file, { ...found, owner: process.pid });
+        log(`reusing Azurite (pid ${found.pid}) left running on ${folder}`);
+        return adopted(found, file);
+      }
+      log(`stopping Azurite (pid ${found.pid}) on ${folder}: it does not answer on its ports`);
+      await stopPid(found.pid);
+      await rm(found.cwd, { recursive: true, force: true });
+    }
+    await rm(file, { force: true });
+  }
+  const started = await startAzurite({ location: folder, logFile: path.join(folder, AZURITE_LOG) });
+  const record: AzuriteRecord = {
+    pid: started.pid, blobPort: started.blobPort, queuePort: started.queuePort, tablePort: started.tablePort,
+    cwd: started.cwd, location: folder, owner: process.pid, startedAt: new Date().toISOString(),
+  };
+  await writeRecord(file, record);
+  return {
+    ...started,
+    async stop() {
+      await started.stop();
+      await rm(file, { force: true });
+    },
+  };
+}
+
+/** A handle on a recorded Azurite this process did not start. */
+function adopted(r: AzuriteRecord, file: string): Azurite {
+  return {
+    connectionString: connectionStringFor(r.blobPort, r.queuePort, r.tablePort),
+    blobPort: r.blobPort, queuePort: r.queuePort, tablePort: r.tablePort, pid: r.pid, reused: true,
+    async stop() {
+      await stopPid(r.pid);
+      await rm(r.cwd, { recursive: true, force: true });
+      await rm(file, { force: true });
+    },
+  };
 }

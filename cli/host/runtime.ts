@@ -6,6 +6,15 @@
  * module writes the way the Durable Task extension does. Activities, timers and
  * sub-orchestrations are executed here and their results appended to history,
  * so replay, determinism and JSON round-trips behave as they do in Azure.
+ *
+ * Like the Azure Storage backend, it can keep each instance's history in storage (an
+ * `InstanceStore`): one record when the instance is created and one per episode, written before
+ * the episode's sub-orchestrations start. `resume()` rebuilds every instance from its records and
+ * restarts what had not finished: activities and sub-orchestrations with no completion in the
+ * history run again (delivery is at least once), timers are armed again, and the next completion
+ * replays the whole history through the same library code. It also refuses what the Durable Task
+ * Scheduler refuses (functions/limits.ts): long or non-printable instance ids, and inputs,
+ * outputs and custom statuses over their sizes.
  */
 import { randomUUID } from 'node:crypto';
 import azureFunctions, { type InvocationContext } from '@azure/functions';
@@ -14,6 +23,7 @@ import {
   TaskCompleted, TaskFailed, TaskScheduled, TimerCreated, TimerFired, flattenActions, replayEpisode, sequenceNumber,
   type Action, type HistoryEvent, type OrchestratorFn, type OrchestratorState,
 } from './durable-lib.js';
+import { customStatusProblem, instanceIdProblem, payloadProblem } from '../../functions/limits.js';
 
 // @azure/functions is CommonJS whose classes Node's ESM loader cannot see as named exports.
 const { InvocationContext: Invocation } = azureFunctions;
@@ -47,6 +57,66 @@ export interface RuntimeOptions {
   log?: (line: string) => void;
   /** Scales durable timer delays (tests use e.g. 0.001 so a 5 s retry interval takes 5 ms); default 1. */
   timerScale?: number;
+  /** Where instances' histories are kept; without one they live in memory only. */
+  store?: InstanceStore;
+}
+
+/** One entry of the scheduled-action log that replays are checked against. */
+interface LogEntry { type: number; name?: string; eventId: number }
+
+/** What an instance's log in storage holds: its creation, then one record per episode (or a final status). */
+export type InstanceRecord =
+  | { kind: 'created'; name: string; input?: string; parent?: { id: string; eventId: number }; createdTime: string }
+  | {
+      kind: 'episode';
+      /** The history events this episode added, as JSON (the form the extension hands the library). */
+      events: unknown[];
+      /** The host's bookkeeping after the episode: action log entries it added, retry and cancelled-timer state. */
+      log: LogEntry[];
+      retries: [number, RetryState][];
+      canceledTimers: number[];
+      nextEventId: number;
+      clock: number;
+      outstanding: number;
+      status: RuntimeStatus;
+      customStatus?: unknown;
+      output?: unknown;
+      error?: string;
+      at: string;
+    }
+  | { kind: 'finished'; status: RuntimeStatus; output?: unknown; error?: string; at: string };
+
+/** Durable storage of instance logs (cli/host/history.ts keeps them in append blobs). */
+export interface InstanceStore {
+  /** Starts an instance's log with its first record, replacing the log of an earlier instance of that id. */
+  create(id: string, first: InstanceRecord): Promise<void>;
+  append(id: string, record: InstanceRecord): Promise<void>;
+  /** Every instance's records, in the order they were written. */
+  load(): Promise<Map<string, InstanceRecord[]>>;
+}
+
+/** An InstanceStore in memory, records round-tripped through JSON as storage would; for tests. */
+export class MemoryInstanceStore implements InstanceStore {
+  readonly logs = new Map<string, string[]>();
+  async create(id: string, first: InstanceRecord): Promise<void> {
+    this.logs.set(id, [JSON.stringify(first)]);
+  }
+  async append(id: string, record: InstanceRecord): Promise<void> {
+    const log = this.logs.get(id);
+    if (!log) throw new Error(`no log for instance '${id}'`);
+    log.push(JSON.stringify(record));
+  }
+  async load(): Promise<Map<string, InstanceRecord[]>> {
+    return new Map([...this.logs].map(([id, lines]) => [id, lines.map((l) => JSON.parse(l) as InstanceRecord)]));
+  }
+}
+
+/** The runtime refuses what the backend refuses (functions/limits.ts). */
+export class BackendLimitError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BackendLimitError';
+  }
 }
 
 export type ActivityFn = (input: any, ctx: InvocationContext) => unknown | Promise<unknown>;
@@ -73,15 +143,20 @@ interface Instance {
   createdTime: Date;
   lastUpdatedTime: Date;
   parent?: { inst: Instance; eventId: number };
+  /** The parent as stored, linked to `parent` when instances are resumed. */
+  parentRef?: { id: string; eventId: number };
   history: HistoryEvent[];
   inbox: HistoryEvent[];
   busy: boolean;
   clock: number; // ms; OrchestratorStarted timestamps never go backwards
   nextEventId: number;
-  actionLog: { type: number; name?: string; eventId: number }[];
+  actionLog: LogEntry[];
   retries: Map<number, RetryState>; // scheduled event id, or retry timer id -> state
   timers: Map<number, NodeJS.Timeout>;
+  canceledTimers: Set<number>;
   outstanding: number; // scheduled work whose completion event has not been replayed yet
+  /** Work an episode asked for that starts only once the episode is saved (sub-orchestrations). */
+  effects: (() => void)[];
   waiters: ((s: InstanceStatus) => void)[];
 }
 
@@ -89,6 +164,23 @@ const toJson = (v: unknown): string => JSON.stringify(v) ?? 'null';
 const fromJson = (s: string | undefined): unknown => (s === undefined ? undefined : JSON.parse(s));
 const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 const isActive = (i: Instance): boolean => i.status === 'Pending' || i.status === 'Running';
+const COMPLETIONS = new Set<number>([EventType.TaskCompleted, EventType.TaskFailed, EventType.SubOrchestrationInstanceCompleted, EventType.SubOrchestrationInstanceFailed]);
+
+/** History events from storage, with the Date fields this host reads turned back into Dates (the library takes either). */
+function revive(e: unknown): HistoryEvent {
+  const ev = e as HistoryEvent;
+  if (typeof ev.Timestamp === 'string') ev.Timestamp = new Date(ev.Timestamp);
+  if (typeof ev.FireAt === 'string') ev.FireAt = new Date(ev.FireAt);
+  return ev;
+}
+
+function blankInstance(id: string, name: string, inputJson: string | undefined, createdTime: Date): Instance {
+  return {
+    id, name, inputJson, status: 'Pending', output: undefined, customStatus: undefined,
+    createdTime, lastUpdatedTime: createdTime, history: [], inbox: [], busy: false, clock: 0,
+    nextEventId: 0, actionLog: [], retries: new Map(), timers: new Map(), canceledTimers: new Set(), outstanding: 0, effects: [], waiters: [],
+  };
+}
 
 export class LocalDurableRuntime {
   private readonly orchestrators = new Map<string, OrchestratorFn>();
@@ -101,11 +193,15 @@ export class LocalDurableRuntime {
   private readonly concurrency: number;
   private readonly timerScale: number;
   private readonly logFn?: (line: string) => void;
+  private readonly store?: InstanceStore;
+  /** Per instance id, the tail of its chain of storage writes (they must land in order). */
+  private readonly writes = new Map<string, Promise<void>>();
 
   constructor(opts: RuntimeOptions = {}) {
     this.concurrency = Math.max(1, opts.activityConcurrency ?? 2);
     this.timerScale = opts.timerScale ?? 1;
     this.logFn = opts.log;
+    this.store = opts.store;
   }
 
   registerOrchestrator(name: string, fn: OrchestratorFn): void {
@@ -116,11 +212,43 @@ export class LocalDurableRuntime {
     this.activities.set(name, handler);
   }
 
+  /** Starts an orchestration; with a store, it returns once the instance is saved. */
   async startNew(name: string, opts: { instanceId?: string; input?: unknown } = {}): Promise<string> {
     if (this.closed) throw new Error('LocalDurableRuntime is closed');
     const id = opts.instanceId ?? randomUUID().replace(/-/g, '');
-    this.createInstance(name, id, opts.input === undefined ? undefined : toJson(opts.input));
+    const inputJson = opts.input === undefined ? undefined : toJson(opts.input);
+    const problem = instanceIdProblem(id) ?? payloadProblem(`the input of orchestration '${name}'`, inputJson);
+    if (problem) throw new BackendLimitError(`cannot start ${name}: ${problem}`);
+    const { saved } = this.createInstance(name, id, inputJson);
+    await saved;
     return id;
+  }
+
+  /**
+   * Rebuilds every instance from the store and restarts those that had not finished. Call it once,
+   * after registering the functions and before starting any instance; returns how many resumed.
+   */
+  async resume(): Promise<number> {
+    if (!this.store) return 0;
+    if (this.instances.size > 0) throw new Error('resume() must come before any instance is started');
+    const loaded: Instance[] = [];
+    for (const [id, records] of await this.store.load()) {
+      const inst = this.rebuild(id, records);
+      if (!inst) {
+        this.log(`[${id}] skipped: its stored log does not begin with its creation`);
+        continue;
+      }
+      this.instances.set(id, inst);
+      loaded.push(inst);
+    }
+    for (const inst of loaded) {
+      const ref = inst.parentRef;
+      const parent = ref && this.instances.get(ref.id);
+      if (ref && parent) inst.parent = { inst: parent, eventId: ref.eventId };
+    }
+    const active = loaded.filter(isActive);
+    for (const inst of active) this.restart(inst);
+    return active.length;
   }
 
   async getStatus(instanceId: string): Promise<InstanceStatus | undefined> {
@@ -156,31 +284,132 @@ export class LocalDurableRuntime {
     return this.instances.get(instanceId)?.history ?? [];
   }
 
+  /** Stops scheduling; what is running finishes, and its storage writes land. Unfinished instances stay stored, to resume. */
   async close(): Promise<void> {
     this.closed = true;
     this.queue.length = 0;
     for (const inst of this.instances.values()) this.clearTimers(inst);
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+    await Promise.allSettled([...this.writes.values()]);
+  }
+
+  // ---- storage ----
+
+  /** Queues a write of `id`'s log behind its earlier ones. */
+  private save(id: string, record: InstanceRecord, create = false): Promise<void> {
+    const store = this.store;
+    if (!store) return Promise.resolve();
+    const previous = this.writes.get(id) ?? Promise.resolve();
+    const write = previous.then(() => (create ? store.create(id, record) : store.append(id, record)));
+    const tail = write.catch(() => {});
+    this.writes.set(id, tail);
+    void tail.then(() => {
+      if (this.writes.get(id) === tail) this.writes.delete(id);
+    });
+    return write;
+  }
+
+  private rebuild(id: string, records: InstanceRecord[]): Instance | undefined {
+    const first = records[0];
+    if (first?.kind !== 'created') return undefined;
+    const inst = blankInstance(id, first.name, first.input, new Date(first.createdTime));
+    inst.parentRef = first.parent;
+    for (const r of records.slice(1)) {
+      if (r.kind === 'episode') {
+        inst.history.push(...r.events.map(revive));
+        inst.actionLog.push(...r.log);
+        inst.retries = new Map(r.retries);
+        inst.canceledTimers = new Set(r.canceledTimers);
+        inst.nextEventId = r.nextEventId;
+        inst.clock = r.clock;
+        inst.outstanding = r.outstanding;
+        inst.customStatus = r.customStatus;
+      }
+      if (r.kind === 'episode' || r.kind === 'finished') {
+        inst.status = r.status;
+        inst.output = r.output;
+        inst.error = r.error;
+        inst.lastUpdatedTime = new Date(r.at);
+      }
+    }
+    return inst;
+  }
+
+  /** Restarts a resumed instance's unfinished work: what its history scheduled and never saw complete. */
+  private restart(inst: Instance): void {
+    if (inst.history.length === 0) {
+      inst.inbox.push(new ExecutionStarted({ eventId: -1, timestamp: inst.createdTime, isPlayed: false, name: inst.name, input: inst.inputJson }));
+      this.log(`[${inst.id}] ${inst.name} resumed: not started yet`);
+      this.pump(inst);
+      return;
+    }
+    const settled = new Set<number>();
+    const fired = new Set<number>();
+    for (const e of inst.history) {
+      if (COMPLETIONS.has(e.EventType)) settled.add(e.TaskScheduledId as number);
+      if (e.EventType === EventType.TimerFired) fired.add(e.TimerId as number);
+    }
+    const again = new Map<string, number>();
+    const note = (what: string) => again.set(what, (again.get(what) ?? 0) + 1);
+    for (const e of inst.history) {
+      if (e.EventType === EventType.TaskScheduled && !settled.has(e.EventId)) {
+        note(`activity ${e.Name as string}`);
+        this.enqueueActivity(inst, e.EventId, e.Name as string, e.Input as string | undefined);
+      } else if (e.EventType === EventType.SubOrchestrationInstanceCreated && !settled.has(e.EventId)) {
+        note(`sub-orchestration ${e.Name as string}`);
+        this.reattachChild(inst, e);
+      } else if (e.EventType === EventType.TimerCreated && !fired.has(e.EventId) && !inst.canceledTimers.has(e.EventId)) {
+        note('timer');
+        const fireAt = e.FireAt as Date;
+        this.armTimer(inst, e.EventId, fireAt, Math.max(0, fireAt.getTime() - Date.now()) * this.timerScale);
+      }
+    }
+    const pending = [...again].map(([what, n]) => `${what}${n > 1 ? ` ×${n}` : ''}`).join(', ');
+    this.log(`[${inst.id}] ${inst.name} resumed: ${pending ? `running ${pending} again` : 'nothing pending'}`);
+  }
+
+  /** A resumed parent's sub-orchestration: still running (linked already), finished (deliver its result), or never saved (start it). */
+  private reattachChild(parent: Instance, created: HistoryEvent): void {
+    const child = this.instances.get(created.InstanceId as string);
+    if (child && child.parentRef?.id === parent.id && child.parentRef.eventId === created.EventId) {
+      if (!isActive(child)) this.deliver(parent, this.completionFor(child, created.EventId));
+      return;
+    }
+    this.startChild(parent, created.EventId, created.Name as string, created.InstanceId as string, created.Input as string | undefined);
   }
 
   // ---- scheduling ----
 
-  private createInstance(name: string, id: string, inputJson: string | undefined, parent?: Instance['parent']): Instance {
+  private createInstance(name: string, id: string, inputJson: string | undefined, parent?: Instance['parent']): { inst: Instance; saved: Promise<void> } {
     const existing = this.instances.get(id);
     if (existing && isActive(existing)) {
       throw new InstanceExistsError(`An instance with id '${id}' is already ${existing.status}`);
     }
     const now = new Date();
-    const inst: Instance = {
-      id, name, inputJson, status: 'Pending', output: undefined, customStatus: undefined,
-      createdTime: now, lastUpdatedTime: now, parent, history: [], busy: false, clock: 0,
-      inbox: [new ExecutionStarted({ eventId: -1, timestamp: now, isPlayed: false, name, input: inputJson })],
-      nextEventId: 0, actionLog: [], retries: new Map(), timers: new Map(), outstanding: 0, waiters: [],
-    };
+    const inst = blankInstance(id, name, inputJson, now);
+    inst.parent = parent;
+    if (parent) inst.parentRef = { id: parent.inst.id, eventId: parent.eventId };
+    inst.inbox.push(new ExecutionStarted({ eventId: -1, timestamp: now, isPlayed: false, name, input: inputJson }));
     this.instances.set(id, inst);
+    const saved = this.save(id, { kind: 'created', name, input: inputJson, parent: inst.parentRef, createdTime: now.toISOString() }, true);
+    saved.catch((e: unknown) => {
+      if (isActive(inst)) this.finish(inst, 'Failed', { error: `Local host error: the instance could not be saved: ${errText(e)}` }, false);
+    });
     this.log(`[${id}] ${name} pending`);
     this.pump(inst);
-    return inst;
+    return { inst, saved };
+  }
+
+  /** Starts a sub-orchestration an episode scheduled (after that episode is saved); a refusal fails the call, as in Azure. */
+  private startChild(parent: Instance, eventId: number, name: string, childId: string, inputJson: string | undefined): void {
+    try {
+      this.createInstance(name, childId, inputJson, { inst: parent, eventId });
+    } catch (e) {
+      this.deliver(parent, new SubFailed({
+        eventId: -1, timestamp: new Date(), isPlayed: false, taskScheduledId: eventId,
+        reason: `Sub orchestrator function '${name}' failed: ${errText(e)}`, details: '',
+      }));
+    }
   }
 
   private log(line: string): void {
@@ -225,6 +454,8 @@ export class LocalDurableRuntime {
       this.finish(inst, 'Failed', { error: `Orchestrator function '${inst.name}' is not registered (known: ${[...this.orchestrators.keys()].join(', ') || 'none'})` });
       return;
     }
+    const historyBefore = inst.history.length;
+    const logBefore = inst.actionLog.length;
     const fired = event.EventType === EventType.TimerFired ? (event.FireAt as Date).getTime() : 0;
     inst.clock = Math.max(Date.now(), inst.clock, fired);
     const ts = new Date(inst.clock);
@@ -241,12 +472,13 @@ export class LocalDurableRuntime {
     });
     let state: OrchestratorState | undefined;
     let failure: string | undefined;
+    let customStatus: { json: string } | undefined;
     try {
       const r = await replayEpisode(fn, { instanceId: inst.id, history: inst.history, input: fromJson(inst.inputJson), parentInstanceId: inst.parent?.inst.id }, ctx);
-      if (r.error !== undefined) {
-        if ('customStatus' in r) inst.customStatus = r.customStatus;
-        failure = r.error;
-      } else state = r;
+      // The library omits falsy custom statuses from its state, as the extension would see it.
+      if ('customStatus' in r) customStatus = { json: toJson(r.customStatus) };
+      if (r.error !== undefined) failure = r.error;
+      else state = r;
     } catch (e) {
       failure = errText(e);
     }
@@ -254,13 +486,17 @@ export class LocalDurableRuntime {
 
     let outcome: { status: 'Completed' | 'Failed'; output?: unknown; error?: string } | undefined;
     const failed = (why: string) => ({ status: 'Failed' as const, error: `Orchestrator function '${inst.name}' failed: ${why}` });
+    const statusProblem = customStatusProblem(customStatus?.json);
+    if (customStatus && !statusProblem) inst.customStatus = fromJson(customStatus.json);
     if (failure !== undefined || !state) outcome = failed(failure ?? 'no state');
+    else if (statusProblem) outcome = failed(statusProblem);
     else {
-      // The library omits falsy custom statuses from its state, as the extension would see it.
-      if ('customStatus' in state) inst.customStatus = fromJson(toJson(state.customStatus));
       try {
-        if (state.isDone) outcome = { status: 'Completed', output: fromJson(toJson(state.output)) };
-        else {
+        if (state.isDone) {
+          const output = toJson(state.output);
+          const problem = payloadProblem('the orchestration output', output);
+          outcome = problem ? failed(problem) : { status: 'Completed', output: fromJson(output) };
+        } else {
           this.continueRetry(inst, event, ts);
           this.scheduleActions(inst, flattenActions(state.actions), ts);
           this.checkSequence(inst, ctx);
@@ -273,7 +509,27 @@ export class LocalDurableRuntime {
       }
     }
     inst.history.push(new OrchestratorCompleted({ eventId: -1, timestamp: ts, isPlayed: false }));
-    if (outcome) this.finish(inst, outcome.status, outcome);
+    // The episode is saved before its outcome is told and its sub-orchestrations start, so a
+    // restart finds everything they refer to in the history.
+    await this.save(inst.id, {
+      kind: 'episode',
+      events: inst.history.slice(historyBefore).map((e) => JSON.parse(JSON.stringify(e)) as unknown),
+      log: inst.actionLog.slice(logBefore),
+      retries: [...inst.retries],
+      canceledTimers: [...inst.canceledTimers],
+      nextEventId: inst.nextEventId,
+      clock: inst.clock,
+      outstanding: inst.outstanding,
+      status: outcome?.status ?? 'Running',
+      customStatus: inst.customStatus,
+      ...(outcome?.status === 'Completed' ? { output: outcome.output } : {}),
+      ...(outcome?.error !== undefined ? { error: outcome.error } : {}),
+      at: new Date().toISOString(),
+    });
+    const effects = inst.effects.splice(0);
+    if (!isActive(inst)) return; // terminated while the episode was saved
+    if (outcome) this.finish(inst, outcome.status, outcome, false);
+    else for (const start of effects) start();
   }
 
   /** After a failed attempt: a retry timer (also after the last attempt; the library waits for it). After that timer: the next attempt. */
@@ -338,40 +594,46 @@ export class LocalDurableRuntime {
     if (!known.has(name)) {
       throw new Error(`${isActivity ? 'Activity' : 'Orchestrator'} function '${name}' is not registered (known: ${[...known.keys()].join(', ') || 'none'})`);
     }
-    const id = inst.nextEventId++;
-    inst.outstanding++;
-    if (retry) inst.retries.set(id, retry);
+    const id = inst.nextEventId;
     if (isActivity) {
       // The library JSON-encodes string inputs itself; the extension decodes them again.
       const inputJson = a.input === undefined ? undefined : typeof a.input === 'string' ? a.input : toJson(a.input);
+      const problem = payloadProblem(`the input of activity '${name}'`, inputJson);
+      if (problem) throw new BackendLimitError(problem);
+      this.scheduled(inst, id, retry);
       inst.history.push(new TaskScheduled({ eventId: id, timestamp: ts, isPlayed: false, name, input: inputJson }));
       this.enqueueActivity(inst, id, name, inputJson);
     } else {
       const childId = a.instanceId || `${inst.id}:${id.toString(16).toUpperCase().padStart(4, '0')}`;
       const inputJson = a.input === undefined ? undefined : toJson(a.input);
+      const problem = instanceIdProblem(childId) ?? payloadProblem(`the input of sub-orchestration '${name}'`, inputJson);
+      if (problem) throw new BackendLimitError(`sub-orchestration ${name}: ${problem}`);
+      this.scheduled(inst, id, retry);
       inst.history.push(new SubCreated({ eventId: id, timestamp: ts, isPlayed: false, name, input: inputJson, instanceId: childId }));
-      try {
-        this.createInstance(name, childId, inputJson, { inst, eventId: id });
-      } catch (e) {
-        this.deliver(inst, new SubFailed({
-          eventId: -1, timestamp: new Date(), isPlayed: false, taskScheduledId: id,
-          reason: `Sub orchestrator function '${name}' failed: ${errText(e)}`, details: '',
-        }));
-      }
+      inst.effects.push(() => this.startChild(inst, id, name, childId, inputJson));
     }
     return id;
+  }
+
+  private scheduled(inst: Instance, id: number, retry?: RetryState): void {
+    inst.nextEventId = id + 1;
+    inst.outstanding++;
+    if (retry) inst.retries.set(id, retry);
   }
 
   private createTimer(inst: Instance, fireAt: Date, ts: Date): number {
     const id = inst.nextEventId++;
     inst.outstanding++;
     inst.history.push(new TimerCreated({ eventId: id, timestamp: ts, isPlayed: false, fireAt }));
-    const delay = Math.max(0, fireAt.getTime() - ts.getTime()) * this.timerScale;
+    this.armTimer(inst, id, fireAt, Math.max(0, fireAt.getTime() - ts.getTime()) * this.timerScale);
+    return id;
+  }
+
+  private armTimer(inst: Instance, id: number, fireAt: Date, delay: number): void {
     inst.timers.set(id, setTimeout(() => {
       inst.timers.delete(id);
       this.deliver(inst, new TimerFired({ eventId: -1, timestamp: new Date(), isPlayed: false, timerId: id, fireAt }));
     }, delay));
-    return id;
   }
 
   private cancelTimer(inst: Instance, id: number): void {
@@ -379,6 +641,7 @@ export class LocalDurableRuntime {
     if (!t) return;
     clearTimeout(t);
     inst.timers.delete(id);
+    inst.canceledTimers.add(id);
     inst.outstanding--;
   }
 
@@ -406,8 +669,10 @@ export class LocalDurableRuntime {
       });
       let event: HistoryEvent;
       try {
-        const result = await this.activities.get(name)!(fromJson(inputJson), ctx);
-        event = new TaskCompleted({ eventId: -1, timestamp: new Date(), isPlayed: false, taskScheduledId: eventId, result: toJson(result) });
+        const result = toJson(await this.activities.get(name)!(fromJson(inputJson), ctx));
+        const problem = payloadProblem(`the result of activity '${name}'`, result);
+        if (problem) throw new BackendLimitError(problem);
+        event = new TaskCompleted({ eventId: -1, timestamp: new Date(), isPlayed: false, taskScheduledId: eventId, result });
       } catch (e) {
         event = new TaskFailed({
           eventId: -1, timestamp: new Date(), isPlayed: false, taskScheduledId: eventId,
@@ -431,23 +696,33 @@ export class LocalDurableRuntime {
     }
   }
 
-  private finish(inst: Instance, status: 'Completed' | 'Failed' | 'Terminated', r: { output?: unknown; error?: string }): void {
+  /** Ends an instance and tells its parent and waiters; `save` is false when the episode record already holds the outcome. */
+  private finish(inst: Instance, status: 'Completed' | 'Failed' | 'Terminated', r: { output?: unknown; error?: string }, save = true): void {
     inst.status = status;
     inst.output = r.output;
     inst.error = r.error;
     inst.lastUpdatedTime = new Date();
     inst.inbox.length = 0;
+    inst.effects.length = 0;
     this.clearTimers(inst);
     this.log(`[${inst.id}] ${inst.name} ${status}${r.error ? `: ${r.error}` : ''}`);
-    const parent = inst.parent;
-    if (parent) {
-      const base = { eventId: -1, timestamp: new Date(), isPlayed: false, taskScheduledId: parent.eventId };
-      this.deliver(parent.inst, status === 'Completed'
-        ? new SubCompleted({ ...base, result: toJson(inst.output) })
-        : new SubFailed({ ...base, reason: status === 'Failed' ? r.error! : `Sub-orchestration '${inst.id}' was terminated: ${String(r.output)}`, details: '' }));
+    if (save) {
+      const record: InstanceRecord = { kind: 'finished', status, at: inst.lastUpdatedTime.toISOString() };
+      if (r.output !== undefined) record.output = r.output;
+      if (r.error !== undefined) record.error = r.error;
+      this.save(inst.id, record).catch((e: unknown) => this.log(`[${inst.id}] could not save its ${status} status: ${errText(e)}`));
     }
+    if (inst.parent) this.deliver(inst.parent.inst, this.completionFor(inst, inst.parent.eventId));
     const snap = this.snapshot(inst);
     for (const w of inst.waiters.splice(0)) w(snap);
+  }
+
+  /** The event a parent receives when this (finished) sub-orchestration ends. */
+  private completionFor(inst: Instance, taskScheduledId: number): HistoryEvent {
+    const base = { eventId: -1, timestamp: new Date(), isPlayed: false, taskScheduledId };
+    if (inst.status === 'Completed') return new SubCompleted({ ...base, result: toJson(inst.output) });
+    const reason = inst.status === 'Failed' ? (inst.error ?? 'failed') : `Sub-orchestration '${inst.id}' was terminated: ${String(inst.output)}`;
+    return new SubFailed({ ...base, reason, details: '' });
   }
 
   private snapshot(inst: Instance): InstanceStatus {

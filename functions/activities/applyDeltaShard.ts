@@ -1,11 +1,11 @@
-import * as df from 'durable-functions';
 import { executeApplyShard } from '../../lib/ops/apply.js';
 import type { ShardDone, ShardTask } from '../contracts.js';
 import { shardOnce } from './shardOnce.js';
+import * as register from '../app.js';
 
 /** Writes one shard of the new model. */
 export function applyDeltaShard(task: ShardTask): Promise<ShardDone> {
   return shardOnce(task, executeApplyShard);
 }
 
-df.app.activity('applyDeltaShard', { handler: applyDeltaShard });
+register.activity('applyDeltaShard', { handler: applyDeltaShard });

@@ -1,10 +1,10 @@
-import * as df from 'durable-functions';
 import { finalizeCompute, type ComputeShardResult } from '../../lib/ops/compute.js';
 import type { ComputePlan } from '../../lib/ops/plan.js';
 import { REGISTRATION_FILE, type Registration } from '../../lib/ops/registry.js';
 import { outputTags } from '../../lib/ops/outputs.js';
 import type { ComputeDeltaInput } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
+import * as register from '../app.js';
 
 /** Writes the delta index, the chat files, the registration, and delta.json last. */
 export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; planHash: string }) {
@@ -30,4 +30,4 @@ export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; 
   };
 }
 
-df.app.activity('finalizeDelta', { handler: finalizeDelta });
+register.activity('finalizeDelta', { handler: finalizeDelta });

@@ -1,7 +1,7 @@
-import * as df from 'durable-functions';
 import { finalizeApply } from '../../lib/ops/apply.js';
 import type { ApplyPlan } from '../../lib/ops/plan.js';
 import { pipeline } from '../pipeline.js';
+import * as register from '../app.js';
 
 /** Copies config and chat files, then writes model.safetensors.index.json last: the model is complete. */
 export async function finalizeModel(input: { runId: string; planHash: string; output: string }) {
@@ -11,4 +11,4 @@ export async function finalizeModel(input: { runId: string; planHash: string; ou
   return { model: input.output, shards: plan.shards.length, copied: plan.copied.length, files: plan.files.map((f) => f.file) };
 }
 
-df.app.activity('finalizeModel', { handler: finalizeModel });
+register.activity('finalizeModel', { handler: finalizeModel });

@@ -1,9 +1,9 @@
-import * as df from 'durable-functions';
 import { openCheckpoint } from '../../lib/format/checkpoint.js';
 import { incompatibility } from '../../lib/ops/compat.js';
 import { listDeltas } from '../../lib/ops/registry.js';
 import type { RepostBaseInput } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
+import * as register from '../app.js';
 
 export interface Compatibility {
   compatible: { name: string; ref: string; output: string }[];
@@ -24,4 +24,4 @@ export async function findCompatibleDeltas(input: RepostBaseInput): Promise<Comp
   return { compatible, skipped };
 }
 
-df.app.activity('findCompatibleDeltas', { handler: findCompatibleDeltas });
+register.activity('findCompatibleDeltas', { handler: findCompatibleDeltas });

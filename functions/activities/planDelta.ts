@@ -1,4 +1,3 @@
-import * as df from 'durable-functions';
 import { prepareCompute } from '../../lib/ops/compute.js';
 import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
@@ -8,6 +7,7 @@ import type { ComputeDeltaInput, PlanRejected, PlanSummary } from '../contracts.
 import { pipeline } from '../pipeline.js';
 import { InputError } from '../../lib/errors.js';
 import { SafetensorsError } from '../../lib/format/safetensors.js';
+import * as register from '../app.js';
 
 /** Reads both checkpoints' headers, checks them, and stores the plan as a blob; returns only a summary. */
 export async function planDelta(input: ComputeDeltaInput & { runId: string }): Promise<PlanSummary | PlanRejected> {
@@ -31,4 +31,4 @@ export async function planDelta(input: ComputeDeltaInput & { runId: string }): P
   return { runId: input.runId, planHash: plan.hash, shards: plan.shards.map((s) => ({ file: s.file, inputBytes: s.inputBytes })) };
 }
 
-df.app.activity('planDelta', { handler: planDelta });
+register.activity('planDelta', { handler: planDelta });

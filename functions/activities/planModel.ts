@@ -1,4 +1,3 @@
-import * as df from 'durable-functions';
 import { prepareApply } from '../../lib/ops/apply.js';
 import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
@@ -8,6 +7,7 @@ import type { ApplyDeltasInput, PlanRejected, PlanSummary } from '../contracts.j
 import { pipeline } from '../pipeline.js';
 import { InputError } from '../../lib/errors.js';
 import { SafetensorsError } from '../../lib/format/safetensors.js';
+import * as register from '../app.js';
 
 /** Checks every delta against the new base (headers only) and stores the plan as a blob. */
 export async function planModel(input: ApplyDeltasInput & { runId: string }): Promise<PlanSummary | PlanRejected> {
@@ -31,4 +31,4 @@ export async function planModel(input: ApplyDeltasInput & { runId: string }): Pr
   return { runId: input.runId, planHash: plan.hash, shards: plan.shards.map((s) => ({ file: s.file, inputBytes: s.inputBytes })) };
 }
 
-df.app.activity('planModel', { handler: planModel });
+register.activity('planModel', { handler: planModel });

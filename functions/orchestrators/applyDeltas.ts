@@ -1,6 +1,7 @@
 import * as df from 'durable-functions';
 import type { ApplyDeltasInput } from '../contracts.js';
 import { planShardsFinalize } from './fanout.js';
+import * as register from '../app.js';
 
 /** new base + Σ sᵢ·Δᵢ: plan, one activity per output shard, then files and model.safetensors.index.json last. */
 export function* applyDeltasOrchestrator(ctx: df.OrchestrationContext): Generator<df.Task, unknown, unknown> {
@@ -14,4 +15,4 @@ export function* applyDeltasOrchestrator(ctx: df.OrchestrationContext): Generato
   );
 }
 
-df.app.orchestration('applyDeltas', applyDeltasOrchestrator);
+register.orchestration('applyDeltas', applyDeltasOrchestrator);

@@ -1,6 +1,7 @@
 import * as df from 'durable-functions';
 import type { ComputeDeltaInput } from '../contracts.js';
 import { planShardsFinalize } from './fanout.js';
+import * as register from '../app.js';
 
 /** Δ = post − base: plan (headers only), one activity per delta shard, then index and delta.json last. */
 export function* computeDeltaOrchestrator(ctx: df.OrchestrationContext): Generator<df.Task, unknown, unknown> {
@@ -14,4 +15,4 @@ export function* computeDeltaOrchestrator(ctx: df.OrchestrationContext): Generat
   );
 }
 
-df.app.orchestration('computeDelta', computeDeltaOrchestrator);
+register.orchestration('computeDelta', computeDeltaOrchestrator);

@@ -2,6 +2,8 @@ import * as df from 'durable-functions';
 import type { ApplyDeltasInput, RepostBaseInput } from '../contracts.js';
 import type { Compatibility } from '../activities/findCompatibleDeltas.js';
 import { report, shardRetry } from './fanout.js';
+import { childInstanceId } from '../limits.js';
+import * as register from '../app.js';
 
 /** A new base arrived: apply every compatible registered delta to it, each as an applyDeltas sub-orchestration. */
 export function* repostBaseOrchestrator(ctx: df.OrchestrationContext): Generator<df.Task, unknown, unknown> {
@@ -16,7 +18,7 @@ export function* repostBaseOrchestrator(ctx: df.OrchestrationContext): Generator
     const runs = found.compatible.map((d) => {
       const child: ApplyDeltasInput = { base: input.base, deltas: [{ ref: d.ref, scale: 1 }], output: d.output };
       outputs.push({ delta: d.name, output: d.output });
-      return ctx.df.callSubOrchestratorWithRetry('applyDeltas', shardRetry(), child, `${ctx.df.instanceId}:${d.name}`);
+      return ctx.df.callSubOrchestratorWithRetry('applyDeltas', shardRetry(), child, childInstanceId(ctx.df.instanceId, d.name));
     });
     yield ctx.df.Task.any(runs);
     for (let i = 0; i < runs.length; i++) {
@@ -34,4 +36,4 @@ export function* repostBaseOrchestrator(ctx: df.OrchestrationContext): Generator
   return { base: input.base, posted, skipped: found.skipped, failed };
 }
 
-df.app.orchestration('repostBase', repostBaseOrchestrator);
+register.orchestration('repostBase', repostBaseOrchestrator);

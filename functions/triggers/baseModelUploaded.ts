@@ -1,10 +1,11 @@
-import { app, type EventGridEvent, type InvocationContext } from '@azure/functions';
+import { type EventGridEvent, type InvocationContext } from '@azure/functions';
 import * as df from 'durable-functions';
 import { checkpointCompleteness } from '../../lib/format/checkpoint.js';
 import type { RepostBaseInput } from '../contracts.js';
 import { runClient, startOnce } from '../client.js';
 import { runId } from '../http.js';
 import { pipeline } from '../pipeline.js';
+import * as register from '../app.js';
 
 const SUBJECT = /^\/blobServices\/default\/containers\/([^/]+)\/blobs\/(.+)$/;
 
@@ -35,4 +36,4 @@ export async function baseModelUploaded(event: EventGridEvent, ctx: InvocationCo
   ctx.log(started ? `base model ${base} complete: started ${id}` : `base model ${base}: ${id} already ran or is running`);
 }
 
-app.eventGrid('baseModelUploaded', { extraInputs: [df.input.durableClient()], handler: baseModelUploaded });
+register.eventGrid('baseModelUploaded', { extraInputs: [df.input.durableClient()], handler: baseModelUploaded });

@@ -1,7 +1,8 @@
-import { app, type HttpRequest, type HttpResponseInit, type InvocationContext } from '@azure/functions';
+import { type HttpRequest, type HttpResponseInit, type InvocationContext } from '@azure/functions';
 import * as df from 'durable-functions';
 import { runClient } from '../client.js';
 import { problem } from '../http.js';
+import * as register from '../app.js';
 
 /** GET /api/runs/{id}: a run's status, progress, output and error. */
 export async function getRun(req: HttpRequest, ctx: InvocationContext): Promise<HttpResponseInit> {
@@ -22,7 +23,7 @@ export async function getRun(req: HttpRequest, ctx: InvocationContext): Promise<
   };
 }
 
-app.http('getRun', {
+register.http('getRun', {
   methods: ['GET'],
   route: 'runs/{id}',
   authLevel: 'function',

@@ -1,6 +1,7 @@
-import { app, type HttpRequest, type HttpResponseInit, type InvocationContext } from '@azure/functions';
+import { type HttpRequest, type HttpResponseInit, type InvocationContext } from '@azure/functions';
 import { listDeltas as readRegistry } from '../../lib/ops/registry.js';
 import { pipeline } from '../pipeline.js';
+import * as register from '../app.js';
 
 /** GET /api/deltas: the registered deltas, read from their manifests. */
 export async function listDeltas(_req: HttpRequest, _ctx: InvocationContext): Promise<HttpResponseInit> {
@@ -28,4 +29,4 @@ export async function listDeltas(_req: HttpRequest, _ctx: InvocationContext): Pr
   };
 }
 
-app.http('listDeltas', { methods: ['GET'], route: 'deltas', authLevel: 'function', handler: listDeltas });
+register.http('listDeltas', { methods: ['GET'], route: 'deltas', authLevel: 'function', handler: listDeltas });

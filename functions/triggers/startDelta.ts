@@ -1,4 +1,4 @@
-import { app, type HttpRequest, type HttpResponseInit, type InvocationContext } from '@azure/functions';
+import { type HttpRequest, type HttpResponseInit, type InvocationContext } from '@azure/functions';
 import * as df from 'durable-functions';
 import { z } from 'zod';
 import { DELTA_DTYPE_POLICIES } from '../../lib/ops/plan.js';
@@ -8,6 +8,7 @@ import { runClient, startOnce } from '../client.js';
 import { accepted, badInput, problem, readBody, runId } from '../http.js';
 import { pipeline } from '../pipeline.js';
 import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
+import * as register from '../app.js';
 
 export const DELTA_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
@@ -61,7 +62,7 @@ export async function startDelta(req: HttpRequest, ctx: InvocationContext): Prom
   return accepted(req, id);
 }
 
-app.http('startDelta', {
+register.http('startDelta', {
   methods: ['POST'],
   route: 'deltas',
   authLevel: 'function',

@@ -1,4 +1,4 @@
-import { app, type HttpRequest, type HttpResponseInit, type InvocationContext } from '@azure/functions';
+import { type HttpRequest, type HttpResponseInit, type InvocationContext } from '@azure/functions';
 import * as df from 'durable-functions';
 import { z } from 'zod';
 import type { ApplyDeltasInput } from '../contracts.js';
@@ -7,6 +7,7 @@ import { accepted, badInput, readBody, runId } from '../http.js';
 import { pipeline } from '../pipeline.js';
 import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
 import { DELTA_NAME } from './startDelta.js';
+import * as register from '../app.js';
 
 const StartModel = z
   .object({
@@ -45,7 +46,7 @@ export async function startModel(req: HttpRequest, ctx: InvocationContext): Prom
   return accepted(req, id);
 }
 
-app.http('startModel', {
+register.http('startModel', {
   methods: ['POST'],
   route: 'models',
   authLevel: 'function',
