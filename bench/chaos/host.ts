@@ -77,8 +77,8 @@ export async function killedHost(o: HostOptions): Promise<HostReport> {
     };
 
     // Uninterrupted first: its time scales the kill moments.
-    const s0 = performance.now();
     const id0 = await repost('host-0');
+    const s0 = performance.now();
     const r0 = await waitForRun(() => serve!.url, id0, { timeoutMs: 300_000 });
     report.uninterruptedMs = performance.now() - s0;
     if (!('status' in r0) || r0.status !== 'Completed') throw new Error(`uninterrupted re-post did not complete: ${JSON.stringify(r0)}`);
@@ -89,9 +89,9 @@ export async function killedHost(o: HostOptions): Promise<HostReport> {
 
     for (let i = 1; i <= o.kills; i++) {
       const name = `host-${i}`;
-      const watches = ['chat', 'rebase'].map((d) => new CompletionWatch(blobFolder(service, `posted-models/${name}/${d}`), MARKER, refs[d]));
+      const watches = ['chat', 'rebase'].map((d) => new CompletionWatch(blobFolder(service, `posted-models/${name}/${d}`), MARKER, refs[d], 40));
       const id = await repost(name);
-      const atMs = Math.round(random() * report.uninterruptedMs);
+      const atMs = Math.round(0.95 * random() * report.uninterruptedMs);
       await sleep(atMs);
       const before = await fetch(`${serve.url}/api/runs/${encodeURIComponent(id)}`).then((r) => r.json() as Promise<{ status: string }>);
       await serve.kill();
