@@ -1,4 +1,4 @@
-// npm run chaos [-- --parts 1,2,3,4,5 --seed 7 --size 8MiB --shard-size 2MB --kills 20 --host-kills 10 --outage-s 10 --concurrent 20 --fuzz 1000000 --keep]
+// npm run chaos [-- --parts 1,2,3,4,5 --seed 7 --size 4MiB --shard-size 1MB --kills 20 --host-kills 10 --outage-s 10 --concurrent 20 --fuzz 1000000 --keep]
 //
 // The chaos suite: (1) SIGKILL the CLI mid-run, (2) SIGKILL `serve` mid-re-post, (3) a storage outage
 // mid-run, (4) concurrent runs through `serve`, (5) parser fuzzing. Every random moment comes from
@@ -21,8 +21,8 @@ const args = process.argv.slice(2);
 const opt = (name: string, d: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : d);
 const parts = new Set(opt('parts', '1,2,3,4,5').split(',').map(Number));
 const seed = Number(opt('seed', '7'));
-const size = parseSize(opt('size', '8MiB'), '--size');
-const shardSize = opt('shard-size', '2MB');
+const size = parseSize(opt('size', '4MiB'), '--size');
+const shardSize = opt('shard-size', '1MB');
 const kills = Number(opt('kills', '20'));
 const hostKills = Number(opt('host-kills', '10'));
 const outageMs = Number(opt('outage-s', '10')) * 1000;

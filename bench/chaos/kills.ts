@@ -86,9 +86,9 @@ export async function killedCliRuns(o: KillsOptions): Promise<KillsReport> {
           if (backend === 'local') await rm(out, { recursive: true, force: true });
           else await removePrefix(service, 'posted-models', out.replace('az://posted-models/', ''));
         };
-        // Two uninterrupted runs on this backend first: their bytes must match too, and the faster one
-        // (with the moment its output first became visible) places the kill moments.
-        let first = { ms: Infinity, visibleMs: Infinity };
+        // Two uninterrupted runs on this backend first: their bytes must match too, and their mean time
+        // (and when their output first became visible) places the kill moments.
+        const firsts: { ms: number; visibleMs: number }[] = [];
         for (const n of [0, -1]) {
           const refOut = plan.out(op, n);
           const run = runNode([CLI, ...plan[op](refOut)]);
@@ -104,20 +104,27 @@ export async function killedCliRuns(o: KillsOptions): Promise<KillsReport> {
           if (r.code !== 0) throw new Error(`uninterrupted ${backend} ${op} failed: ${r.stderr}`);
           const diff = await differsFrom(plan.folder(refOut), reference);
           if (diff) report.violations.push(`uninterrupted ${backend} ${op}: ${diff}`);
-          if (r.ms < first.ms) first = { ms: r.ms, visibleMs: Math.min(visibleMs, r.ms) };
+          firsts.push({ ms: r.ms, visibleMs: Math.min(visibleMs, r.ms) });
           await cleanup(refOut);
         }
+        const first = { ms: (firsts[0].ms + firsts[1].ms) / 2, visibleMs: (firsts[0].visibleMs + firsts[1].visibleMs) / 2 };
         report.uninterruptedMs[`${backend} ${op}`] = first.ms;
 
         for (let i = 1; i <= o.kills; i++) {
           const out = plan.out(op, i);
           const folder = plan.folder(out);
           const watch = new CompletionWatch(folder, MARKER[op], reference, backend === 'local' ? 10 : 40);
-          // Moments from a little before output first showed until just before the end: most land mid-write.
-          const lo = 0.6 * first.visibleMs;
-          const atMs = Math.round(lo + (0.95 * first.ms - lo) * random());
+          // One kill in five at a moment before any output shows (start-up, planning); the others at a
+          // moment after the output first shows, up to the run's usual end: most of those land mid-write.
+          const early = random() < 0.2;
+          const u = random();
           const victim = runNode([CLI, ...plan[op](out)]);
-          await Promise.race([sleep(atMs), victim.exited]);
+          if (early) await Promise.race([sleep(u * first.visibleMs), victim.exited]);
+          else {
+            while (victim.child.exitCode === null && !(await anyOutput(out, i))) await sleep(backend === 'local' ? 5 : 20);
+            await Promise.race([sleep(u * Math.max(0, first.ms - first.visibleMs)), victim.exited]);
+          }
+          const atMs = Math.round(performance.now() - victim.started);
           const exitedFirst = victim.child.exitCode !== null;
           victim.child.kill('SIGKILL');
           const gone = await victim.exited;
