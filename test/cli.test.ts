@@ -2,7 +2,8 @@ import { describe, it, expect, vi, afterEach } from 'vitest';
 import path from 'node:path';
 import { cp, readFile, readdir, writeFile, chmod, stat } from 'node:fs/promises';
 import { fixturesDir } from './helpers/fixtures.js';
-import { withTempDir } from './helpers/models.js';
+import { loadTensors, withTempDir } from './helpers/models.js';
+import { decodeFloats, roundTo } from './helpers/floats.js';
 import { runCli } from './helpers/cli.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
@@ -62,21 +63,51 @@ describe('paramdelta CLI', () => {
       expect(got.equals(await readFile(`${F32}/expected/apply-post-0.7-post2-0.3/model.safetensors`))).toBe(true);
     }));
 
-  it('reports how many elements a lossy delta dtype rounded, and the largest error; verify then fails', () =>
+  it('reports how many elements a lossy delta dtype rounded, and the largest error, as the fixtures say; verify then fails', () =>
     withTempDir(async (tmp) => {
-      const d = path.join(tmp, 'delta');
-      const c = await run(['compute', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--out', d, '--delta-dtype', 'bf16']);
-      expect(c.code).toBe(0);
-      const m = /lossy: (\d+) elements in (\d+) tensors were rounded to bf16; largest error (\S+)/.exec(c.stdout);
-      expect(m).not.toBeNull();
-      expect(Number(m![1])).toBeGreaterThan(0);
-      expect(Number(m![3])).toBeGreaterThan(0);
-      const manifest = JSON.parse(await readFile(path.join(d, 'delta.json'), 'utf8'));
-      const rounded = Object.values(manifest.tensors as Record<string, { rounded: number; dtype: string }>);
-      expect(rounded.every((t) => t.dtype === 'BF16')).toBe(true);
-      expect(rounded.reduce((a, t) => a + t.rounded, 0)).toBe(Number(m![1]));
-      const v = await run(['verify', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--delta', d]);
-      expect(v.code).toBe(1);
+      for (const [fam, policy, dtype] of [[BF16, 'bf16', 'BF16'], [F32, 'f32', 'F32']] as const) {
+        // Counted here from the fixture tensors: the exact delta post − base (float64), and what `dtype` stores of it.
+        const base = await loadTensors(`${fam}/base`);
+        const post = await loadTensors(`${fam}/post`);
+        const want = new Map<string, { rounded: number; maxError: number }>();
+        for (const [name, b] of base) {
+          const x = decodeFloats(b.dtype, b.bytes);
+          const y = decodeFloats(b.dtype, post.get(name)!.bytes);
+          let rounded = 0;
+          let maxError = 0;
+          let inexact = 0;
+          for (let i = 0; i < x.length; i++) {
+            const d = y[i] - x[i];
+            if (x[i] + d !== y[i] || y[i] - d !== x[i]) inexact++;
+            const stored = roundTo(dtype, d);
+            if (stored !== d) {
+              rounded++;
+              maxError = Math.max(maxError, Math.abs(stored - d));
+            }
+          }
+          expect(inexact, `${name}: post − base is exact in float64`).toBe(0);
+          want.set(name, { rounded, maxError });
+        }
+        const total = [...want.values()].reduce((a, t) => a + t.rounded, 0);
+        const tensors = [...want.values()].filter((t) => t.rounded > 0).length;
+        const largest = Math.max(...[...want.values()].map((t) => t.maxError));
+        expect(total).toBeGreaterThan(0);
+
+        const d = path.join(tmp, policy);
+        const c = await run(['compute', '--base', `${fam}/base`, '--post', `${fam}/post`, '--out', d, '--delta-dtype', policy]);
+        expect(c.code).toBe(0);
+        const m = /lossy: (\d+) elements in (\d+) tensors were rounded to (\w+); largest error (\S+)/.exec(c.stdout);
+        expect(m, c.stdout).not.toBeNull();
+        expect([Number(m![1]), Number(m![2]), m![3], Number(m![4])]).toEqual([total, tensors, policy, largest]);
+        const manifest = JSON.parse(await readFile(path.join(d, 'delta.json'), 'utf8'));
+        const recorded = manifest.tensors as Record<string, { rounded: number; maxError: number; dtype: string }>;
+        expect(Object.keys(recorded).sort()).toEqual([...want.keys()].sort());
+        for (const [name, t] of want) {
+          expect(recorded[name], name).toMatchObject({ dtype, rounded: t.rounded, maxError: t.maxError });
+        }
+        const v = await run(['verify', '--base', `${fam}/base`, '--post', `${fam}/post`, '--delta', d]);
+        expect(v.code).toBe(1);
+      }
     }));
 
   it('exits 1 when verification finds a mismatch, naming the tensors', () =>

@@ -1,5 +1,7 @@
-import { describe, it, expect } from 'vitest';
-import { execFile } from 'node:child_process';
+import { beforeAll, describe, it, expect } from 'vitest';
+import { execFile, execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +15,41 @@ const run = promisify(execFile);
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = path.join(root, 'dist/cli/index.js');
 
+/** Sources tsconfig.json compiles whose dist/ output is missing or older than they are. */
+function staleOutputs(): string[] {
+  const tsconfig = JSON.parse(readFileSync(path.join(root, 'tsconfig.json'), 'utf8')) as { include: string[]; compilerOptions: { outDir: string } };
+  const folders = [...new Set(tsconfig.include.map((g) => g.split('/')[0]))];
+  const stale: string[] = [];
+  const walk = (rel: string) => {
+    for (const e of readdirSync(path.join(root, rel), { withFileTypes: true })) {
+      const file = path.join(rel, e.name);
+      if (e.isDirectory()) walk(file);
+      else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) {
+        const out = path.join(root, tsconfig.compilerOptions.outDir, file.replace(/\.ts$/, '.js'));
+        const built = statSync(out, { throwIfNoEntry: false });
+        if (!built || built.mtimeMs < statSync(path.join(root, file)).mtimeMs) stale.push(file);
+      }
+    }
+  };
+  for (const f of folders) walk(f);
+  return stale;
+}
+
+// `npm test` builds first; a bare `vitest run` after editing a source would otherwise run the old code.
+beforeAll(() => {
+  if (staleOutputs().length === 0) return;
+  const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+  execFileSync(process.execPath, [tsc, '-p', path.join(root, 'tsconfig.json')], { cwd: root, stdio: 'pipe' });
+  const still = staleOutputs();
+  if (still.length) throw new Error(`dist/ is older than its sources even after building: ${still.slice(0, 5).join(', ')}`);
+}, 180_000);
+
 describe('the built JavaScript (npm test builds it first)', () => {
+  it('is newer than every source it is built from', () => {
+    expect(staleOutputs()).toEqual([]);
+  });
+
+
   it('loads the Functions entry point and the local host under plain Node', async () => {
     const code = `await import(${JSON.stringify(path.join(root, 'dist/functions/index.js'))}); const s = await import(${JSON.stringify(path.join(root, 'dist/cli/host/serve.js'))}); process.stdout.write(typeof s.startServe);`;
     const { stdout } = await run(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, AzureWebJobsStorage: 'UseDevelopmentStorage=true' } });

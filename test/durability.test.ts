@@ -1,6 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import path from 'node:path';
 import { readdir, readFile } from 'node:fs/promises';
+import { readdirSync, statSync } from 'node:fs';
 import { fixturesDir } from './helpers/fixtures.js';
 import { localEnv, withTempDir } from './helpers/models.js';
 import { runCompute, runApply } from '../lib/ops/run.js';
@@ -12,9 +13,11 @@ import type { ExecEnv } from '../lib/ops/env.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 
-/** A resolver whose reads start failing after `okReads` reads: an I/O error in the middle of a run. */
-function failingEnv(okReads: number): ExecEnv {
-  let reads = 0;
+/**
+ * An input resolver whose reads fail once `failNow()` says so: an I/O error in the middle of a run.
+ * The moment is chosen by what the run has done (see below), not by a count of reads.
+ */
+function failingEnv(failNow: () => boolean): ExecEnv {
   return {
     resolve: (ref) => {
       const store = new LocalStore(ref);
@@ -24,7 +27,7 @@ function failingEnv(okReads: number): ExecEnv {
         const wrapped: ByteSource = {
           name: src.name,
           size: src.size,
-          read: (o, l, into) => (++reads > okReads ? Promise.reject(new Error('simulated I/O failure')) : src.read(o, l, into)),
+          read: (o, l, into) => (failNow() ? Promise.reject(new Error('simulated I/O failure')) : src.read(o, l, into)),
           close: () => src.close(),
         };
         return wrapped;
@@ -34,16 +37,58 @@ function failingEnv(okReads: number): ExecEnv {
   };
 }
 
+/** Files (with sizes) in a folder and its hidden staging folders, as they are right now. */
+function snapshot(dir: string): { file: string; bytes: number }[] {
+  const out: { file: string; bytes: number }[] = [];
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out.push({ file: path.relative(dir, p), bytes: statSync(p).size });
+    }
+  };
+  walk(dir);
+  return out;
+}
+
 describe('durability', () => {
   it('a failure mid-run leaves no output that looks complete, inputs intact, and a rerun succeeds', () =>
     withTempDir(async (tmp) => {
       const out = path.join(tmp, 'delta');
-      const before = await readFile(path.join(BF16, 'post/model-00001-of-00003.safetensors'));
+      const inputs = [...(await readdir(`${BF16}/base`)).map((f) => `base/${f}`), ...(await readdir(`${BF16}/post`)).map((f) => `post/${f}`)];
+      const before = await Promise.all(inputs.map((f) => readFile(path.join(BF16, f))));
+      // Fail the first read after the second shard has begun writing: output has started for sure.
+      let shardsStarted = 0;
+      let atFailure: { file: string; bytes: number }[] | null = null;
+      const failNow = () => {
+        if (shardsStarted < 2) return false;
+        atFailure ??= snapshot(tmp);
+        return true;
+      };
+      const output = async () => {
+        const target = await localOutput(out);
+        const create = target.store.createShard.bind(target.store);
+        target.store.createShard = async (...args) => {
+          const sink = await create(...args);
+          shardsStarted++;
+          return sink;
+        };
+        return target;
+      };
       await expect(
-        runCompute({ ...failingEnv(30), bufferBytes: 1 << 16 }, { base: `${BF16}/base`, post: `${BF16}/post`, shardSize: 100_000 }, () => localOutput(out)),
+        runCompute({ ...failingEnv(failNow), bufferBytes: 1 << 16 }, { base: `${BF16}/base`, post: `${BF16}/post`, shardSize: 100_000 }, output),
       ).rejects.toThrow(/simulated I\/O failure/);
+      // When the read failed, the first shard was in the staging folder, non-empty, and nothing marked the output complete.
+      expect(atFailure).not.toBeNull();
+      const staged = atFailure!.filter((f) => /^\.delta\.partial-[0-9a-f]+\/delta-00001-of-\d+\.safetensors$/.test(f.file));
+      expect(staged).toHaveLength(1);
+      expect(staged[0].bytes).toBeGreaterThan(0);
+      expect(atFailure!.some((f) => f.file.endsWith('delta.json') || f.file.endsWith('.index.json'))).toBe(false);
+      expect(atFailure!.some((f) => !f.file.startsWith('.delta.partial-'))).toBe(false);
+      // Afterwards: nothing at all, and every input byte as it was.
       expect(await readdir(tmp)).toEqual([]);
-      expect((await readFile(path.join(BF16, 'post/model-00001-of-00003.safetensors'))).equals(before)).toBe(true);
+      const after = await Promise.all(inputs.map((f) => readFile(path.join(BF16, f))));
+      inputs.forEach((f, i) => expect(after[i].equals(before[i]), f).toBe(true));
       await runCompute(localEnv, { base: `${BF16}/base`, post: `${BF16}/post`, shardSize: 100_000 }, () => localOutput(out));
       expect(await readdir(tmp)).toEqual(['delta']);
       expect(await readdir(out)).toContain('delta.json');

@@ -7,13 +7,22 @@ import { loadTensors, withTempDir } from './helpers/models.js';
 import { downloadFolder, uploadFolder } from './helpers/blob.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
 import { startServe, type ServeHandle } from '../cli/host/serve.js';
-import { historyEventNames } from '../cli/host/runtime.js';
+import { historyEventNames, type ActivityFn } from '../cli/host/runtime.js';
+import { InvocationContext, type EventGridEvent } from '@azure/functions';
+import { baseModelUploaded } from '../functions/triggers/baseModelUploaded.js';
 import { DELTA_LAYOUT } from '../lib/ops/manifest.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 let azurite: Azurite;
 let serve: ServeHandle;
 let service: BlobServiceClient;
+/** Every activity call, in order: a second run of the same id would show as a second plan. */
+const calls: { name: string; input: any }[] = [];
+const callsOf = (name: string, match: (input: any) => boolean) => calls.filter((c) => c.name === name && match(c.input));
+const recordCalls = (name: string, fn: ActivityFn): ActivityFn => (input, ctx) => {
+  calls.push({ name, input });
+  return fn(input, ctx);
+};
 
 async function api(method: string, route: string, body?: unknown): Promise<{ status: number; json: any }> {
   const res = await fetch(`${serve.url}/api/${route}`, {
@@ -67,7 +76,7 @@ async function expectModel(ref: string, expectedDir: string) {
 beforeAll(async () => {
   azurite = await startAzurite();
   service = BlobServiceClient.fromConnectionString(azurite.connectionString);
-  serve = await startServe({ port: 0, storage: azurite.connectionString, pollMs: 300, timerScale: 0.001, log: () => {} });
+  serve = await startServe({ port: 0, storage: azurite.connectionString, pollMs: 300, timerScale: 0.001, log: () => {}, wrapActivity: recordCalls });
   const models = service.getContainerClient('models');
   for (const m of ['base', 'post', 'post2', 'newbase']) await uploadFolder(models, `tiny/${m}`, path.join(BF16, m));
 });
@@ -89,7 +98,10 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
     const ra = await waitFor(a.json.id);
     expect(ra).toMatchObject({ status: 'Completed', error: null, progress: { phase: 'completed', shardsDone: 1, shardsTotal: 1 } });
     expect((await waitFor(b.json.id)).status).toBe('Completed');
-    expect((await serve.runtime.listInstances()).filter((i) => i.instanceId === a.json.id)).toHaveLength(1);
+    // The duplicate started no second run: one plan and one shard for that id, and one delta written.
+    expect(callsOf('planDelta', (i) => i.runId === a.json.id)).toHaveLength(1);
+    expect(callsOf('computeDeltaShard', (i) => i.runId === a.json.id)).toHaveLength(1);
+    expect(callsOf('finalizeDelta', (i) => i.output === 'deltas/chat')).toHaveLength(1);
     await expectDelta('deltas/chat', path.join(BF16, 'expected/delta-post'));
     await expectDelta('deltas/chat2', path.join(BF16, 'expected/delta-post2'));
 
@@ -113,7 +125,20 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
       posted: [{ delta: 'chat', output: 'posted-models/llama-next/chat' }],
       skipped: [{ name: 'chat2', reason: 'autoApply is off for this delta' }],
     });
-    expect((await serve.runtime.listInstances()).filter((i) => i.name === 'repostBase')).toHaveLength(1);
+    // One re-post for this upload, however many blob events the poller raised on the way; and Event Grid
+    // delivering the completing event again (it delivers at least once) starts nothing.
+    const once = () => {
+      expect(callsOf('findCompatibleDeltas', (i) => i.name === 'llama-next')).toHaveLength(1);
+      expect(callsOf('planModel', (i) => i.output === 'posted-models/llama-next/chat')).toHaveLength(1);
+    };
+    once();
+    const again = {
+      id: 'redelivered', topic: 'local', eventType: 'Microsoft.Storage.BlobCreated', eventTime: new Date().toISOString(), dataVersion: '1', data: {},
+      subject: '/blobServices/default/containers/base-models/blobs/llama-next/model.safetensors.index.json',
+    } as unknown as EventGridEvent;
+    await baseModelUploaded(again, new InvocationContext({ functionName: 'baseModelUploaded', invocationId: 'again', logHandler: () => {} }));
+    expect((await serve.runtime.getStatus(repost.instanceId))).toMatchObject({ runtimeStatus: 'Completed', createdTime: repost.createdTime });
+    once();
     await expectModel('posted-models/llama-next/chat', path.join(BF16, 'expected/apply-post-1.0'));
     const status = await api('GET', `runs/${encodeURIComponent(repost.instanceId)}`);
     expect(status.json.status).toBe('Completed');

@@ -64,7 +64,8 @@ async function expectRule(bytes: Uint8Array, rule: string, tensor?: string): Pro
   expect(e.tensor).toBe(tensor);
   expect(e.message).toContain('bad.safetensors');
   expect(e.message).toContain(`[rule: ${rule}]`);
-  if (tensor !== undefined) expect(e.message).toContain(`tensor "${tensor}"`);
+  // Names are quoted as JSON, so control characters in them are escaped.
+  if (tensor !== undefined) expect(e.message).toContain(`tensor ${JSON.stringify(tensor)}`);
   await expectCliRefuses(bytes, rule);
 }
 
@@ -222,6 +223,26 @@ describe('validation', () => {
     await expectRule(fileOf('{} {}'), 'header-json');
     // A byte-order mark is not JSON whitespace and must not be silently dropped.
     await expectRule(fileOf(new Uint8Array([0xef, 0xbb, 0xbf, 0x7b, 0x7d])), 'header-json');
+  });
+
+  // Found by fuzzing (bench/chaos/fuzz.ts): a shape nested 10,000 deep made the error message's
+  // JSON.stringify overflow the stack (a RangeError, so exit 3), and 6 MB of brackets took JSON.parse 2 s.
+  it('header-depth', async () => {
+    const deep = (d: number) => '['.repeat(d) + ']'.repeat(d);
+    await expectRule(fileOf(`{"t":{"dtype":"F32","shape":${deep(10_000)},"data_offsets":[0,0]}}`), 'header-depth');
+    await expectRule(fileOf(`{"t":${deep(3_000_000)}}`), 'header-depth');
+    await expectRule(fileOf(`{"__metadata__":{"a":${deep(65)}}}`), 'header-depth');
+    // 64 levels are still parsed (and rejected for what they are); brackets inside strings do not count.
+    await expectRule(fileOf(`{"t":{"dtype":"F32","shape":${deep(62)},"data_offsets":[0,0]}}`), 'shape', 't');
+    const h = await readHeader(src(fileOf(`{"__metadata__":{"a":"${'['.repeat(100)}\\\\\\"]"}}`)));
+    expect(h.metadata).toEqual({ a: `${'['.repeat(100)}\\"]` });
+  });
+
+  it('quotes at most a little of a long header value in its message', async () => {
+    const shape = Array.from({ length: 100_000 }, () => -1);
+    const err = await readHeader(src(fileOf(ok({ t: entry('U8', shape, [0, 0]) })))).catch((e: unknown) => e);
+    expect(err).toMatchObject({ rule: 'shape', tensor: 't' });
+    expect((err as Error).message.length).toBeLessThan(300);
   });
 
   it('header-not-object', async () => {

@@ -56,6 +56,15 @@ async function readJson(store: Store, file: string): Promise<unknown> {
   }
 }
 
+/** config.json, which must be an object (its fields identify the architecture). */
+async function readConfig(store: Store): Promise<Record<string, unknown>> {
+  const config = await readJson(store, 'config.json');
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) {
+    throw new InputError(`${store.ref}/config.json: must be a JSON object (the model's configuration)`);
+  }
+  return config as Record<string, unknown>;
+}
+
 /** Reads the shard list from an index, checking its shape. */
 async function readIndex(store: Store, indexFile: string): Promise<Map<string, string>> {
   const where = `${store.ref}/${indexFile}`;
@@ -141,7 +150,7 @@ export async function openCheckpoint(store: Store, layout: CheckpointLayout = MO
       }
     }
   }
-  const config = present.has('config.json') ? ((await readJson(store, 'config.json')) as Record<string, unknown>) : null;
+  const config = present.has('config.json') ? await readConfig(store) : null;
   return { store, files, tensors, byName, config, headers };
 }
 

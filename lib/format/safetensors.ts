@@ -3,6 +3,12 @@ import { type DType, isDType, dtypeSize } from './dtype.js';
 import type { ByteSource } from '../storage/types.js';
 
 export const MAX_HEADER_LENGTH = 100_000_000;
+/**
+ * A header nests three levels (the object, a tensor entry, its shape and offsets). Anything much deeper
+ * is refused before JSON.parse, whose time and memory per byte grow with nesting (a few megabytes of
+ * brackets took seconds), and so that no message built from a parsed value can recurse too deep.
+ */
+export const MAX_HEADER_DEPTH = 64;
 
 export class SafetensorsError extends Error {
   constructor(
@@ -11,7 +17,7 @@ export class SafetensorsError extends Error {
     detail: string,
     readonly tensor?: string,
   ) {
-    super(`${file}: ${tensor === undefined ? '' : `tensor "${tensor}": `}${detail} [rule: ${rule}]`);
+    super(`${file}: ${tensor === undefined ? '' : `tensor ${shown(tensor)}: `}${detail} [rule: ${rule}]`);
     this.name = 'SafetensorsError';
   }
 }
@@ -34,6 +40,29 @@ export interface SafetensorsHeader {
   /** Sorted by (begin, end), stably, so zero-size tensors at one offset keep their JSON order. */
   tensors: TensorInfo[];
   byName: Map<string, TensorInfo>;
+}
+
+/** A header value quoted in a message, cut short: values can be megabytes long. */
+function shown(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 120 ? `${s.slice(0, 120)}…` : s;
+}
+
+/**
+ * Whether brackets outside strings nest deeper than `max`. Runs before JSON.parse, so on any text;
+ * hand-written because JSON.parse has no depth limit.
+ */
+function nestsDeeperThan(t: string, max: number): boolean {
+  let depth = 0;
+  for (let i = 0; i < t.length; i++) {
+    const c = t.charCodeAt(i);
+    if (c === 0x22) {
+      for (i++; i < t.length && t.charCodeAt(i) !== 0x22; i++) if (t.charCodeAt(i) === 0x5c) i++;
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth > max) return true;
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return false;
 }
 
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
@@ -97,6 +126,7 @@ export function parseHeader(file: string, headerJson: Uint8Array, fileSize: numb
   } catch {
     fail('header-utf8', 'header is not valid UTF-8');
   }
+  if (nestsDeeperThan(text, MAX_HEADER_DEPTH)) fail('header-depth', `header JSON nests deeper than ${MAX_HEADER_DEPTH} levels`);
   let root: unknown;
   try {
     root = JSON.parse(text);
@@ -117,8 +147,8 @@ export function parseHeader(file: string, headerJson: Uint8Array, fileSize: numb
       metadata = Object.create(null) as Record<string, string>;
       const keys = objectKeys(text, at);
       for (const { key } of keys) {
-        if (typeof value[key] !== 'string') fail('metadata', `__metadata__ value for ${JSON.stringify(key)} is not a string`);
-        if (key in metadata) fail('metadata', `__metadata__ key ${JSON.stringify(key)} appears more than once`);
+        if (typeof value[key] !== 'string') fail('metadata', `__metadata__ value for ${shown(key)} is not a string`);
+        if (key in metadata) fail('metadata', `__metadata__ key ${shown(key)} appears more than once`);
         metadata[key] = value[key] as string;
       }
       continue;
@@ -131,13 +161,13 @@ export function parseHeader(file: string, headerJson: Uint8Array, fileSize: numb
     const keys = objectKeys(text, at).map((k) => k.key);
     const wanted = ['data_offsets', 'dtype', 'shape'];
     if (keys.length !== 3 || [...keys].sort().some((k, i) => k !== wanted[i])) {
-      fail('tensor-entry', `entry must have exactly dtype, shape and data_offsets, has ${JSON.stringify(keys)}`, name);
+      fail('tensor-entry', `entry must have exactly dtype, shape and data_offsets, has ${shown(keys)}`, name);
     }
     const { dtype, shape, data_offsets: offsets } = value;
-    if (typeof dtype !== 'string' || !isDType(dtype)) fail('dtype', `unknown dtype ${JSON.stringify(dtype)}`, name);
-    if (!Array.isArray(shape) || !shape.every(isCount)) fail('shape', `shape ${JSON.stringify(shape)} is not a list of non-negative integers`, name);
+    if (typeof dtype !== 'string' || !isDType(dtype)) fail('dtype', `unknown dtype ${shown(dtype)}`, name);
+    if (!Array.isArray(shape) || !shape.every(isCount)) fail('shape', `shape ${shown(shape)} is not a list of non-negative integers`, name);
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0] > offsets[1]) {
-      fail('data-offsets', `data_offsets ${JSON.stringify(offsets)} are not [begin, end] with 0 ≤ begin ≤ end`, name);
+      fail('data-offsets', `data_offsets ${shown(offsets)} are not [begin, end] with 0 ≤ begin ≤ end`, name);
     }
     const [begin, end] = offsets as [number, number];
     let expected = -1;
@@ -146,7 +176,7 @@ export function parseHeader(file: string, headerJson: Uint8Array, fileSize: numb
     } catch (e) {
       fail('byte-length', (e as Error).message, name);
     }
-    if (end - begin !== expected) fail('byte-length', `data_offsets span ${end - begin} bytes, shape [${shape}] ${dtype} needs ${expected}`, name);
+    if (end - begin !== expected) fail('byte-length', `data_offsets span ${end - begin} bytes, shape ${shown(shape)} ${dtype} needs ${expected}`, name);
     tensors.push({ name, dtype, shape, begin, end });
   }
 
