@@ -2,8 +2,9 @@
 // createKernels over a fixed-size memory whose arena the caller's buffers live in.
 import { dtypeSize, type FloatDType } from '../format/dtype.js';
 import { BumpArena, checkApply, checkSubtract, combine4 } from './common.js';
+import { referenceApply } from './reference.js';
 import type { DeltaInput, Kernels, SubtractStats } from './types.js';
-import { LAYOUT, STATS, applyName, kernelsWat, subtractName } from './wat.js';
+import { LAYOUT, STATS, applyName, hasFusedApply, kernelsWat, subtractName } from './wat.js';
 
 // The few WebAssembly JS API members used here (the project's TypeScript libs do not declare the namespace).
 interface WasmMemory {
@@ -17,7 +18,8 @@ interface WasmApi {
 const WA = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
 type SubtractFn = (pb: number, pp: number, po: number, n: number) => void;
-type ApplyFn = (pb: number, pd: number, po: number, s: number, sneg: number, n: number) => void;
+/** (pb, pd…, po, s…, sneg…, n) for one or two deltas. */
+type ApplyFn = (...args: number[]) => void;
 
 let compiled: Promise<object> | undefined;
 
@@ -99,7 +101,7 @@ class WasmKernels implements Kernels {
       // Blocks are multiples of 8 elements, so the i mod 4 partial sums line up as in one call.
       for (let j = 0; j < n; j += BLOCK) {
         const len = Math.min(BLOCK, n - j);
-        const o = po >= 0 ? po + j * osize : LAYOUT.stage + 2 * BLOCK * 8;
+        const o = po >= 0 ? po + j * osize : LAYOUT.stage + 3 * BLOCK * 8;
         fn(this.input(base, size, j, len, 0), this.input(post, size, j, len, 1), o, len);
         if (po < 0) out.set(this.u8.subarray(o, o + len * osize), j * osize);
       }
@@ -115,29 +117,42 @@ class WasmKernels implements Kernels {
 
   apply(baseDtype: FloatDType, base: Uint8Array, deltas: readonly DeltaInput[], n: number, outDtype: FloatDType, out: Uint8Array): void {
     checkApply(baseDtype, base, deltas, n, outDtype, out);
+    // The kernels take F16 deltas' scales 2^112 times larger (see wat.ts); scales that would overflow are absurd,
+    // and get the reference path rather than kernels of their own.
+    if (deltas.some((d) => d.dtype === 'F16' && Math.abs(d.scale) > 2 ** 900 && Math.abs(d.scale) < Infinity)) return referenceApply(baseDtype, base, deltas, n, outDtype, out);
     const bsize = dtypeSize(baseDtype);
     const osize = dtypeSize(outDtype);
     const ds = deltas.map((d) => ({ ...d, size: dtypeSize(d.dtype), sneg: signOf(d.scale) }));
     const po = this.offsetOf(out);
-    if (ds.length === 1) {
-      const d = ds[0];
-      const fn = this.exports[applyName(baseDtype, d.dtype, outDtype)] as ApplyFn;
+    const outAt = (j: number) => (po >= 0 ? po + j * osize : LAYOUT.stage + 3 * BLOCK * 8);
+    const dtypes = ds.map((d) => d.dtype);
+    if (hasFusedApply(baseDtype, dtypes, outDtype)) {
+      // One kernel call over everything, or block by block when an input or out must be staged.
+      const fn = this.exports[applyName(baseDtype, dtypes, outDtype)] as ApplyFn;
+      const scales = [...ds.map((d) => d.scale), ...ds.map((d) => d.sneg)];
       const pb = this.offsetOf(base);
-      const pd = this.offsetOf(d.data);
-      if (pb >= 0 && pd >= 0 && po >= 0) return fn(pb, pd, po, d.scale, d.sneg, n);
+      const pds = ds.map((d) => this.offsetOf(d.data));
+      if (pb >= 0 && po >= 0 && pds.every((p) => p >= 0)) return fn(pb, ...pds, po, ...scales, n);
+      for (let j = 0; j < n; j += BLOCK) {
+        const len = Math.min(BLOCK, n - j);
+        const o = outAt(j);
+        fn(this.input(base, bsize, j, len, 0), ...ds.map((d, k) => this.input(d.data, d.size, j, len, 1 + k)), o, ...scales, len);
+        if (po < 0) out.set(this.u8.subarray(o, o + len * osize), j * osize);
+      }
+      return;
     }
-    // Block by block: x goes base → (F64 scratch → …) → out, each step one kernel call; inputs from outside
-    // the instance's memory are staged per block.
+    // Block by block: x goes base → (F64 scratch → …) → out, one delta per kernel call; inputs from outside the
+    // instance's memory are staged per block.
     const last = ds.length - 1;
     for (let j = 0; j < n; j += BLOCK) {
       const len = Math.min(BLOCK, n - j);
-      const o = po >= 0 ? po + j * osize : LAYOUT.stage + 2 * BLOCK * 8;
+      const o = outAt(j);
       let x = this.input(base, bsize, j, len, 0);
       let xDtype = baseDtype;
       ds.forEach((d, k) => {
         const yDtype = k === last ? outDtype : 'F64';
         const y = k === last ? o : LAYOUT.scratch;
-        const fn = this.exports[applyName(xDtype, d.dtype, yDtype)] as ApplyFn;
+        const fn = this.exports[applyName(xDtype, [d.dtype], yDtype)] as ApplyFn;
         fn(x, this.input(d.data, d.size, j, len, 1), y, d.scale, d.sneg, len);
         x = y;
         xDtype = yDtype;
