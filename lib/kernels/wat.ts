@@ -56,12 +56,17 @@ class Func {
   private readonly decls = new Map<string, ValType>();
   private readonly init: string[] = [];
   readonly body: string[] = [];
+  /** Appended to the names of locals declared from now on: each unrolled group gets locals of its own. */
+  suffix = '';
   constructor(
     private readonly name: string,
     private readonly signature: string,
     private readonly exported: boolean,
   ) {}
   local(name: string, type: ValType): string {
+    return this.declare(name + this.suffix, type);
+  }
+  private declare(name: string, type: ValType): string {
     const prev = this.decls.get(name);
     if (prev !== undefined && prev !== type) throw new Error(`local ${name} redeclared`);
     this.decls.set(name, type);
@@ -73,7 +78,7 @@ class Func {
    */
   const(name: string, bytes: Uint8Array): string {
     if (!this.decls.has(name)) this.init.push(set(`$${name}`, `(v128.load offset=${poolOffset(name, bytes)} (i32.const 0))`));
-    return this.local(name, 'v128');
+    return this.declare(name, 'v128');
   }
   emit(...lines: string[]): void {
     this.body.push(...lines);
@@ -311,18 +316,19 @@ const high64 = (v: string) => `(i8x16.shuffle ${HIGH64} ${v} ${v})`;
  * Inf/NaN lanes into `spec` (their widened values are wrong; the caller hands those off); `prescaled` F16 values
  * come out 2^-112 times too small, for a caller that multiplies them by its own factor times 2^112.
  */
-function widenGroup(f: Func, fmt: FloatDType, ptr: string, tag: string, spec: string | undefined, prescaled = false): string[] {
+function widenGroup(f: Func, fmt: FloatDType, ptr: string, tag: string, spec: string | undefined, prescaled = false, g = 0): string[] {
   const pairs = [0, 1, 2, 3].map((k) => f.local(`${tag}${k}`, 'v128'));
+  const at = 8 * SIZE[fmt] * g; // the group's byte offset from ptr
   switch (fmt) {
     case 'F64':
-      pairs.forEach((p, k) => f.emit(set(p, `(v128.load offset=${16 * k} ${get(ptr)})`)));
+      pairs.forEach((p, k) => f.emit(set(p, `(v128.load offset=${at + 16 * k} ${get(ptr)})`)));
       break;
     case 'F32':
-      pairs.forEach((p, k) => f.emit(set(p, `(f64x2.promote_low_f32x4 (v128.load64_zero offset=${8 * k} ${get(ptr)}))`)));
+      pairs.forEach((p, k) => f.emit(set(p, `(f64x2.promote_low_f32x4 (v128.load64_zero offset=${at + 8 * k} ${get(ptr)}))`)));
       break;
     case 'BF16': {
       const raw = f.local(`${tag}_raw`, 'v128');
-      f.emit(set(raw, `(v128.load ${get(ptr)})`));
+      f.emit(set(raw, `(v128.load offset=${at} ${get(ptr)})`));
       for (const j of [0, 1]) {
         const u = f.local(`${tag}_u${j}`, 'v128');
         f.emit(set(u, toHighHalves(f, get(raw), j === 1)), set(pairs[2 * j], `(f64x2.promote_low_f32x4 ${get(u)})`), set(pairs[2 * j + 1], `(f64x2.promote_low_f32x4 ${high64(get(u))})`));
@@ -334,7 +340,7 @@ function widenGroup(f: Func, fmt: FloatDType, ptr: string, tag: string, spec: st
       // is scaled back by 2^112 in float64 (not in F32, where x86 takes a slow assist on subnormal operands), or not
       // at all when the caller folded 2^112 into its own factor. Exponent 31 (Inf/NaN) is flagged instead.
       const raw = f.local(`${tag}_raw`, 'v128');
-      f.emit(set(raw, `(v128.load ${get(ptr)})`));
+      f.emit(set(raw, `(v128.load offset=${at} ${get(ptr)})`));
       if (spec) f.emit(set(spec, op('v128.or', get(spec), op('i16x8.gt_s', op('v128.and', get(raw), get(f.const('H_ABS16', K.H_ABS16))), get(f.const('H_FINITE16', K.H_FINITE16))))));
       const up = (v: string) => (prescaled ? v : op('f64x2.mul', v, get(f.const('H_UP', K.H_UP))));
       for (const j of [0, 1]) {
@@ -507,36 +513,53 @@ function roundGroup(f: Func, fmt: FloatDType, xs: string[]): GroupRounding {
   };
 }
 
-function storeVectors(f: Func, ptr: string, vectors: string[]): void {
-  vectors.forEach((v, j) => f.emit(`(v128.store offset=${16 * j} ${get(ptr)} ${get(v)})`));
+function storeVectors(f: Func, ptr: string, vectors: string[], at = 0): void {
+  vectors.forEach((v, j) => f.emit(`(v128.store offset=${at + 16 * j} ${get(ptr)} ${get(v)})`));
+}
+
+/**
+ * Groups of 8 elements per iteration of a hot loop. Two halve the loop's overhead (stack check, pointers, the stop
+ * test); the fused two-delta applies keep one, since their three input streams already fill the 16 registers and
+ * unrolled they spill more than they save (measured).
+ */
+function unrollFor(kernel: 'subtract' | 'apply', deltas = 1): number {
+  return kernel === 'apply' && deltas === 2 ? 1 : 2;
 }
 
 /**
  * The hot loop of a kernel, as its own function without calls (so TurboFan keeps its accumulators in registers):
- * from group $i on, `body` handles elements [i, i+8) and returns a condition that stops the loop at that group
- * (after `body`, before `commit`). The function returns the index it stopped at: $n8 when done, else the group
- * its caller must finish by other means before calling again from i + 8.
+ * from element $i on, each iteration handles `unroll` groups of 8, `body(g)` emitting group g (with locals of its
+ * own) and returning a mask whose lanes stop the loop there (after every `body`, before any `commit`). The function
+ * returns the index it stopped at: $nspan when done, else the start of the 8·unroll elements its caller must finish
+ * by other means before calling again after them.
  */
-function hotLoop(f: Func, pointers: [string, string, number][], parts: { body: () => string; commit: () => void; save: () => void }): void {
+function hotLoop(f: Func, unroll: number, pointers: [string, string, number][], parts: { body: (g: number) => string | undefined; commit: (g: number) => void; save: () => void }): void {
+  const span = 8 * unroll;
   for (const [q, p, size] of pointers) f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
-  f.emit(`(block $stop (loop $group`, `(br_if $stop (i32.ge_u (local.get $i) (local.get $n8)))`);
-  const cond = parts.body();
-  f.emit(`(br_if $stop ${cond})`);
-  parts.commit();
-  for (const [q, , size] of pointers) f.emit(set(q, `(i32.add ${get(q)} (i32.const ${8 * size}))`));
-  f.emit(`(local.set $i (i32.add (local.get $i) (i32.const 8)))`, `(br $group)))`);
+  f.emit(`(block $stop (loop $group`, `(br_if $stop (i32.ge_u (local.get $i) (local.get $nspan)))`);
+  const conds: string[] = [];
+  for (let g = 0; g < unroll; g++) {
+    f.suffix = `.g${g}`;
+    const cond = parts.body(g);
+    if (cond) conds.push(cond);
+  }
+  f.suffix = '';
+  if (conds.length) f.emit(`(br_if $stop (v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))}))`);
+  for (let g = 0; g < unroll; g++) parts.commit(g);
+  for (const [q, , size] of pointers) f.emit(set(q, `(i32.add ${get(q)} (i32.const ${span * size}))`));
+  f.emit(`(local.set $i (i32.add (local.get $i) (i32.const ${span})))`, `(br $group)))`);
   parts.save();
   f.emit(`(local.get $i)`);
 }
 
-/** Calls `hot` until it reaches $n8, handing each group it stops at to `rare`. */
-function driveLoop(f: Func, hot: string, rare: string): void {
+/** Calls `hot` until it reaches $nspan, handing the `span` elements at each index it stops at to `rare`. */
+function driveLoop(f: Func, span: number, hot: string, rare: string): void {
   f.emit(
     `(block $done (loop $more`,
     `  (local.set $i ${hot})`,
-    `  (br_if $done (i32.ge_u (local.get $i) (local.get $n8)))`,
+    `  (br_if $done (i32.ge_u (local.get $i) (local.get $nspan)))`,
     `  ${rare}`,
-    `  (local.set $i (i32.add (local.get $i) (i32.const 8)))`,
+    `  (local.set $i (i32.add (local.get $i) (i32.const ${span})))`,
     `  (br $more)))`,
   );
 }
@@ -577,20 +600,20 @@ const half = (v: string, k: number) => `(f64x2.promote_low_f32x4 ${k % 2 ? high6
 
 function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
   const { name, pr, count, pTest } = subtractPlan(x, y, probe);
-  const f = new Func(`${name}_hot`, `${SUB_PARAMS} (param $i i32) (param $n8 i32) (result i32)`, false);
+  const f = new Func(`${name}_hot`, `${SUB_PARAMS} (param $i i32) (param $nspan i32) (result i32)`, false);
   const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
   const cntP = pr !== undefined ? f.local('cntP', 'v128') : undefined;
   const cnt32 = pTest === 'packed' ? f.local('cnt32', 'v128') : undefined;
   const cntR = count === 'inline' ? f.local('cntR', 'v128') : undefined;
   const mx = count === 'inline' ? f.local('mx', 'v128') : undefined;
-  const bad = count === 'bits' ? f.local('bad', 'v128') : undefined;
   const spec = x === 'F16' || y === 'BF16' || y === 'F16' ? f.local('spec', 'v128') : undefined;
   // Partial sums by i mod 4: pairs 0 and 2 of a group feed sq[0] (slots 0, 1), pairs 1 and 3 feed sq[1].
   const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
   const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
   const zero = get(f.const('ZERO', K.ZERO));
   const low = (t: 'BF16' | 'F16' | 'F32') => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t])));
-  const tooBig = (d: string) => op('f64x2.ge', op('f64x2.abs', get(d)), get(f.const('F16_HI', f64x2(GRID.F16.vhi))));
+  const abs = (v: string) => op('v128.and', v, get(f.const('ABS', K.ABS)));
+  const tooBig = (d: string) => op('f64x2.ge', abs(get(d)), get(f.const('F16_HI', f64x2(GRID.F16.vhi))));
   const state: [string | undefined, number][] = [
     [sq[0], WORK.sq],
     [sq[1], WORK.sq + 16],
@@ -606,13 +629,14 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
 
   hotLoop(
     f,
+    unrollFor('subtract'),
     [
       [qb, '$pb', SIZE[x]],
       [qp, '$pp', SIZE[x]],
       [qo, '$po', SIZE[y]],
     ],
     {
-      body: () => {
+      body: (g) => {
         // F32 out from BF16/F32 in: subtract 4 lanes in F32. That is the float64 delta rounded to F32: F32
         // subtraction rounds the exact difference correctly, and rounding it to float64 first changes nothing
         // (53 ≥ 2·24 + 2 bits, so double rounding is innocuous for F32 operands).
@@ -620,7 +644,8 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
         const quads = inF32
           ? [0, 1].map((j) => {
               const [b, p, o] = ['bq', 'pq', 'oq'].map((n) => f.local(`${n}${j}`, 'v128'));
-              const quad = (ptr: string) => (x === 'F32' ? `(v128.load offset=${16 * j} ${get(ptr)})` : toHighHalves(f, `(v128.load64_zero offset=${8 * j} ${get(ptr)})`, false));
+              const at = 8 * SIZE[x] * g;
+              const quad = (ptr: string) => (x === 'F32' ? `(v128.load offset=${at + 16 * j} ${get(ptr)})` : toHighHalves(f, `(v128.load64_zero offset=${at + 8 * j} ${get(ptr)})`, false));
               f.emit(set(b, quad(qb)), set(p, quad(qp)), set(o, op('f32x4.sub', get(p), get(b))));
               return { b, p, o };
             })
@@ -632,9 +657,10 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
           ps = [0, 1, 2, 3].map((k) => f.local(`p${k}`, 'v128'));
           for (let k = 0; k < 4; k++) f.emit(set(bs[k], half(quads[k >> 1].b, k)), set(ps[k], half(quads[k >> 1].p, k)));
         } else {
-          bs = widenGroup(f, x, qb, 'b', x === 'F16' ? spec : undefined);
-          ps = widenGroup(f, x, qp, 'p', x === 'F16' ? spec : undefined);
+          bs = widenGroup(f, x, qb, 'b', x === 'F16' ? spec : undefined, false, g);
+          ps = widenGroup(f, x, qp, 'p', x === 'F16' ? spec : undefined, false, g);
         }
+        const bad = count === 'bits' ? f.local('bad', 'v128') : undefined;
         const ds: string[] = [];
         for (let k = 0; k < 4; k++) {
           const d = f.local(`d${k}`, 'v128');
@@ -664,7 +690,7 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
           // Overflowing lanes of a 16-bit output (NaN and Inf deltas too) send the whole call to the scalar redo.
           if (spec && (y === 'BF16' || y === 'F16')) f.emit(set(spec, op('v128.or', get(spec), r.special())));
         }
-        storeVectors(f, qo, vectors);
+        storeVectors(f, qo, vectors, 8 * SIZE[y] * g);
         if (cnt32) for (const v of vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), low16Zero(f, v))));
         if (cntR && mx) {
           // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
@@ -674,12 +700,12 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
               set(w, stored),
               set(v, exact),
               set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
-              set(mx, op('f64x2.pmax', get(mx), op('f64x2.abs', op('f64x2.sub', get(w), get(v))))),
+              set(mx, op('f64x2.pmax', get(mx), abs(op('f64x2.sub', get(w), get(v))))),
             );
           });
         }
         // Low bits of any delta (and distributes over or): a lane the F32 store rounded.
-        return bad ? `(v128.any_true ${op('v128.and', get(bad), low('F32'))})` : '(i32.const 0)';
+        return bad ? op('v128.and', get(bad), low('F32')) : undefined;
       },
       commit: () => {},
       save: () => {
@@ -724,7 +750,7 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     f.emit(
       set(w, r.value()),
       set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(d)))),
-      set(mx, op('f64x2.pmax', get(mx), op('f64x2.abs', op('f64x2.sub', get(w), get(d))))),
+      set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(d)), get(f.const('ABS', K.ABS))))),
     );
   }
   if (pTest === 'packed' && pr !== undefined) {
@@ -740,20 +766,23 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
 function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
   const { name, pr, count, guard } = subtractPlan(x, y, probe);
   const f = new Func(name, `${SUB_PARAMS} (param $n i32)`, true);
+  const unroll = unrollFor('subtract');
   f.local('i', 'i32');
-  f.local('n8', 'i32');
+  f.local('nspan', 'i32');
   const zero = get(f.const('ZERO', K.ZERO));
   f.emit(
-    set('$n8', '(i32.and (local.get $n) (i32.const -8))'),
+    set('$nspan', `(i32.and (local.get $n) (i32.const ${-8 * unroll}))`),
     ...[0, 16, 32, 48].map((o) => store(WORK.sq + o, load(STATS.sqD + o))),
     ...[WORK.cntR, WORK.cntP, WORK.cnt32, WORK.mx, WORK.spec].map((at) => store(at, zero)),
   );
-  const args = '(local.get $pb) (local.get $pp) (local.get $po) (local.get $i)';
-  driveLoop(f, `(call $${name}_hot ${args} (local.get $n8))`, count === 'bits' ? `(call $${name}_rare ${args})` : '');
+  const args = '(local.get $pb) (local.get $pp) (local.get $po)';
+  const rare = Array.from({ length: unroll }, (_, g) => `(call $${name}_rare ${args} (i32.add (local.get $i) (i32.const ${8 * g})))`).join(' ');
+  driveLoop(f, 8 * unroll, `(call $${name}_hot ${args} (local.get $i) (local.get $nspan))`, count === 'bits' ? rare : '');
 
   // Redo the whole call in scalar, from the stats as they were, if Σd² went NaN or Inf (a NaN or Inf delta, whose
   // square was not masked; also a genuine overflow, which the redo reproduces), if it reached the guard, if an F16
-  // input was Inf/NaN, or if a delta overflows a 16-bit output. A non-finite base always makes a non-finite delta, so Σbase² needs no test of its own.
+  // input was Inf/NaN, or if a delta overflows a 16-bit output. A non-finite base always makes a non-finite delta,
+  // so Σbase² needs no test of its own.
   const t = get(f.const(guard === Infinity ? 'INF' : 'GUARD', f64x2(guard)));
   const redo = [load(WORK.sq), load(WORK.sq + 16)].map((v) => op('v128.not', op('f64x2.lt', v, t)));
   if (x === 'F16' || y === 'BF16' || y === 'F16') redo.push(load(WORK.spec));
@@ -766,9 +795,9 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     ...[0, 16, 32, 48].map((o) => store(STATS.sqD + o, load(WORK.sq + o))),
     addI64(STATS.rounded, lanesum(WORK.cntR)),
     // cntP and cnt32 counted the exact lanes.
-    ...(pr === undefined ? [] : [addI64(STATS.misses, `(i64.sub (i64.extend_i32_u (local.get $n8)) ${exact})`)]),
+    ...(pr === undefined ? [] : [addI64(STATS.misses, `(i64.sub (i64.extend_i32_u (local.get $nspan)) ${exact})`)]),
     `(f64.store offset=${STATS.maxError} (i32.const 0) (f64.max (f64.load offset=${STATS.maxError} (i32.const 0)) (f64.max (f64.load offset=${WORK.mx} (i32.const 0)) (f64.load offset=${WORK.mx + 8} (i32.const 0)))))`,
-    `(call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (local.get $n8) (local.get $n))`,
+    `(call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (local.get $nspan) (local.get $n))`,
   );
   return f;
 }
@@ -778,33 +807,33 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
 // deltas are fused in one loop; more chain through F64 scratch (see wasm.ts).
 
 function applyHot(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Func {
-  const f = new Func(`${applyName(x, dts, y)}_hot`, applyParams(dts, '(param $i i32) (param $n8 i32) (result i32)'), false);
+  const f = new Func(`${applyName(x, dts, y)}_hot`, applyParams(dts, '(param $i i32) (param $nspan i32) (result i32)'), false);
   const qb = f.local('qb', 'i32');
   const qo = f.local('qo', 'i32');
   const qd = dts.map((_, j) => f.local(`qd${j}`, 'i32'));
   const sv = dts.map((_, j) => f.local(`sv${j}`, 'v128'));
-  const spec = x === 'F16' || dts.includes('F16') ? f.local('spec', 'v128') : undefined;
+  const hasF16 = x === 'F16' || dts.includes('F16');
   // F16 deltas come widened 2^-112 too small (see widenGroup), so their scale is taken 2^112 times larger: the same
   // real product, so the same rounded one. (wasm.ts keeps scales that this would overflow off these kernels.)
   dts.forEach((dt, j) => f.emit(set(sv[j], `(f64x2.splat ${dt === 'F16' ? `(f64.mul (local.get $s${j}) (f64.const 0x1p112))` : `(local.get $s${j})`})`)));
-  let vectors: string[] = [];
-  hotLoop(f, [[qb, '$pb', SIZE[x]], ...dts.map((dt, j): [string, string, number] => [qd[j], `$pd${j}`, SIZE[dt]]), [qo, '$po', SIZE[y]]], {
-    body: () => {
+  const vectors: string[][] = [];
+  hotLoop(f, unrollFor('apply', dts.length), [[qb, '$pb', SIZE[x]], ...dts.map((dt, j): [string, string, number] => [qd[j], `$pd${j}`, SIZE[dt]]), [qo, '$po', SIZE[y]]], {
+    body: (g) => {
+      const spec = hasF16 ? f.local('spec', 'v128') : undefined;
       if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
-      const xs = widenGroup(f, x, qb, 'x', spec);
+      const xs = widenGroup(f, x, qb, 'x', spec, false, g);
       dts.forEach((dt, j) => {
-        const ds = widenGroup(f, dt, qd[j], `d${j}_`, spec, true);
+        const ds = widenGroup(f, dt, qd[j], `d${j}_`, spec, true, g);
         xs.forEach((v, k) => f.emit(set(v, op('f64x2.add', get(v), op('f64x2.mul', get(ds[k]), get(sv[j]))))));
       });
       const r = roundGroup(f, y, xs);
-      vectors = r.vectors;
-      // NaN results (and, for 16-bit outputs, overflowing ones) and F16 Inf/NaN inputs stop the loop before this
-      // group's stores: the caller runs the scalar code on the group, which also gives NaNs their sign explicitly
-      // (so out may alias base).
-      const conds = [r.special(), ...(spec ? [get(spec)] : [])];
-      return `(v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))})`;
+      vectors[g] = r.vectors;
+      // NaN results (and, for 16-bit outputs, overflowing ones) and F16 Inf/NaN inputs stop the loop before the
+      // stores: the caller runs the scalar code on these elements, which also gives NaNs their sign explicitly (so
+      // out may alias base).
+      return spec ? op('v128.or', r.special(), get(spec)) : r.special();
     },
-    commit: () => storeVectors(f, qo, vectors),
+    commit: (g) => storeVectors(f, qo, vectors[g], 8 * SIZE[y] * g),
     save: () => {},
   });
   return f;
@@ -813,12 +842,13 @@ function applyHot(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Fun
 function simdApply(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Func {
   const name = applyName(x, dts, y);
   const f = new Func(name, applyParams(dts, `${snegParams(dts)} (param $n i32)`), true);
+  const span = 8 * unrollFor('apply', dts.length);
   f.local('i', 'i32');
-  f.local('n8', 'i32');
-  f.emit(set('$n8', '(i32.and (local.get $n) (i32.const -8))'));
+  f.local('nspan', 'i32');
+  f.emit(set('$nspan', `(i32.and (local.get $n) (i32.const ${-span}))`));
   const args = applyArgs(dts);
-  driveLoop(f, `(call $${name}_hot ${args} (local.get $i) (local.get $n8))`, `(call $${name}_s ${args} ${snegArgs(dts)} (local.get $i) (i32.add (local.get $i) (i32.const 8)))`);
-  f.emit(`(call $${name}_s ${args} ${snegArgs(dts)} (local.get $n8) (local.get $n))`);
+  driveLoop(f, span, `(call $${name}_hot ${args} (local.get $i) (local.get $nspan))`, `(call $${name}_s ${args} ${snegArgs(dts)} (local.get $i) (i32.add (local.get $i) (i32.const ${span})))`);
+  f.emit(`(call $${name}_s ${args} ${snegArgs(dts)} (local.get $nspan) (local.get $n))`);
   return f;
 }
 
