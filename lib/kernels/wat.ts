@@ -80,6 +80,10 @@ class Func {
     if (!this.decls.has(name)) this.init.push(set(`$${name}`, `(v128.load offset=${poolOffset(name, bytes)} (i32.const 0))`));
     return this.declare(name, 'v128');
   }
+  /** A v128 constant read from the pool where it is used: for constants a loop needs rarely, so none pins a register. */
+  constAt(name: string, bytes: Uint8Array): string {
+    return `(v128.load offset=${poolOffset(name, bytes)} (i32.const 0))`;
+  }
   emit(...lines: string[]): void {
     this.body.push(...lines);
   }
@@ -305,7 +309,7 @@ function scalarApply(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): 
  * with zero, which V8 emits as one punpcklwd/punpckhwd (other byte patterns cost two pshufb and an or).
  */
 const toHighHalves = (f: Func, v: string, high: boolean) =>
-  `(i8x16.shuffle ${high ? '8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31' : '0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23'} ${get(f.const('ZERO', K.ZERO))} ${v})`;
+  `(i8x16.shuffle ${high ? '8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31' : '0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23'} ${ZERO} ${v})`;
 /** The high 64 bits of a vector, in its low half (one pshufd). */
 const HIGH64 = '8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15';
 const high64 = (v: string) => `(i8x16.shuffle ${HIGH64} ${v} ${v})`;
@@ -407,6 +411,9 @@ function valueIn(f: Func, fmt: FloatDType, d: string, tag: string): string {
   return roundExact(f, fmt, d, tag).value();
 }
 
+/** Zero, written in place: V8 emits it as one xor of a register with itself, so it pins no register. */
+const ZERO = '(v128.const i64x2 0 0)';
+
 const lo64 = (a: string, b: string) => `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 ${get(a)} ${get(b)})`;
 
 /** Packs 4 pairs of exactly rounded lanes (from roundExact): the F32 patterns (2 vectors; none for F64) and the vectors to store. */
@@ -477,7 +484,7 @@ function round16(f: Func, fmt: 'BF16' | 'F16', xs: string[]): GroupRounding {
   const dwords = (a: string, b: string, odd: boolean) => (odd ? `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})` : `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(a)} ${get(b)})`);
   const h = [0, 1].map((j) => {
     const bits = f.local(`rh${j}`, 'v128');
-    f.emit(set(bits, op('v128.or', dwords(ss[2 * j], ss[2 * j + 1], false), op('v128.and', `(i32x4.shr_u ${dwords(xs[2 * j], xs[2 * j + 1], true)} (i32.const 16))`, c('H_SGN', K.H_SGN)))));
+    f.emit(set(bits, op('v128.or', dwords(ss[2 * j], ss[2 * j + 1], false), op('v128.and', `(i32x4.shr_u ${dwords(xs[2 * j], xs[2 * j + 1], true)} (i32.const 16))`, f.constAt('H_SGN', K.H_SGN)))));
     return bits;
   });
   const w = f.local('rw', 'v128');
@@ -486,7 +493,7 @@ function round16(f: Func, fmt: 'BF16' | 'F16', xs: string[]): GroupRounding {
     vectors: [w],
     // |x| ≥ over (NaN included) iff the high dword of |x|'s bits is ≥ over's (whose low dword is 0): one signed
     // 64-bit compare of the lanewise i32 max, whose high dwords are the largest high dword and dominate.
-    special: () => op('i64x2.gt_s', [op('i32x4.max_s', get(ts[0]), get(ts[1])), op('i32x4.max_s', get(ts[2]), get(ts[3]))].reduce((a, b) => op('i32x4.max_s', a, b)), c(`${fmt}_OVER`, i64x2(overHigh(over)))),
+    special: () => op('i64x2.gt_s', [op('i32x4.max_s', get(ts[0]), get(ts[1])), op('i32x4.max_s', get(ts[2]), get(ts[3]))].reduce((a, b) => op('i32x4.max_s', a, b)), f.constAt(`${fmt}_OVER`, i64x2(overHigh(over)))),
     compare: () => xs.map((_, k) => [op('f64x2.sub', get(ss[k]), get(ms[k])), get(ts[k])] as [string, string]),
   };
 }
@@ -559,6 +566,7 @@ function driveLoop(f: Func, span: number, hot: string, rare: string): void {
     `  (local.set $i ${hot})`,
     `  (br_if $done (i32.ge_u (local.get $i) (local.get $nspan)))`,
     `  ${rare}`,
+    `  (br_if $done (i32.ge_u (local.get $i) (local.get $nspan)))`,
     `  (local.set $i (i32.add (local.get $i) (i32.const ${span})))`,
     `  (br $more)))`,
   );
@@ -573,7 +581,7 @@ const store = (at: number, v: string) => `(v128.store offset=${at} (i32.const 0)
 /** Mantissa bits below a format's precision (see subtractPlan). */
 const LOW_BITS: Record<'BF16' | 'F16' | 'F32', bigint> = { BF16: (1n << 45n) - 1n, F16: (1n << 42n) - 1n, F32: (1n << 29n) - 1n };
 
-/** What the three functions of one subtract kernel share. */
+/** What the functions of one subtract kernel share. */
 function subtractPlan(x: FloatDType, y: FloatDType, probe: FloatDType | undefined) {
   const pr = probe === 'F64' ? undefined : probe;
   // Exactness tests. With BF16/F16 inputs every delta lies on the 2^-133 grid (F16: on the 2^-24 grid, below
@@ -581,36 +589,44 @@ function subtractPlan(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   // also needs |d| < 2^128, which the scalar redo guarantees by firing whenever a Σd² slot reaches 2^256. With F16
   // inputs, exactness in F16 is the same test plus |d| < 2^16.
   const bitsTest = (t: FloatDType) => ((x === 'BF16' || x === 'F16') && (t === 'BF16' || t === 'F32')) || (x === 'F16' && t === 'F16');
-  // Rounded lanes (count and max error) are counted inline, lane by lane, except for F32 out from 16-bit inputs:
-  // there rounding is rare (a delta spanning more than 24 bits) and a bit test finds it, so only the groups with
-  // a rounded lane go to the rare function.
-  const count: 'none' | 'bits' | 'inline' = y === 'F64' ? 'none' : y === 'F32' && bitsTest('F32') ? 'bits' : 'inline';
-  // The main case (F32 out, BF16 probe) counts the probe on the stored F32 patterns, 4 lanes at a time: a delta
-  // exact in F32 is exact in BF16 iff its low 16 bits are 0. Groups with an F32-inexact lane take the rare path,
-  // which swaps that count for an exact one.
-  const pTest = pr === undefined ? undefined : count === 'bits' && pr === 'BF16' ? 'packed' : bitsTest(pr) ? 'bits' : 'full';
+  // How rounded lanes (count and max error) are found. 'inline': lane by lane in the hot loop. 'bits': where the
+  // inputs' grid makes exactness a bit test, the hot loop only tests (and stores what is right for exact lanes),
+  // and hands each group with a rounded lane to the rare function, which rounds it exactly and counts. That wins
+  // where rounding is rare (F32 out from 16-bit inputs; compute's redo to the model dtype, which it does only
+  // when every delta fits); a call that keeps handing groups over finishes with an 'inline' loop instead.
+  const count: 'none' | 'bits' | 'inline' = y === 'F64' ? 'none' : bitsTest(y) ? 'bits' : 'inline';
+  // Probe tests for each hot loop. The main case (F32 out, BF16 probe) counts the probe on the stored F32 patterns,
+  // 4 lanes at a time: a delta exact in F32 is exact in BF16 iff its low 16 bits are 0. Groups with an F32-inexact
+  // lane take the rare path, which swaps that count for an exact one.
+  const probeTest = (variant: 'bits' | 'inline' | 'none') =>
+    pr === undefined ? undefined : variant === 'bits' && y === 'F32' && pr === 'BF16' ? 'packed' : bitsTest(pr) ? 'bits' : 'full';
+  const pTest = probeTest(count);
   const guard = x === 'BF16' && (count === 'bits' || pTest === 'bits' || pTest === 'packed') ? pow2(256) : Infinity;
-  return { name: subtractName(x, y, probe), pr, count, pTest, guard };
+  return { name: subtractName(x, y, probe), pr, count, probeTest, pTest, guard };
 }
+
+/** Rare hand-offs a 'bits' subtract call takes before it finishes with its 'inline' loop. */
+const FALLBACK_AFTER = 16;
 
 const SUB_PARAMS = '(param $pb i32) (param $pp i32) (param $po i32)';
 
 /** Widens pair k of two F32 quads' halves (k odd: the high half). */
 const half = (v: string, k: number) => `(f64x2.promote_low_f32x4 ${k % 2 ? high64(get(v)) : get(v)})`;
 
-function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
-  const { name, pr, count, pTest } = subtractPlan(x, y, probe);
-  const f = new Func(`${name}_hot`, `${SUB_PARAMS} (param $i i32) (param $nspan i32) (result i32)`, false);
+function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined, count: 'none' | 'bits' | 'inline'): Func {
+  const { name, pr, probeTest } = subtractPlan(x, y, probe);
+  const pTest = probeTest(count);
+  const f = new Func(`${name}_${count === 'bits' ? 'test' : 'hot'}`, `${SUB_PARAMS} (param $i i32) (param $nspan i32) (result i32)`, false);
   const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
   const cntP = pr !== undefined ? f.local('cntP', 'v128') : undefined;
   const cnt32 = pTest === 'packed' ? f.local('cnt32', 'v128') : undefined;
   const cntR = count === 'inline' ? f.local('cntR', 'v128') : undefined;
   const mx = count === 'inline' ? f.local('mx', 'v128') : undefined;
-  const spec = x === 'F16' || y === 'BF16' || y === 'F16' ? f.local('spec', 'v128') : undefined;
+  const spec = x === 'F16' || (count === 'inline' && (y === 'BF16' || y === 'F16')) ? f.local('spec', 'v128') : undefined;
   // Partial sums by i mod 4: pairs 0 and 2 of a group feed sq[0] (slots 0, 1), pairs 1 and 3 feed sq[1].
   const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
   const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
-  const zero = get(f.const('ZERO', K.ZERO));
+  const zero = ZERO;
   const low = (t: 'BF16' | 'F16' | 'F32') => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t])));
   const abs = (v: string) => op('v128.and', v, get(f.const('ABS', K.ABS)));
   const tooBig = (d: string) => op('f64x2.ge', abs(get(d)), get(f.const('F16_HI', f64x2(GRID.F16.vhi))));
@@ -680,9 +696,22 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
         }
         let vectors: string[];
         let compare: () => [string, string][];
+        let big: string | undefined;
         if (inF32) {
           vectors = quads.map((q) => q.o);
           compare = () => [0, 1, 2, 3].map((k) => [half(quads[k >> 1].o, k), get(ds[k])]);
+        } else if (count === 'bits' && (y === 'BF16' || y === 'F16')) {
+          // Exact lanes are exact in F32 too (F16 scaled by 2^-112), so their 16-bit patterns come from a plain demote.
+          const lanes = ds.map((d, k) => {
+            const l = f.local(`f${k}`, 'v128');
+            f.emit(set(l, `(f32x4.demote_f64x2_zero ${y === 'F16' ? op('f64x2.mul', get(d), get(f.const('H_DOWN', K.H_DOWN))) : get(d)})`));
+            return l;
+          });
+          const packed = packExact(f, y, lanes, 'x');
+          vectors = packed.vectors;
+          compare = () => [];
+          // |d| ≥ 2^16 overflows F16 however few its bits: its scaled F32 pattern is ≥ 2^-96's.
+          if (y === 'F16') big = packed.f32.map((v) => op('i32x4.gt_s', op('v128.and', get(v), get(f.const('ABS32', i32x4(0x7fffffff)))), get(f.const('F16_BIG32', i32x4(0x0f7fffff))))).reduce((a, b) => op('v128.or', a, b));
         } else {
           const r = roundGroup(f, y, ds);
           vectors = r.vectors;
@@ -704,8 +733,10 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
             );
           });
         }
-        // Low bits of any delta (and distributes over or): a lane the F32 store rounded.
-        return bad ? op('v128.and', get(bad), low('F32')) : undefined;
+        // Low bits of any delta (and distributes over or): a lane the store rounded (for F16, also one it overflowed).
+        if (!bad) return undefined;
+        const lowBits = op('v128.and', get(bad), low(y as 'BF16' | 'F16' | 'F32'));
+        return big ? op('v128.or', lowBits, big) : lowBits;
       },
       commit: () => {},
       save: () => {
@@ -716,48 +747,58 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
   return f;
 }
 
-const low16Zero = (f: Func, v: string) => op('i32x4.eq', op('v128.and', get(v), get(f.const('LOW16', i32x4(0xffff)))), get(f.const('ZERO', K.ZERO)));
+const low16Zero = (f: Func, v: string) => op('i32x4.eq', op('v128.and', get(v), get(f.const('LOW16', i32x4(0xffff)))), ZERO);
 
-/** The group at $i has a lane the F32 store rounded (count 'bits'): count the rounded lanes, and the probe exactly. */
+/**
+ * The group at $i has a rounded lane (count 'bits'): count the rounded lanes, and the probe exactly; for a 16-bit
+ * output, also store the group rounded exactly (the test loop stored plain demotes, right only for exact lanes).
+ */
 function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
   const { name, pr, pTest } = subtractPlan(x, y, probe);
   const f = new Func(`${name}_rare`, `${SUB_PARAMS} (param $i i32)`, false);
-  const [qb, qp] = ['qb', 'qp'].map((n) => f.local(n, 'i32'));
-  const [cntR, cntP, cnt32, mx] = ['cntR', 'cntP', 'cnt32', 'mx'].map((n) => f.local(n, 'v128'));
+  const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
+  const [cntR, cntP, cnt32, mx, spec] = ['cntR', 'cntP', 'cnt32', 'mx', 'spec'].map((n) => f.local(n, 'v128'));
   const state: [string, number][] = [
     [cntR, WORK.cntR],
     [cntP, WORK.cntP],
     [cnt32, WORK.cnt32],
     [mx, WORK.mx],
+    [spec, WORK.spec],
   ];
   for (const [l, at] of state) f.emit(set(l, load(at)));
-  for (const [q, p] of [
-    [qb, '$pb'],
-    [qp, '$pp'],
+  for (const [q, p, size] of [
+    [qb, '$pb', SIZE[x]],
+    [qp, '$pp', SIZE[x]],
+    [qo, '$po', SIZE[y]],
   ] as const)
-    f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${SIZE[x]})))`));
+    f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
   const bs = widenGroup(f, x, qb, 'b', undefined);
   const ps = widenGroup(f, x, qp, 'p', undefined);
-  const ds: string[] = [];
-  const lanes: string[] = [];
-  for (let k = 0; k < 4; k++) {
-    const [d, w] = ['d', 'w'].map((n) => f.local(`${n}${k}`, 'v128'));
-    ds.push(d);
-    f.emit(set(d, op('f64x2.sub', get(ps[k]), get(bs[k]))));
-    const r = roundExact(f, y, d, `${k}`);
-    lanes.push(r.lanes);
-    // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
-    f.emit(
-      set(w, r.value()),
-      set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(d)))),
-      set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(d)), get(f.const('ABS', K.ABS))))),
-    );
+  const ds = bs.map((b, k) => {
+    const d = f.local(`d${k}`, 'v128');
+    f.emit(set(d, op('f64x2.sub', get(ps[k]), get(b))));
+    return d;
+  });
+  const r = roundGroup(f, y, ds);
+  if (y !== 'F32') {
+    storeVectors(f, qo, r.vectors);
+    // Overflowing lanes send the whole call to the scalar redo.
+    f.emit(set(spec, op('v128.or', get(spec), r.special())));
   }
+  // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
+  r.compare().forEach(([stored, exact], k) => {
+    const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
+    f.emit(
+      set(w, stored),
+      set(v, exact),
+      set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
+      set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(v)), get(f.const('ABS', K.ABS))))),
+    );
+  });
   if (pTest === 'packed' && pr !== undefined) {
     // Take back the packed probe count of this group and count it exactly instead.
-    const zero = get(f.const('ZERO', K.ZERO));
-    for (const v of packExact(f, 'F32', lanes, 'u').vectors) f.emit(set(cnt32, op('i32x4.add', get(cnt32), low16Zero(f, v))));
-    for (const d of ds) f.emit(set(cntP, op('i64x2.sub', get(cntP), op('i64x2.eq', op('v128.and', get(d), get(f.const('LOW_BF16', i64x2(LOW_BITS.BF16)))), zero))));
+    for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.add', get(cnt32), low16Zero(f, v))));
+    for (const d of ds) f.emit(set(cntP, op('i64x2.sub', get(cntP), op('i64x2.eq', op('v128.and', get(d), get(f.const('LOW_BF16', i64x2(LOW_BITS.BF16)))), ZERO))));
   }
   for (const [l, at] of state) f.emit(store(at, get(l)));
   return f;
@@ -769,15 +810,22 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   const unroll = unrollFor('subtract');
   f.local('i', 'i32');
   f.local('nspan', 'i32');
-  const zero = get(f.const('ZERO', K.ZERO));
+  const zero = ZERO;
   f.emit(
     set('$nspan', `(i32.and (local.get $n) (i32.const ${-8 * unroll}))`),
     ...[0, 16, 32, 48].map((o) => store(WORK.sq + o, load(STATS.sqD + o))),
     ...[WORK.cntR, WORK.cntP, WORK.cnt32, WORK.mx, WORK.spec].map((at) => store(at, zero)),
   );
   const args = '(local.get $pb) (local.get $pp) (local.get $po)';
-  const rare = Array.from({ length: unroll }, (_, g) => `(call $${name}_rare ${args} (i32.add (local.get $i) (i32.const ${8 * g})))`).join(' ');
-  driveLoop(f, 8 * unroll, `(call $${name}_hot ${args} (local.get $i) (local.get $nspan))`, count === 'bits' ? rare : '');
+  const hot = (from: string) => `(call $${name}_hot ${args} ${from} (local.get $nspan))`;
+  if (count === 'bits') {
+    // The test loop, each group it stops at to the rare function; after FALLBACK_AFTER stops, the inline loop (which
+    // never stops) takes the rest.
+    f.local('stops', 'i32');
+    const rare = Array.from({ length: unroll }, (_, g) => `(call $${name}_rare ${args} (i32.add (local.get $i) (i32.const ${8 * g})))`).join(' ');
+    const fallback = `(local.set $stops (i32.add (local.get $stops) (i32.const 1))) (if (i32.ge_u (local.get $stops) (i32.const ${FALLBACK_AFTER})) (then (local.set $i ${hot(`(i32.add (local.get $i) (i32.const ${8 * unroll}))`)})))`;
+    driveLoop(f, 8 * unroll, `(call $${name}_test ${args} (local.get $i) (local.get $nspan))`, `${rare} ${fallback}`);
+  } else driveLoop(f, 8 * unroll, hot('(local.get $i)'), '');
 
   // Redo the whole call in scalar, from the stats as they were, if Σd² went NaN or Inf (a NaN or Inf delta, whose
   // square was not masked; also a genuine overflow, which the redo reproduces), if it reached the guard, if an F16
@@ -813,14 +861,12 @@ function applyHot(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Fun
   const qd = dts.map((_, j) => f.local(`qd${j}`, 'i32'));
   const sv = dts.map((_, j) => f.local(`sv${j}`, 'v128'));
   const hasF16 = x === 'F16' || dts.includes('F16');
-  // F16 deltas come widened 2^-112 too small (see widenGroup), so their scale is taken 2^112 times larger: the same
-  // real product, so the same rounded one. (wasm.ts keeps scales that this would overflow off these kernels.)
-  dts.forEach((dt, j) => f.emit(set(sv[j], `(f64x2.splat ${dt === 'F16' ? `(f64.mul (local.get $s${j}) (f64.const 0x1p112))` : `(local.get $s${j})`})`)));
+  dts.forEach((_, j) => f.emit(set(sv[j], `(f64x2.splat (local.get $s${j}))`)));
   const vectors: string[][] = [];
   hotLoop(f, unrollFor('apply', dts.length), [[qb, '$pb', SIZE[x]], ...dts.map((dt, j): [string, string, number] => [qd[j], `$pd${j}`, SIZE[dt]]), [qo, '$po', SIZE[y]]], {
     body: (g) => {
       const spec = hasF16 ? f.local('spec', 'v128') : undefined;
-      if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
+      if (spec) f.emit(set(spec, ZERO));
       const xs = widenGroup(f, x, qb, 'x', spec, false, g);
       dts.forEach((dt, j) => {
         const ds = widenGroup(f, dt, qd[j], `d${j}_`, spec, true, g);
@@ -847,7 +893,10 @@ function simdApply(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Fu
   f.local('nspan', 'i32');
   f.emit(set('$nspan', `(i32.and (local.get $n) (i32.const ${-span}))`));
   const args = applyArgs(dts);
-  driveLoop(f, span, `(call $${name}_hot ${args} (local.get $i) (local.get $nspan))`, `(call $${name}_s ${args} ${snegArgs(dts)} (local.get $i) (i32.add (local.get $i) (i32.const ${span})))`);
+  // F16 deltas reach the hot loop widened 2^-112 too small (see widenGroup), so it gets their scales 2^112 times
+  // larger: the same real products, so the same rounded ones. (wasm.ts keeps scales this would overflow away.)
+  const hotArgs = ['$pb', ...dts.map((_, j) => `$pd${j}`), '$po'].map(get).concat(dts.map((dt, j) => (dt === 'F16' ? `(f64.mul (local.get $s${j}) (f64.const 0x1p112))` : `(local.get $s${j})`))).join(' ');
+  driveLoop(f, span, `(call $${name}_hot ${hotArgs} (local.get $i) (local.get $nspan))`, `(call $${name}_s ${args} ${snegArgs(dts)} (local.get $i) (i32.add (local.get $i) (i32.const ${span})))`);
   f.emit(`(call $${name}_s ${args} ${snegArgs(dts)} (local.get $nspan) (local.get $n))`);
   return f;
 }
@@ -859,8 +908,9 @@ export function kernelsWat(): string {
   for (const x of FORMATS) {
     for (const y of FORMATS) {
       for (const probe of [undefined, 'BF16', 'F16', 'F32'] as const) {
-        parts.push(scalarSubtract(x, y, probe).text(), subtractHot(x, y, probe).text(), simdSubtract(x, y, probe).text());
-        if (subtractPlan(x, y, probe).count === 'bits') parts.push(subtractRare(x, y, probe).text());
+        const { count } = subtractPlan(x, y, probe);
+        parts.push(scalarSubtract(x, y, probe).text(), subtractHot(x, y, probe, count === 'bits' ? 'inline' : count).text(), simdSubtract(x, y, probe).text());
+        if (count === 'bits') parts.push(subtractHot(x, y, probe, 'bits').text(), subtractRare(x, y, probe).text());
       }
       for (const dt of FORMATS) apply(x, [dt], y);
     }
