@@ -143,8 +143,7 @@ const K = {
   H_MAG: i32x4(0x7fff),
   H_SGN: i32x4(0x8000),
   H_UP: f64x2(pow2(112)),
-  H_ABS16: lanes16(0x7fff),
-  H_FINITE16: lanes16(0x7bff),
+  H_EXP16: lanes16(0x7c00),
   ABS: i64x2(0x7fffffffffffffffn),
   H_DOWN: f64x2(pow2(-112)),
 };
@@ -345,7 +344,8 @@ function widenGroup(f: Func, fmt: FloatDType, ptr: string, tag: string, spec: st
       // at all when the caller folded 2^112 into its own factor. Exponent 31 (Inf/NaN) is flagged instead.
       const raw = f.local(`${tag}_raw`, 'v128');
       f.emit(set(raw, `(v128.load offset=${at} ${get(ptr)})`));
-      if (spec) f.emit(set(spec, op('v128.or', get(spec), op('i16x8.gt_s', op('v128.and', get(raw), get(f.const('H_ABS16', K.H_ABS16))), get(f.const('H_FINITE16', K.H_FINITE16))))));
+      const e31 = get(f.const('H_EXP16', K.H_EXP16));
+      if (spec) f.emit(set(spec, op('v128.or', get(spec), op('i16x8.eq', op('v128.and', get(raw), e31), e31))));
       const up = (v: string) => (prescaled ? v : op('f64x2.mul', v, get(f.const('H_UP', K.H_UP))));
       for (const j of [0, 1]) {
         const q = f.local(`${tag}_q${j}`, 'v128');
