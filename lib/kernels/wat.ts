@@ -595,11 +595,12 @@ function subtractPlan(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   // where rounding is rare (F32 out from 16-bit inputs; compute's redo to the model dtype, which it does only
   // when every delta fits); a call that keeps handing groups over finishes with an 'inline' loop instead.
   const count: 'none' | 'bits' | 'inline' = y === 'F64' ? 'none' : bitsTest(y) ? 'bits' : 'inline';
-  // Probe tests for each hot loop. The main case (F32 out, BF16 probe) counts the probe on the stored F32 patterns,
-  // 4 lanes at a time: a delta exact in F32 is exact in BF16 iff its low 16 bits are 0. Groups with an F32-inexact
-  // lane take the rare path, which swaps that count for an exact one.
+  // Probe tests for each hot loop. Compute's first pass (F32 out, the model's own dtype as the probe) counts the
+  // probe on the stored F32 patterns, 4 lanes at a time: a delta exact in F32 is exact in BF16 iff the pattern's
+  // low 16 bits are 0, and (from F16 inputs, on the 2^-24 grid) exact in F16 iff its low 13 bits are 0 and it is
+  // below 2^16. Groups with an F32-inexact lane take the rare path, which swaps that count for an exact one.
   const probeTest = (variant: 'bits' | 'inline' | 'none') =>
-    pr === undefined ? undefined : variant === 'bits' && y === 'F32' && pr === 'BF16' ? 'packed' : bitsTest(pr) ? 'bits' : 'full';
+    pr === undefined ? undefined : variant === 'bits' && y === 'F32' && (pr === 'BF16' || pr === 'F16') && bitsTest(pr) ? 'packed' : bitsTest(pr) ? 'bits' : 'full';
   const pTest = probeTest(count);
   const guard = x === 'BF16' && (count === 'bits' || pTest === 'bits' || pTest === 'packed') ? pow2(256) : Infinity;
   return { name: subtractName(x, y, probe), pr, count, probeTest, pTest, guard };
@@ -720,7 +721,7 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
           if (spec && (y === 'BF16' || y === 'F16')) f.emit(set(spec, op('v128.or', get(spec), r.special())));
         }
         storeVectors(f, qo, vectors, 8 * SIZE[y] * g);
-        if (cnt32) for (const v of vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), low16Zero(f, v))));
+        if (cnt32) for (const v of vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), exact32(f, pr as 'BF16' | 'F16', v))));
         if (cntR && mx) {
           // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
           compare().forEach(([stored, exact], k) => {
@@ -747,7 +748,12 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
   return f;
 }
 
-const low16Zero = (f: Func, v: string) => op('i32x4.eq', op('v128.and', get(v), get(f.const('LOW16', i32x4(0xffff)))), ZERO);
+/** Lanes of F32 patterns `v` (of deltas exact in F32, from 16-bit inputs) that are exact in `probe`, as a mask. */
+function exact32(f: Func, probe: 'BF16' | 'F16', v: string): string {
+  const low = op('i32x4.eq', op('v128.and', get(v), get(f.const(`LOW32_${probe}`, i32x4(probe === 'BF16' ? 0xffff : 0x1fff)))), ZERO);
+  if (probe === 'BF16') return low;
+  return op('v128.andnot', low, op('i32x4.gt_s', op('v128.and', get(v), get(f.const('ABS32', i32x4(0x7fffffff)))), get(f.const('F16_TOP32', i32x4(0x477fffff)))));
+}
 
 /**
  * The group at $i has a rounded lane (count 'bits'): count the rounded lanes, and the probe exactly; for a 16-bit
@@ -795,10 +801,14 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
       set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(v)), get(f.const('ABS', K.ABS))))),
     );
   });
-  if (pTest === 'packed' && pr !== undefined) {
+  if (pTest === 'packed' && (pr === 'BF16' || pr === 'F16')) {
     // Take back the packed probe count of this group and count it exactly instead.
-    for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.add', get(cnt32), low16Zero(f, v))));
-    for (const d of ds) f.emit(set(cntP, op('i64x2.sub', get(cntP), op('i64x2.eq', op('v128.and', get(d), get(f.const('LOW_BF16', i64x2(LOW_BITS.BF16)))), ZERO))));
+    for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.add', get(cnt32), exact32(f, pr, v))));
+    for (const d of ds) {
+      let exact = op('i64x2.eq', op('v128.and', get(d), get(f.const(`LOW_${pr}`, i64x2(LOW_BITS[pr])))), ZERO);
+      if (pr === 'F16') exact = op('v128.andnot', exact, op('f64x2.ge', op('v128.and', get(d), get(f.const('ABS', K.ABS))), get(f.const('F16_HI', f64x2(GRID.F16.vhi)))));
+      f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
+    }
   }
   for (const [l, at] of state) f.emit(store(at, get(l)));
   return f;
