@@ -639,6 +639,12 @@ describe('special paths', () => {
       expect(r.stats[0].maxError).toBe(Infinity);
       expect(r.stats[0].probeMisses).toBe(probe ? 1 : 0);
     }
+    // Compute's first pass: 2^16 is exact in F32, so only the F16 probe may miss it.
+    const r = both((k, o, st) => k.subtract('F16', base, post, n, 'F32', o, st, 'F16'), 4 * n);
+    expectSame(r.wasm, r.ref, 'F32', n, 'F16 overflow, F32 out');
+    expect(r.stats[1]).toEqual(r.stats[0]);
+    expect(r.stats[0].rounded).toBe(0);
+    expect(r.stats[0].probeMisses).toBe(1);
   });
 
   it('accumulates stats over calls like one call', () => {
