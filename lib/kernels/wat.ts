@@ -1,6 +1,6 @@
-// Generates the WebAssembly text of the kernels: for each subtract (input, output, probe dtype) and each apply
-// (base, delta dtypes, output dtype) an exported driver, a call-free SIMD hot loop over groups of 8 elements, and a
-// scalar twin for tails and for what the hot loop hands off (NaNs, whose sign the scalar code sets explicitly; F16
+// Generates the WebAssembly text of the kernels, one module per kernel (wasm.ts assembles each on first use): for a
+// subtract (input, output, probe dtype) or an apply (base, delta dtypes, output dtype), an exported driver, a
+// call-free SIMD hot loop over groups of 8 elements, and a scalar twin for tails and for what the hot loop hands off (NaNs, whose sign the scalar code sets explicitly; F16
 // Inf/NaN inputs; non-finite sums). Every hot loop rounds exactly, once, from float64 (no double rounding through
 // F32), so no data but NaN and Inf leaves it. No library emits SIMD rounding to BF16/F16, so those snippets are
 // written out here; the tests check all of it against reference.ts.
@@ -911,21 +911,22 @@ function simdApply(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Fu
   return f;
 }
 
-/** The whole module's text. */
-export function kernelsWat(): string {
-  const parts = ['(module', '(import "env" "mem" (memory 1))', scalarHelpers()];
-  const apply = (x: FloatDType, dts: FloatDType[], y: FloatDType) => parts.push(scalarApply(x, dts, y).text(), applyHot(x, dts, y).text(), simdApply(x, dts, y).text());
-  for (const x of FORMATS) {
-    for (const y of FORMATS) {
-      for (const probe of [undefined, 'BF16', 'F16', 'F32'] as const) {
-        const { count } = subtractPlan(x, y, probe);
-        parts.push(scalarSubtract(x, y, probe).text(), subtractHot(x, y, probe, count === 'bits' ? 'inline' : count).text(), simdSubtract(x, y, probe).text());
-        if (count === 'bits') parts.push(subtractHot(x, y, probe, 'bits').text(), subtractRare(x, y, probe).text());
-      }
-      for (const dt of FORMATS) apply(x, [dt], y);
-    }
-    for (const d0 of FORMATS) for (const d1 of FORMATS) if (hasFusedApply(x, [d0, d1], x)) apply(x, [d0, d1], x);
-  }
-  parts.push(dataSegment(), ')');
-  return parts.join('\n');
+/** A module around `funcs`: the imported memory, the scalar helpers, and the constant pool as registered so far. */
+function moduleText(funcs: Func[]): string {
+  const texts = funcs.map((f) => f.text()); // first, so that the pool holds every constant they load
+  return ['(module', '(import "env" "mem" (memory 1))', scalarHelpers(), ...texts, dataSegment(), ')'].join('\n');
+}
+
+/** The module of one subtract kernel: its exported driver `subtractName(x, y, probe)` and what the driver calls. */
+export function subtractWat(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
+  const { count } = subtractPlan(x, y, probe);
+  const funcs = [scalarSubtract(x, y, probe), simdSubtract(x, y, probe), subtractHot(x, y, probe, count === 'bits' ? 'inline' : count)];
+  if (count === 'bits') funcs.push(subtractHot(x, y, probe, 'bits'), subtractRare(x, y, probe));
+  return moduleText(funcs);
+}
+
+/** The module of one apply kernel (one delta, or two fused where hasFusedApply): its driver `applyName(x, dts, y)`. */
+export function applyWat(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): string {
+  if (dts.length !== 1 && !hasFusedApply(x, dts, y)) throw new Error(`no fused apply kernel for ${applyName(x, dts, y)}`);
+  return moduleText([scalarApply(x, dts, y), applyHot(x, dts, y), simdApply(x, dts, y)]);
 }
