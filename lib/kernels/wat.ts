@@ -135,7 +135,6 @@ const lanes16 = (x: number) => {
 };
 
 const K = {
-  ZERO: i64x2(0n),
   SIGN: i64x2(0x8000000000000000n),
   EXP: i64x2(0x7ff0000000000000n),
   INF: f64x2(Infinity),
@@ -614,6 +613,11 @@ const SUB_PARAMS = '(param $pb i32) (param $pp i32) (param $po i32)';
 /** Widens pair k of two F32 quads' halves (k odd: the high half). */
 const half = (v: string, k: number) => `(f64x2.promote_low_f32x4 ${k % 2 ? high64(get(v)) : get(v)})`;
 
+/**
+ * A subtract kernel's loop over spans: widen both inputs, d = post − base, the Σ sums, store d rounded to y, count
+ * the probe, and count rounded lanes per `count` ('bits': the `_test` loop, stopping at groups with a rounded lane;
+ * else the `_hot` loop, which never stops). Its vector state lives in WORK between calls.
+ */
 function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined, count: 'none' | 'bits' | 'inline'): Func {
   const { name, pr, probeTest } = subtractPlan(x, y, probe);
   const pTest = probeTest(count);
