@@ -560,6 +560,12 @@ describe('special paths', () => {
       expect(r.stats[0].maxError).toBe(Infinity);
       expect(r.stats[0].probeMisses).toBe(probe ? 1 : 0);
     }
+    // Compute's first pass: 2^16 is exact in F32, so only the F16 probe may miss it.
+    const r = both((k, o, st) => k.subtract('F16', base, post, n, 'F32', o, st, 'F16'), 4 * n);
+    expectSame(r.wasm, r.ref, 'F32', n, 'F16 overflow, F32 out');
+    expect(r.stats[1]).toEqual(r.stats[0]);
+    expect(r.stats[0].rounded).toBe(0);
+    expect(r.stats[0].probeMisses).toBe(1);
   });
 
   it('accumulates stats over calls like one call', () => {
@@ -670,5 +676,207 @@ describe('buffers and memory', () => {
   it('rejects short buffers and empty delta lists', () => {
     expect(() => wasm.subtract('F32', B, P, 10, 'F32', new Uint8Array(39), newSubtractStats())).toThrow(RangeError);
     expect(() => wasm.apply('F32', B, [], 10, 'F32', O)).toThrow(RangeError);
+  });
+});
+
+describe('every pairing on adversarial inputs', () => {
+  /** Runs apply on both implementations and compares the outputs byte for byte; returns the reference's. */
+  function sameApply(baseDtype: FloatDType, deltas: DeltaInput[], n: number, outDtype: FloatDType, what: string): Uint8Array {
+    const want = new Uint8Array(n * SIZE[outDtype]);
+    ref.apply(baseDtype, B, deltas, n, outDtype, want);
+    O.fill(0xee);
+    wasm.apply(baseDtype, B, deltas, n, outDtype, O);
+    expectSame(O, want, outDtype, n, what);
+    return want;
+  }
+  /** Runs subtract on both implementations: outputs byte for byte, stats equal. */
+  function sameSubtract(dtype: FloatDType, n: number, outDtype: FloatDType, probe: FloatDType | undefined, what: string): SubtractStats {
+    const want = new Uint8Array(n * SIZE[outDtype]);
+    const sr = newSubtractStats();
+    const sw = newSubtractStats();
+    ref.subtract(dtype, B, P, n, outDtype, want, sr, probe);
+    O.fill(0xee);
+    wasm.subtract(dtype, B, P, n, outDtype, O, sw, probe);
+    expectSame(O, want, outDtype, n, what);
+    expect(sw, what).toEqual(sr);
+    return sr;
+  }
+
+  it('applies two deltas of every dtype pairing to every base dtype (the fused kernels), and chains them to F64', () => {
+    const n = 997; // not a multiple of a span: the scalar tail runs too
+    const r = rng(31);
+    const scaleSets = [
+      [0.7, 0.3],
+      [1, -1],
+      [nan(true), 0.5],
+      [0, Infinity],
+      [1e-300, 2 ** 600],
+    ];
+    for (const x of DTYPES) {
+      for (const d0 of DTYPES) {
+        for (const d1 of DTYPES) {
+          fillRandom(x, B, n, r, 'dirty');
+          fillRandom(d0, DS[0], n, r, 'dirty');
+          fillRandom(d1, DS[1], n, r, 'dirty', d0 === d1 ? DS[0] : undefined);
+          scaleSets.forEach(([s0, s1], k) => {
+            const deltas = [
+              { dtype: d0, data: DS[0], scale: s0 },
+              { dtype: d1, data: DS[1], scale: s1 },
+            ];
+            sameApply(x, deltas, n, x, `apply ${x} + ${d0}·${s0} + ${d1}·${s1}`);
+            if (k === 0 && x !== 'F64') sameApply(x, deltas, n, 'F64', `apply ${x} + ${d0} + ${d1} → F64 (chained)`);
+          });
+        }
+      }
+    }
+  });
+
+  it('rounds exact ties, near ties and overflowing sums of one and two deltas to BF16 and F16 like the oracle', () => {
+    const n = 4000;
+    for (const x of ['BF16', 'F16'] as const) {
+      for (const dt of DTYPES) {
+        // Targets at and around the output's ties and boundaries (subnormal to overflow); the base is the target
+        // rounded to x, the delta the remainder, so base + delta hits the target when the delta is representable.
+        const r = rng(40 + dt.length + x.length);
+        const targets = nearTies(r, FMT[x], n);
+        const exact: boolean[] = [];
+        targets.forEach((t, i) => {
+          writeElement(x, B, i, t);
+          const rest = t - readElement(x, B, i);
+          writeElement(dt, DS[0], i, rest);
+          writeElement(dt, DS[1], i, rest / 2);
+          exact.push(Number.isFinite(rest) && readElement(dt, DS[0], i) === rest && readElement(dt, DS[1], i) === rest / 2 && Object.is(readElement(x, B, i) + rest, t));
+        });
+        const one = sameApply(x, [{ dtype: dt, data: DS[0], scale: 1 }], n, x, `${x} + ${dt} ties`);
+        const two = sameApply(
+          x,
+          [
+            { dtype: dt, data: DS[1], scale: 1 },
+            { dtype: dt, data: DS[1], scale: 1 },
+          ],
+          n,
+          x,
+          `${x} + 2 ${dt} ties`,
+        );
+        const bits = (buf: Uint8Array, i: number) => buf[2 * i] | (buf[2 * i + 1] << 8);
+        let checked = 0;
+        targets.forEach((t, i) => {
+          if (!exact[i]) return;
+          checked++;
+          const want = oracleRound(t, FMT[x]);
+          if (bits(one, i) !== want) expect.fail(`${x} + ${dt}: ${t} gave ${bits(one, i).toString(16)}, oracle ${want.toString(16)}`);
+          if (bits(two, i) !== want) expect.fail(`${x} + 2 ${dt}: ${t} gave ${bits(two, i).toString(16)}, oracle ${want.toString(16)}`);
+        });
+        expect(checked, `${x} + ${dt}: targets reached exactly`).toBeGreaterThan(n / 4);
+      }
+    }
+  });
+
+  it('subtracts to every dtype from inputs with huge exponent gaps, subnormals, ±0, Inf and NaN payloads', () => {
+    const n = 2003;
+    const r = rng(50);
+    for (const x of DTYPES) {
+      for (const y of DTYPES) {
+        fillRandom(x, B, n, r, 'dirty');
+        fillRandom(x, P, n, r, 'clean'); // independent of B: exponent gaps of any size
+        for (const probe of [undefined, 'BF16', 'F16', 'F32'] as const) sameSubtract(x, n, y, probe, `subtract ${x} → ${y} probe ${probe}, gaps`);
+      }
+    }
+  });
+
+  it('subtracts to 16-bit and F32 outputs from 16-bit inputs with no, a few and many rounded groups', () => {
+    // The test loop stores plain demotes where the group is exact, hands a group with a rounded lane to the exact
+    // path, and after enough of those hands the rest of the call to the inline loop.
+    const n = 4099;
+    const pairs: [FloatDType, FloatDType][] = [
+      ['BF16', 'BF16'],
+      ['F16', 'F16'],
+      ['F16', 'BF16'],
+      ['BF16', 'F32'],
+      ['F16', 'F32'],
+    ];
+    for (const [x, y] of pairs) {
+      for (const rounded of [0, 3, 12, 40, 600, n]) {
+        const r = rng(60 + rounded);
+        fillRandom(x, B, n, r, 'clean');
+        for (let i = 0; i < n; i++) writeElement(x, P, i, readElement(x, B, i) * (i % 3 === 0 ? 2 : 1)); // deltas fit x
+        // Rounded deltas at spread-out positions: post unrelated to base there.
+        for (let k = 0; k < rounded; k++) writeElement(x, P, Math.floor((k * n) / rounded), (r() - 0.5) * 2 ** Math.floor(r() * 20 - 10));
+        for (const probe of [undefined, x === 'BF16' ? 'BF16' : 'F16'] as const) {
+          const st = sameSubtract(x, n, y, probe, `subtract ${x} → ${y} probe ${probe}, ${rounded} rounded`);
+          if (rounded === 0 && y !== 'F32' && (x === y || x === 'BF16')) expect(st.rounded).toBe(0);
+        }
+      }
+    }
+    // F16 deltas of 2^16 have few bits but overflow F16: the test loop must not take them for exact.
+    for (let i = 0; i < n; i++) {
+      writeElement('F16', B, i, i % 97 === 5 ? -32768 : 0.5);
+      writeElement('F16', P, i, i % 97 === 5 ? 32768 : 0.75);
+    }
+    expect(sameSubtract('F16', n, 'F16', undefined, 'F16 overflow').rounded).toBe(Math.ceil((n - 5) / 97));
+  });
+
+  it('hands off NaNs in either group of an unrolled span, and runs the tails, at every length near a span', () => {
+    const r = rng(70);
+    for (const n of [1, 15, 16, 17, 31, 32, 33, 2047, 2048, 2049, 4111]) {
+      for (const at of [0, 7, 8, 9, 15, 16, n - 1]) {
+        if (at >= n) continue;
+        fillRandom('BF16', B, n, r, 'clean');
+        fillRandom('F32', DS[0], n, r, 'clean');
+        fillRandom('F16', DS[1], n, r, 'clean');
+        writeElement('F32', DS[0], at, nan(at % 2 === 0));
+        sameApply('BF16', [{ dtype: 'F32', data: DS[0], scale: 1 }], n, 'BF16', `NaN at ${at} of ${n}, one delta`);
+        sameApply(
+          'BF16',
+          [
+            { dtype: 'F32', data: DS[0], scale: 0.5 },
+            { dtype: 'F16', data: DS[1], scale: 0.25 },
+          ],
+          n,
+          'BF16',
+          `NaN at ${at} of ${n}, two deltas`,
+        );
+        fillRandom('BF16', P, n, r, 'clean', B);
+        writeElement('BF16', P, at, 3 * 2 ** 100); // a delta F32 cannot hold: the group goes to the rare path
+        sameSubtract('BF16', n, 'F32', 'BF16', `rounded at ${at} of ${n}`);
+      }
+    }
+  });
+
+  it('applies F16 deltas with scales near and beyond the range the kernels fold 2^112 into', () => {
+    const n = 1003;
+    const r = rng(80);
+    fillRandom('BF16', B, n, r, 'dirty');
+    fillRandom('F16', DS[0], n, r, 'dirty');
+    for (const scale of [2 ** 800, 2 ** 900, 2 ** 901, -(2 ** 1000), Number.MAX_VALUE, 2 ** -1074, -1e-300, 65504]) {
+      sameApply('BF16', [{ dtype: 'F16', data: DS[0], scale }], n, 'BF16', `F16 delta × ${scale}`);
+      sameApply('F16', [{ dtype: 'F16', data: DS[0], scale }], n, 'F32', `F16 delta × ${scale} → F32`);
+      // Only a wide output keeps s·d finite where a folded s·2^112 would overflow.
+      sameApply('F64', [{ dtype: 'F16', data: DS[0], scale }], n, 'F64', `F16 delta × ${scale} → F64`);
+      sameApply('F64', [{ dtype: 'F16', data: DS[0], scale }, { dtype: 'F16', data: DS[0], scale: 1 }], n, 'F64', `F16 deltas × ${scale}, 1 → F64`);
+    }
+  });
+
+  it('accumulates stats over calls like the reference, through the fallback too', () => {
+    const n = 4096;
+    const r = rng(90);
+    fillRandom('BF16', B, n, r, 'clean');
+    fillRandom('BF16', P, n, r, 'clean', B);
+    for (const y of ['BF16', 'F32'] as const) {
+      const sw = newSubtractStats();
+      const sr = newSubtractStats();
+      const want = new Uint8Array(n * SIZE[y]);
+      for (const [from, to] of [
+        [0, 1000],
+        [1000, 1001],
+        [1001, 4096],
+      ]) {
+        const len = to - from;
+        ref.subtract('BF16', B.subarray(2 * from), P.subarray(2 * from), len, y, want.subarray(SIZE[y] * from), sr, 'BF16');
+        wasm.subtract('BF16', B.subarray(2 * from), P.subarray(2 * from), len, y, O.subarray(SIZE[y] * from), sw, 'BF16');
+      }
+      expectSame(O, want, y, n, `chunked → ${y}`);
+      expect(sw).toEqual(sr);
+    }
   });
 });

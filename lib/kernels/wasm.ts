@@ -1,9 +1,11 @@
-// The WebAssembly SIMD kernels: the text from wat.ts, assembled once per process with wabt, instantiated per
-// createKernels over a fixed-size memory whose arena the caller's buffers live in.
+// The WebAssembly SIMD kernels: each kernel's text from wat.ts, assembled with wabt on its first use in the process
+// (a run uses a handful of the ~200), instantiated on first use per createKernels over that instance's fixed-size
+// memory, whose arena the caller's buffers live in.
 import { dtypeSize, type FloatDType } from '../format/dtype.js';
 import { BumpArena, checkApply, checkSubtract, combine4 } from './common.js';
+import { referenceApply } from './reference.js';
 import type { DeltaInput, Kernels, SubtractStats } from './types.js';
-import { LAYOUT, STATS, applyName, kernelsWat, subtractName } from './wat.js';
+import { LAYOUT, STATS, applyName, applyWat, hasFusedApply, subtractName, subtractWat } from './wat.js';
 
 // The few WebAssembly JS API members used here (the project's TypeScript libs do not declare the namespace).
 interface WasmMemory {
@@ -11,33 +13,47 @@ interface WasmMemory {
 }
 interface WasmApi {
   Memory: new (d: { initial: number; maximum: number }) => WasmMemory;
-  compile(bytes: Uint8Array): Promise<object>;
-  instantiate(module: object, imports: object): Promise<{ exports: Record<string, unknown> }>;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
 }
 const WA = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
 type SubtractFn = (pb: number, pp: number, po: number, n: number) => void;
-type ApplyFn = (pb: number, pd: number, po: number, s: number, sneg: number, n: number) => void;
+/** (pb, pd…, po, s…, sneg…, n) for one or two deltas. */
+type ApplyFn = (...args: number[]) => void;
 
-let compiled: Promise<object> | undefined;
+interface Wabt {
+  parseWat(file: string, text: string, features: { simd: boolean }): { toBinary(o: object): { buffer: Uint8Array }; destroy(): void };
+}
+let wabtLoading: Promise<Wabt> | undefined;
+let wabt: Wabt | undefined;
 
-/** The compiled module, assembled on first use and shared by every instance. */
-function kernelModule(): Promise<object> {
-  if (!compiled) {
-    compiled = assemble();
-    compiled.catch(() => (compiled = undefined)); // let a later call retry
+/** Loads wabt once per process (asynchronously); kernels are then assembled synchronously, on first use. */
+async function loadWabt(): Promise<void> {
+  if (wabt) return;
+  if (!wabtLoading) {
+    wabtLoading = import('wabt').then((m) => m.default() as Promise<Wabt>);
+    wabtLoading.catch(() => (wabtLoading = undefined)); // let a later call retry
   }
-  return compiled;
+  wabt = await wabtLoading;
 }
 
-async function assemble(): Promise<object> {
-  const wabt = await (await import('wabt')).default();
-  const parsed = wabt.parseWat('kernels.wat', kernelsWat(), { simd: true });
-  try {
-    return await WA.compile(parsed.toBinary({}).buffer);
-  } finally {
-    parsed.destroy();
+/** Compiled kernel modules by export name, shared by every instance (the memory is imported). */
+const modules = new Map<string, object>();
+
+function compileKernel(name: string, text: () => string): object {
+  let module = modules.get(name);
+  if (!module) {
+    if (!wabt) throw new Error('wabt is not loaded');
+    const parsed = wabt.parseWat(`${name}.wat`, text(), { simd: true });
+    try {
+      module = new WA.Module(parsed.toBinary({}).buffer);
+    } finally {
+      parsed.destroy();
+    }
+    modules.set(name, module);
   }
+  return module;
 }
 
 const PAGE = 65536;
@@ -58,15 +74,35 @@ class WasmKernels implements Kernels {
   private readonly stats: Float64Array;
   private readonly counts: BigInt64Array;
 
+  /** This instance's kernels, by export name, instantiated on first use. */
+  private readonly kernels = new Map<string, unknown>();
+
   constructor(
     private readonly memory: WasmMemory,
-    private readonly exports: Record<string, unknown>,
     arenaBytes: number,
   ) {
     this.arena = new BumpArena(LAYOUT.arena, LAYOUT.arena + arenaBytes);
     this.u8 = new Uint8Array(memory.buffer);
     this.stats = new Float64Array(memory.buffer, 0, STATS.bytes / 8);
     this.counts = new BigInt64Array(memory.buffer, 0, STATS.bytes / 8);
+  }
+
+  private kernel(name: string, text: () => string): unknown {
+    let fn = this.kernels.get(name);
+    if (!fn) {
+      fn = new WA.Instance(compileKernel(name, text), { env: { mem: this.memory } }).exports[name];
+      this.kernels.set(name, fn);
+    }
+    return fn;
+  }
+
+  private subtractKernel(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): SubtractFn {
+    const p = probe === 'F64' ? undefined : probe; // every delta is exact in F64: no probe to count
+    return this.kernel(subtractName(x, y, p), () => subtractWat(x, y, p)) as SubtractFn;
+  }
+
+  private applyKernel(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): ApplyFn {
+    return this.kernel(applyName(x, dts, y), () => applyWat(x, dts, y)) as ApplyFn;
   }
 
   alloc(bytes: number): Uint8Array {
@@ -89,7 +125,7 @@ class WasmKernels implements Kernels {
 
   subtract(dtype: FloatDType, base: Uint8Array, post: Uint8Array, n: number, outDtype: FloatDType, out: Uint8Array, stats: SubtractStats, probe?: FloatDType): void {
     checkSubtract(dtype, base, post, n, outDtype, out, probe);
-    const fn = this.exports[subtractName(dtype, outDtype, probe)] as SubtractFn;
+    const fn = this.subtractKernel(dtype, outDtype, probe);
     this.u8.fill(0, 0, STATS.bytes);
     const size = dtypeSize(dtype);
     const osize = dtypeSize(outDtype);
@@ -99,7 +135,7 @@ class WasmKernels implements Kernels {
       // Blocks are multiples of 8 elements, so the i mod 4 partial sums line up as in one call.
       for (let j = 0; j < n; j += BLOCK) {
         const len = Math.min(BLOCK, n - j);
-        const o = po >= 0 ? po + j * osize : LAYOUT.stage + 2 * BLOCK * 8;
+        const o = po >= 0 ? po + j * osize : LAYOUT.stage + 3 * BLOCK * 8;
         fn(this.input(base, size, j, len, 0), this.input(post, size, j, len, 1), o, len);
         if (po < 0) out.set(this.u8.subarray(o, o + len * osize), j * osize);
       }
@@ -115,29 +151,42 @@ class WasmKernels implements Kernels {
 
   apply(baseDtype: FloatDType, base: Uint8Array, deltas: readonly DeltaInput[], n: number, outDtype: FloatDType, out: Uint8Array): void {
     checkApply(baseDtype, base, deltas, n, outDtype, out);
+    // The kernels take F16 deltas' scales 2^112 times larger (see wat.ts); scales that would overflow are absurd,
+    // and get the reference path rather than kernels of their own.
+    if (deltas.some((d) => d.dtype === 'F16' && Math.abs(d.scale) > 2 ** 900 && Math.abs(d.scale) < Infinity)) return referenceApply(baseDtype, base, deltas, n, outDtype, out);
     const bsize = dtypeSize(baseDtype);
     const osize = dtypeSize(outDtype);
     const ds = deltas.map((d) => ({ ...d, size: dtypeSize(d.dtype), sneg: signOf(d.scale) }));
     const po = this.offsetOf(out);
-    if (ds.length === 1) {
-      const d = ds[0];
-      const fn = this.exports[applyName(baseDtype, d.dtype, outDtype)] as ApplyFn;
+    const outAt = (j: number) => (po >= 0 ? po + j * osize : LAYOUT.stage + 3 * BLOCK * 8);
+    const dtypes = ds.map((d) => d.dtype);
+    if (hasFusedApply(baseDtype, dtypes, outDtype)) {
+      // One kernel call over everything, or block by block when an input or out must be staged.
+      const fn = this.applyKernel(baseDtype, dtypes, outDtype);
+      const scales = [...ds.map((d) => d.scale), ...ds.map((d) => d.sneg)];
       const pb = this.offsetOf(base);
-      const pd = this.offsetOf(d.data);
-      if (pb >= 0 && pd >= 0 && po >= 0) return fn(pb, pd, po, d.scale, d.sneg, n);
+      const pds = ds.map((d) => this.offsetOf(d.data));
+      if (pb >= 0 && po >= 0 && pds.every((p) => p >= 0)) return fn(pb, ...pds, po, ...scales, n);
+      for (let j = 0; j < n; j += BLOCK) {
+        const len = Math.min(BLOCK, n - j);
+        const o = outAt(j);
+        fn(this.input(base, bsize, j, len, 0), ...ds.map((d, k) => this.input(d.data, d.size, j, len, 1 + k)), o, ...scales, len);
+        if (po < 0) out.set(this.u8.subarray(o, o + len * osize), j * osize);
+      }
+      return;
     }
-    // Block by block: x goes base → (F64 scratch → …) → out, each step one kernel call; inputs from outside
-    // the instance's memory are staged per block.
+    // Block by block: x goes base → (F64 scratch → …) → out, one delta per kernel call; inputs from outside the
+    // instance's memory are staged per block.
     const last = ds.length - 1;
     for (let j = 0; j < n; j += BLOCK) {
       const len = Math.min(BLOCK, n - j);
-      const o = po >= 0 ? po + j * osize : LAYOUT.stage + 2 * BLOCK * 8;
+      const o = outAt(j);
       let x = this.input(base, bsize, j, len, 0);
       let xDtype = baseDtype;
       ds.forEach((d, k) => {
         const yDtype = k === last ? outDtype : 'F64';
         const y = k === last ? o : LAYOUT.scratch;
-        const fn = this.exports[applyName(xDtype, d.dtype, yDtype)] as ApplyFn;
+        const fn = this.applyKernel(xDtype, [d.dtype], yDtype);
         fn(x, this.input(d.data, d.size, j, len, 1), y, d.scale, d.sneg, len);
         x = y;
         xDtype = yDtype;
@@ -150,8 +199,6 @@ class WasmKernels implements Kernels {
 export async function createWasmKernels(arenaBytes: number): Promise<Kernels> {
   const pages = Math.ceil((LAYOUT.arena + arenaBytes) / PAGE);
   if (pages > 65536) throw new RangeError(`kernel arena of ${arenaBytes} bytes exceeds the 4 GiB WebAssembly memory`);
-  const module = await kernelModule();
-  const memory = new WA.Memory({ initial: pages, maximum: pages });
-  const instance = await WA.instantiate(module, { env: { mem: memory } });
-  return new WasmKernels(memory, instance.exports, arenaBytes);
+  await loadWabt();
+  return new WasmKernels(new WA.Memory({ initial: pages, maximum: pages }), arenaBytes);
 }

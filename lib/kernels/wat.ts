@@ -1,8 +1,9 @@
-// Generates the WebAssembly text of the kernels: for each subtract (input, output, probe dtype) and each apply step
-// (base, delta, output dtype) an exported driver, a call-free SIMD hot loop over groups of 8 elements, and a
-// scalar twin for tails and for what the hot loop hands off (NaNs, whose sign the scalar code sets explicitly;
-// F16 Inf/NaN inputs; rounding ties; rounded lanes to count; non-finite sums). No library emits SIMD rounding to
-// BF16/F16, so those snippets are written out here; the tests check all of it against reference.ts.
+// Generates the WebAssembly text of the kernels, one module per kernel (wasm.ts assembles each on first use): for a
+// subtract (input, output, probe dtype) or an apply (base, delta dtypes, output dtype), an exported driver, a
+// call-free SIMD hot loop over groups of 8 elements, and a scalar twin for tails and for what the hot loop hands off (NaNs, whose sign the scalar code sets explicitly; F16
+// Inf/NaN inputs; non-finite sums). Every hot loop rounds exactly, once, from float64 (no double rounding through
+// F32), so no data but NaN and Inf leaves it. No library emits SIMD rounding to BF16/F16, so those snippets are
+// written out here; the tests check all of it against reference.ts.
 import type { FloatDType } from '../format/dtype.js';
 
 export const FORMATS: readonly FloatDType[] = ['BF16', 'F16', 'F32', 'F64'];
@@ -16,9 +17,9 @@ export const LAYOUT = {
   block: 2048,
   /** float64 x for one block. */
   scratch: 1024,
-  /** Three staging areas of block·8 bytes for buffers that do not live in the instance's memory. */
+  /** Four staging areas of block·8 bytes (base, two deltas or post, out) for buffers outside the instance's memory. */
   stage: 1024 + 2048 * 8,
-  arena: 1024 + 2048 * 8 * 4,
+  arena: 1024 + 2048 * 8 * 5,
 } as const;
 
 /** Where subtract keeps its running stats: 4 f64 Σd² partial sums (by i mod 4), 4 Σbase², two i64 counts, a max. */
@@ -30,8 +31,14 @@ const WORK = { sq: 128, sb: 160, cntR: 192, cntP: 208, cnt32: 224, mx: 240, spec
 export function subtractName(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
   return `sub_${x}_${y}_${probe === undefined || probe === 'F64' ? 'none' : probe}`;
 }
-export function applyName(x: FloatDType, d: FloatDType, y: FloatDType): string {
-  return `app_${x}_${d}_${y}`;
+/** An apply kernel: base dtype x, one or two delta dtypes, output dtype y. */
+export function applyName(x: FloatDType, ds: readonly FloatDType[], y: FloatDType): string {
+  return `app_${x}_${ds.join('_')}_${y}`;
+}
+
+/** The fused kernels for two deltas exist for y = x (what apply writes); other pairings chain one-delta kernels. */
+export function hasFusedApply(x: FloatDType, ds: readonly FloatDType[], y: FloatDType): boolean {
+  return ds.length === 1 || (ds.length === 2 && y === x);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -49,12 +56,17 @@ class Func {
   private readonly decls = new Map<string, ValType>();
   private readonly init: string[] = [];
   readonly body: string[] = [];
+  /** Appended to the names of locals declared from now on: each unrolled group gets locals of its own. */
+  suffix = '';
   constructor(
     private readonly name: string,
     private readonly signature: string,
     private readonly exported: boolean,
   ) {}
   local(name: string, type: ValType): string {
+    return this.declare(name + this.suffix, type);
+  }
+  private declare(name: string, type: ValType): string {
     const prev = this.decls.get(name);
     if (prev !== undefined && prev !== type) throw new Error(`local ${name} redeclared`);
     this.decls.set(name, type);
@@ -66,7 +78,11 @@ class Func {
    */
   const(name: string, bytes: Uint8Array): string {
     if (!this.decls.has(name)) this.init.push(set(`$${name}`, `(v128.load offset=${poolOffset(name, bytes)} (i32.const 0))`));
-    return this.local(name, 'v128');
+    return this.declare(name, 'v128');
+  }
+  /** A v128 constant read from the pool where it is used: for constants a loop needs rarely, so none pins a register. */
+  constAt(name: string, bytes: Uint8Array): string {
+    return `(v128.load offset=${poolOffset(name, bytes)} (i32.const 0))`;
   }
   emit(...lines: string[]): void {
     this.body.push(...lines);
@@ -111,17 +127,23 @@ function lanes(width: 2 | 4, put: (v: DataView, at: number) => void): Uint8Array
 const i64x2 = (x: bigint) => lanes(2, (v, at) => v.setBigUint64(at, x, true));
 const f64x2 = (x: number) => lanes(2, (v, at) => v.setFloat64(at, x, true));
 const i32x4 = (x: number) => lanes(4, (v, at) => v.setUint32(at, x, true));
+const lanes16 = (x: number) => {
+  const b = new Uint8Array(16);
+  const v = new DataView(b.buffer);
+  for (let at = 0; at < 16; at += 2) v.setUint16(at, x, true);
+  return b;
+};
 
 const K = {
-  ZERO: i64x2(0n),
   SIGN: i64x2(0x8000000000000000n),
   EXP: i64x2(0x7ff0000000000000n),
   INF: f64x2(Infinity),
-  H_EXP: i32x4(0x7c000000),
   H_MASK: i32x4(0x8fffe000),
   H_MAG: i32x4(0x7fff),
   H_SGN: i32x4(0x8000),
   H_UP: f64x2(pow2(112)),
+  H_EXP16: lanes16(0x7c00),
+  ABS: i64x2(0x7fffffffffffffffn),
   H_DOWN: f64x2(pow2(-112)),
 };
 
@@ -240,58 +262,102 @@ function scalarSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefi
   return f;
 }
 
-function scalarApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
-  const f = new Func(applyName(x, dt, y) + '_s', '(param $pb i32) (param $pd i32) (param $po i32) (param $s f64) (param $sneg i32) (param $i i32) (param $end i32)', false);
+/** The parameters of an apply function: pointers, then scales, then `rest`. */
+function applyParams(dts: readonly FloatDType[], rest: string): string {
+  const js = dts.map((_, j) => j);
+  return ['(param $pb i32)', ...js.map((j) => `(param $pd${j} i32)`), '(param $po i32)', ...js.map((j) => `(param $s${j} f64)`), rest].join(' ');
+}
+const applyArgs = (dts: readonly FloatDType[]) => ['$pb', ...dts.map((_, j) => `$pd${j}`), '$po', ...dts.map((_, j) => `$s${j}`)].map(get).join(' ');
+const snegParams = (dts: readonly FloatDType[]) => dts.map((_, j) => `(param $sneg${j} i32)`).join(' ');
+const snegArgs = (dts: readonly FloatDType[]) => dts.map((_, j) => get(`$sneg${j}`)).join(' ');
+
+function scalarApply(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Func {
+  const f = new Func(applyName(x, dts, y) + '_s', applyParams(dts, `${snegParams(dts)} (param $i i32) (param $end i32)`), false);
   const [v, d, p] = ['x', 'd', 'p'].map((n) => f.local(n, 'f64'));
   const ab = f.local('ab', 'i32');
   const ad = f.local('ad', 'i32');
   const neg = f.local('neg', 'i32');
-  scalarLoop(f, [
-    set(ab, addr('$pb', '$i', SIZE[x])),
-    set(ad, addr('$pd', '$i', SIZE[dt])),
-    set(v, `(call $w_${x} ${get(ab)})`),
-    set(neg, `(call $neg_${x} ${get(ab)})`),
-    set(d, `(call $w_${dt} ${get(ad)})`),
-    set(p, op('f64.mul', '(local.get $s)', get(d))),
-    // A NaN x stays as it is; a NaN product passes on s's sign, else d's, else (0·Inf) the negative NaN.
-    `(if (f64.eq ${get(v)} ${get(v)}) (then`,
-    `  (if (f64.ne ${get(p)} ${get(p)})`,
-    `    (then ${set(v, get(p))} ${set(neg, `(if (result i32) (f64.ne (local.get $s) (local.get $s)) (then (local.get $sneg)) (else (if (result i32) (f64.ne ${get(d)} ${get(d)}) (then (call $neg_${dt} ${get(ad)})) (else (i32.const 1)))))`)})`,
-    `    (else ${set(v, op('f64.add', get(v), get(p)))} (if (f64.ne ${get(v)} ${get(v)}) (then ${set(neg, i32(1))}))))))`,
+  const body = [set(ab, addr('$pb', '$i', SIZE[x])), set(v, `(call $w_${x} ${get(ab)})`), set(neg, `(call $neg_${x} ${get(ab)})`)];
+  dts.forEach((dt, j) => {
+    const s = `(local.get $s${j})`;
+    body.push(
+      set(ad, addr(`$pd${j}`, '$i', SIZE[dt])),
+      set(d, `(call $w_${dt} ${get(ad)})`),
+      set(p, op('f64.mul', s, get(d))),
+      // A NaN x stays as it is; a NaN product passes on s's sign, else d's, else (0·Inf) the negative NaN.
+      `(if (f64.eq ${get(v)} ${get(v)}) (then`,
+      `  (if (f64.ne ${get(p)} ${get(p)})`,
+      `    (then ${set(v, get(p))} ${set(neg, `(if (result i32) (f64.ne ${s} ${s}) (then (local.get $sneg${j})) (else (if (result i32) (f64.ne ${get(d)} ${get(d)}) (then (call $neg_${dt} ${get(ad)})) (else (i32.const 1)))))`)})`,
+      `    (else ${set(v, op('f64.add', get(v), get(p)))} (if (f64.ne ${get(v)} ${get(v)}) (then ${set(neg, i32(1))}))))))`,
+    );
+  });
+  body.push(
     `(if (f64.ne ${get(v)} ${get(v)}) (then (call $nan_${y} ${addr('$po', '$i', SIZE[y])} ${get(neg)}))`,
     `  (else (call $st_${y} ${addr('$po', '$i', SIZE[y])} ${get(v)})))`,
-  ]);
+  );
+  scalarLoop(f, body);
   return f;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // SIMD snippets. A group is 8 elements: 4 pairs, each an f64x2.
 
-/** Loads pair k of the group at `ptr` and widens it exactly to f64x2 into local `dst`. F16 also flags Inf/NaN in `spec`. */
-function widenPair(f: Func, fmt: FloatDType, ptr: string, k: number, dst: string, spec: string | undefined): void {
-  // Interleave zero halfwords below the 16-bit inputs: each i32 lane becomes (bits << 16).
-  const unpack = (load: string) => `(i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 ${get(f.const('ZERO', K.ZERO))} ${load})`;
-  const load32 = `(v128.load32_zero offset=${4 * k} ${get(ptr)})`;
+/**
+ * 16-bit elements 0..3 (`high` false) or 4..7 of `v` into the high halves of i32 lanes, zero below: an interleave
+ * with zero, which V8 emits as one punpcklwd/punpckhwd (other byte patterns cost two pshufb and an or).
+ */
+const toHighHalves = (f: Func, v: string, high: boolean) =>
+  `(i8x16.shuffle ${high ? '8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31' : '0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23'} ${ZERO} ${v})`;
+/** The high 64 bits of a vector, in its low half (one pshufd). */
+const HIGH64 = '8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15';
+const high64 = (v: string) => `(i8x16.shuffle ${HIGH64} ${v} ${v})`;
+
+/**
+ * Loads the group at `ptr` and widens it exactly to 4 f64x2 pairs (locals `${tag}0` … `${tag}3`). 16-bit formats load
+ * the whole group once and interleave it with zeros into the high halves of F32 lanes. F16 also ors a mask of its
+ * Inf/NaN lanes into `spec` (their widened values are wrong; the caller hands those off); `prescaled` F16 values
+ * come out 2^-112 times too small, for a caller that multiplies them by its own factor times 2^112.
+ */
+function widenGroup(f: Func, fmt: FloatDType, ptr: string, tag: string, spec: string | undefined, prescaled = false, g = 0): string[] {
+  const pairs = [0, 1, 2, 3].map((k) => f.local(`${tag}${k}`, 'v128'));
+  const at = 8 * SIZE[fmt] * g; // the group's byte offset from ptr
   switch (fmt) {
-    case 'BF16':
-      f.emit(set(dst, `(f64x2.promote_low_f32x4 ${unpack(load32)})`));
-      return;
-    case 'F16': {
-      // (h << 16) >>s 3, masked to sign | bits 27..13, is the F32 pattern of h·2^-112 (subnormals too); × 2^112 after widening.
-      const u = f.local(`u${dst.slice(1)}`, 'v128');
-      const hexp = get(f.const('H_EXP', K.H_EXP));
-      f.emit(set(u, unpack(load32)));
-      if (spec) f.emit(set(spec, op('v128.or', get(spec), op('i32x4.eq', op('v128.and', get(u), hexp), hexp))));
-      f.emit(set(dst, op('f64x2.mul', `(f64x2.promote_low_f32x4 (v128.and (i32x4.shr_s ${get(u)} (i32.const 3)) ${get(f.const('H_MASK', K.H_MASK))}))`, get(f.const('H_UP', K.H_UP)))));
-      return;
-    }
-    case 'F32':
-      f.emit(set(dst, `(f64x2.promote_low_f32x4 (v128.load64_zero offset=${8 * k} ${get(ptr)}))`));
-      return;
     case 'F64':
-      f.emit(set(dst, `(v128.load offset=${16 * k} ${get(ptr)})`));
-      return;
+      pairs.forEach((p, k) => f.emit(set(p, `(v128.load offset=${at + 16 * k} ${get(ptr)})`)));
+      break;
+    case 'F32':
+      pairs.forEach((p, k) => f.emit(set(p, `(f64x2.promote_low_f32x4 (v128.load64_zero offset=${at + 8 * k} ${get(ptr)}))`)));
+      break;
+    case 'BF16': {
+      const raw = f.local(`${tag}_raw`, 'v128');
+      f.emit(set(raw, `(v128.load offset=${at} ${get(ptr)})`));
+      for (const j of [0, 1]) {
+        const u = f.local(`${tag}_u${j}`, 'v128');
+        f.emit(set(u, toHighHalves(f, get(raw), j === 1)), set(pairs[2 * j], `(f64x2.promote_low_f32x4 ${get(u)})`), set(pairs[2 * j + 1], `(f64x2.promote_low_f32x4 ${high64(get(u))})`));
+      }
+      break;
+    }
+    case 'F16': {
+      // (h << 16) >>s 3, masked to sign | bits 27..13, is the F32 pattern of h·2^-112 (subnormals too); promoted, it
+      // is scaled back by 2^112 in float64 (not in F32, where x86 takes a slow assist on subnormal operands), or not
+      // at all when the caller folded 2^112 into its own factor. Exponent 31 (Inf/NaN) is flagged instead.
+      const raw = f.local(`${tag}_raw`, 'v128');
+      f.emit(set(raw, `(v128.load offset=${at} ${get(ptr)})`));
+      const e31 = get(f.const('H_EXP16', K.H_EXP16));
+      if (spec) f.emit(set(spec, op('v128.or', get(spec), op('i16x8.eq', op('v128.and', get(raw), e31), e31))));
+      const up = (v: string) => (prescaled ? v : op('f64x2.mul', v, get(f.const('H_UP', K.H_UP))));
+      for (const j of [0, 1]) {
+        const q = f.local(`${tag}_q${j}`, 'v128');
+        f.emit(
+          set(q, op('v128.and', `(i32x4.shr_s ${toHighHalves(f, get(raw), j === 1)} (i32.const 3))`, get(f.const('H_MASK', K.H_MASK)))),
+          set(pairs[2 * j], up(`(f64x2.promote_low_f32x4 ${get(q)})`)),
+          set(pairs[2 * j + 1], up(`(f64x2.promote_low_f32x4 ${high64(get(q))})`)),
+        );
+      }
+      break;
+    }
   }
+  return pairs;
 }
 
 interface Rounded {
@@ -304,10 +370,10 @@ interface Rounded {
 /**
  * Rounds pair `x` once to `fmt`, exactly: |x| is rounded on the float64 grid of its binade (the binade clamped
  * below to the smallest normal, so subnormals round at their fixed quantum) by adding and subtracting a magic
- * constant, as $grid does. The result is exact in F32 (BF16) or in F32 after scaling by 2^-112 (F16); results
- * at or above 2^(emax+1) overflow to Inf. Unlike $grid there is no upper clamp: only |x| ≥ 2^979 overflows the
- * constant (giving NaN), and such a delta has an infinite square, which sends the call to the scalar redo.
- * Used by subtract off the hot path.
+ * constant, as $grid does: the float64 addition itself rounds half to even at exactly the format's quantum. The
+ * result is exact in F32 (BF16) or in F32 after scaling by 2^-112 (F16); results at or above 2^(emax+1) overflow
+ * to Inf. Unlike $grid there is no upper clamp: only |x| ≥ 2^979 overflows the constant, and then (as for
+ * x = ±Inf) the lanes come out NaN, which the callers hand off to the scalar code.
  */
 function roundExact(f: Func, fmt: FloatDType, x: string, tag: string): Rounded {
   if (fmt === 'F64') return { lanes: x, value: () => get(x) };
@@ -344,107 +410,163 @@ function valueIn(f: Func, fmt: FloatDType, d: string, tag: string): string {
   return roundExact(f, fmt, d, tag).value();
 }
 
+/** Zero, written in place: V8 emits it as one xor of a register with itself, so it pins no register. */
+const ZERO = '(v128.const i64x2 0 0)';
+
 const lo64 = (a: string, b: string) => `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 ${get(a)} ${get(b)})`;
 
-/** Packs 4 pairs of exactly rounded lanes (from roundExact) into the vectors to store, 16 bytes apart. */
-function packExact(f: Func, fmt: FloatDType, lanes: string[], tag: string): string[] {
-  if (fmt === 'F64') return lanes;
+/** Packs 4 pairs of exactly rounded lanes (from roundExact): the F32 patterns (2 vectors; none for F64) and the vectors to store. */
+function packExact(f: Func, fmt: FloatDType, lanes: string[], tag: string): { f32: string[]; vectors: string[] } {
+  if (fmt === 'F64') return { f32: [], vectors: lanes };
   const v = [0, 1].map((j) => f.local(`pv${tag}${j}`, 'v128'));
   f.emit(set(v[0], lo64(lanes[0], lanes[1])), set(v[1], lo64(lanes[2], lanes[3])));
-  if (fmt === 'F32') return v;
-  for (const l of v) {
+  if (fmt === 'F32') return { f32: v, vectors: v };
+  const h = v.map((l, j) => {
     // The 16-bit patterns into the low half of each i32 lane: BF16 is the top half; F16 is bits 27..13 plus the sign.
-    if (fmt === 'BF16') f.emit(set(l, `(i32x4.shr_u ${get(l)} (i32.const 16))`));
-    else f.emit(set(l, op('v128.or', op('v128.and', `(i32x4.shr_u ${get(l)} (i32.const 13))`, get(f.const('H_MAG', K.H_MAG))), op('v128.and', `(i32x4.shr_u ${get(l)} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))));
-  }
+    const bits = f.local(`ph${tag}${j}`, 'v128');
+    if (fmt === 'BF16') f.emit(set(bits, `(i32x4.shr_u ${get(l)} (i32.const 16))`));
+    else f.emit(set(bits, op('v128.or', op('v128.and', `(i32x4.shr_u ${get(l)} (i32.const 13))`, get(f.const('H_MAG', K.H_MAG))), op('v128.and', `(i32x4.shr_u ${get(l)} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))));
+    return bits;
+  });
   const w = f.local(`pw${tag}`, 'v128');
-  f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(v[0])} ${get(v[1])})`));
-  return [w];
+  f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(h[0])} ${get(h[1])})`));
+  return { f32: v, vectors: [w] };
 }
 
 interface GroupRounding {
   /** The vectors to store, 16 bytes apart. */
   vectors: string[];
-  /** Nonzero where a lane is NaN. */
-  nan: () => string;
-  /** Nonzero where the fast rounding may be wrong (BF16/F16 double-rounding ties); such groups take the exact path. */
-  tie?: () => string;
+  /**
+   * Nonzero where a lane must be handed off: a NaN, and for BF16/F16 also any |x| at or above the format's overflow
+   * threshold (Inf included), which the fast rounding does not cover.
+   */
+  special: () => string;
+  /** Per pair, the stored value and x, or for BF16/F16 their magnitudes: equal iff exact, |difference| the error. */
+  compare: () => [string, string][];
+}
+
+/** The 16-bit formats: explicit mantissa bits, smallest normal exponent, and the least |x| that rounds to Inf. */
+const SMALL = {
+  BF16: { mant: 7, emin: -126, over: (2 - pow2(-8)) * pow2(127) },
+  F16: { mant: 10, emin: -14, over: (2 - pow2(-11)) * pow2(15) },
+} as const;
+
+/**
+ * Rounds a group's 4 pairs once, exactly, to BF16/F16. With binade e = max(exponent of |x|, emin), let m be
+ * 1.5·2^(e+52−mant) plus (e − emin)·2^mant units in its last place. The float64 sum |x| + m stays in m's binade,
+ * so the addition itself rounds |x| half to even to a multiple of that unit, 2^(e−mant): the format's quantum at
+ * |x| (fixed below emin, for subnormals). (e − emin)·2^mant is even, so the ties go the right way, and the sum's
+ * low 32 bits are then (e − emin)·2^mant + k for k = |x| rounded, in quanta: the BF16/F16 bit pattern of |x|
+ * (k = 2^(mant+1) carries into the next binade, and subnormals come out right too). Overflow, Inf and NaN are
+ * left to the caller (see GroupRounding.special). No conversions: no F32 subnormals.
+ */
+function round16(f: Func, fmt: 'BF16' | 'F16', xs: string[]): GroupRounding {
+  const { mant, emin, over } = SMALL[fmt];
+  const magic = ((BigInt(52 - mant) << 52n) + (1n << 51n) - (BigInt(1023 + emin) << BigInt(mant))) & ((1n << 64n) - 1n);
+  const c = (name: string, bytes: Uint8Array) => get(f.const(name, bytes));
+  const ts: string[] = [];
+  const ms: string[] = [];
+  const ss: string[] = [];
+  xs.forEach((x, k) => {
+    const [t, e, m, sum] = ['t', 'e', 'm', 's'].map((n) => f.local(`r${n}${k}`, 'v128'));
+    f.emit(
+      set(t, op('v128.and', get(x), c('ABS', K.ABS))),
+      set(e, op('f64x2.pmax', op('v128.and', get(x), c('EXP', K.EXP)), c(`${fmt}_LO`, f64x2(pow2(emin))))),
+      set(m, op('i64x2.add', get(e), op('i64x2.add', `(i64x2.shr_u ${get(e)} (i32.const ${52 - mant}))`, c(`${fmt}_MAGIC`, i64x2(magic))))),
+      set(sum, op('f64x2.add', get(t), get(m))),
+    );
+    ts.push(t);
+    ms.push(m);
+    ss.push(sum);
+  });
+  // Gather the low dwords of the sums (the magnitudes) and the high dwords of x (the signs), 4 lanes at a time.
+  const dwords = (a: string, b: string, odd: boolean) => (odd ? `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})` : `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(a)} ${get(b)})`);
+  const h = [0, 1].map((j) => {
+    const bits = f.local(`rh${j}`, 'v128');
+    f.emit(set(bits, op('v128.or', dwords(ss[2 * j], ss[2 * j + 1], false), op('v128.and', `(i32x4.shr_u ${dwords(xs[2 * j], xs[2 * j + 1], true)} (i32.const 16))`, f.constAt('H_SGN', K.H_SGN)))));
+    return bits;
+  });
+  const w = f.local('rw', 'v128');
+  f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(h[0])} ${get(h[1])})`));
+  return {
+    vectors: [w],
+    // |x| ≥ over (NaN included) iff the high dword of |x|'s bits is ≥ over's (whose low dword is 0): one signed
+    // 64-bit compare of the lanewise i32 max, whose high dwords are the largest high dword and dominate.
+    special: () => op('i64x2.gt_s', [op('i32x4.max_s', get(ts[0]), get(ts[1])), op('i32x4.max_s', get(ts[2]), get(ts[3]))].reduce((a, b) => op('i32x4.max_s', a, b)), f.constAt(`${fmt}_OVER`, i64x2(overHigh(over)))),
+    compare: () => xs.map((_, k) => [op('f64x2.sub', get(ss[k]), get(ms[k])), get(ts[k])] as [string, string]),
+  };
+}
+
+/** (high dword of over's bits − 1) · 2^32 + 2^32 − 1: exceeded by a 64-bit pattern iff its high dword is ≥ over's. */
+function overHigh(over: number): bigint {
+  const v = new DataView(new ArrayBuffer(8));
+  v.setFloat64(0, over, true);
+  if (v.getUint32(0, true) !== 0) throw new Error('overflow threshold with a nonzero low dword');
+  return ((BigInt(v.getUint32(4, true)) - 1n) << 32n) | 0xffffffffn;
+}
+
+/** Rounds a group's 4 pairs once, exactly, to `fmt`. */
+function roundGroup(f: Func, fmt: FloatDType, xs: string[]): GroupRounding {
+  if (fmt === 'BF16' || fmt === 'F16') return round16(f, fmt, xs);
+  const nanOf = (v: string, t: 'f32x4' | 'f64x2') => op(`${t}.ne`, get(v), get(v));
+  if (fmt === 'F64') return { vectors: xs, special: () => xs.map((x) => nanOf(x, 'f64x2')).reduce((a, b) => op('v128.or', a, b)), compare: () => xs.map((x) => [get(x), get(x)]) };
+  const rs = xs.map((x, k) => roundExact(f, fmt, x, `r${k}`));
+  const packed = packExact(f, fmt, rs.map((r) => r.lanes), 'r');
+  return {
+    vectors: packed.vectors,
+    special: () => packed.f32.map((v) => nanOf(v, 'f32x4')).reduce((a, b) => op('v128.or', a, b)),
+    compare: () => rs.map((r, k) => [r.value(), get(xs[k])]),
+  };
+}
+
+function storeVectors(f: Func, ptr: string, vectors: string[], at = 0): void {
+  vectors.forEach((v, j) => f.emit(`(v128.store offset=${at + 16 * j} ${get(ptr)} ${get(v)})`));
 }
 
 /**
- * Rounds a group's 4 pairs for the hot path. F32/F64 round in one step. BF16/F16 round twice: to F32 (for F16
- * after scaling by 2^-112, which puts F16 subnormals on the F32 subnormal grid), then half to even on the bit
- * pattern. Rounding twice equals rounding once unless the first rounding lands exactly on a tie of the second
- * (every 16-bit tie and boundary is an F32 value, so it cannot be jumped over); those lanes are flagged, about one
- * in 2^16 (BF16) or 2^13 (F16).
+ * Groups of 8 elements per iteration of a hot loop. Two halve the loop's overhead (stack check, pointers, the stop
+ * test); the fused two-delta applies keep one, since their three input streams already fill the 16 registers and
+ * unrolled they spill more than they save (measured).
  */
-function roundGroup(f: Func, fmt: FloatDType, xs: string[]): GroupRounding {
-  if (fmt === 'F64') return { vectors: xs, nan: () => xs.map((x) => op('f64x2.ne', get(x), get(x))).reduce((a, b) => op('v128.or', a, b)) };
-  const lanes = xs.map((x, k) => {
-    const l = f.local(`f${k}`, 'v128');
-    const scaled = fmt === 'F16' ? op('f64x2.mul', get(x), get(f.const('H_DOWN', K.H_DOWN))) : get(x);
-    f.emit(set(l, `(f32x4.demote_f64x2_zero ${scaled})`));
-    return l;
-  });
-  const v = [0, 1].map((j) => f.local(`v${j}`, 'v128'));
-  f.emit(set(v[0], lo64(lanes[0], lanes[1])), set(v[1], lo64(lanes[2], lanes[3])));
-  const nan = () => op('v128.or', op('f32x4.ne', get(v[0]), get(v[0])), op('f32x4.ne', get(v[1]), get(v[1])));
-  if (fmt === 'F32') return { vectors: v, nan };
-  const drop = fmt === 'BF16' ? 16 : 13; // F32 mantissa bits below the 16-bit format's
-  const lowMask = get(f.const(`LOW${drop}`, i32x4((1 << drop) - 1)));
-  const half = get(f.const(`TIE${drop}`, i32x4(1 << (drop - 1))));
-  const tie = () => v.map((l) => op('i32x4.eq', op('v128.and', get(l), lowMask), half)).reduce((a, b) => op('v128.or', a, b));
-  const h = v.map((l, j) => {
-    const bits = f.local(`h${j}`, 'v128');
-    // Round at bit `drop` by adding half: ties, the only case where that is not half to even, are flagged above.
-    // The carry may run into the exponent, as it should (up to Inf).
-    const rne = (a: string) => `(i32x4.shr_u (i32x4.add ${a} ${half}) (i32.const ${drop}))`;
-    if (fmt === 'BF16') f.emit(set(bits, rne(get(l))));
-    else {
-      // F16: round the magnitude, cap overflow at Inf (0x7c00), put the sign back at bit 15.
-      const a = f.local(`a${j}`, 'v128');
-      f.emit(
-        set(a, op('v128.and', get(l), get(f.const('ABS32', i32x4(0x7fffffff))))),
-        set(bits, op('v128.or', op('i32x4.min_u', rne(get(a)), get(f.const('H_INF32', i32x4(0x7c00)))), op('v128.and', `(i32x4.shr_u ${get(l)} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
-      );
-    }
-    return bits;
-  });
-  const w = f.local('w16', 'v128');
-  f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(h[0])} ${get(h[1])})`));
-  return { vectors: [w], nan, tie };
-}
-
-function storeVectors(f: Func, ptr: string, vectors: string[]): void {
-  vectors.forEach((v, j) => f.emit(`(v128.store offset=${16 * j} ${get(ptr)} ${get(v)})`));
+function unrollFor(kernel: 'subtract' | 'apply', deltas = 1): number {
+  return kernel === 'apply' && deltas === 2 ? 1 : 2;
 }
 
 /**
  * The hot loop of a kernel, as its own function without calls (so TurboFan keeps its accumulators in registers):
- * from group $i on, `body` handles elements [i, i+8) and returns a condition that stops the loop at that group
- * (after `body`, before `commit`). The function returns the index it stopped at: $n8 when done, else the group
- * its caller must finish by other means before calling again from i + 8.
+ * from element $i on, each iteration handles `unroll` groups of 8, `body(g)` emitting group g (with locals of its
+ * own) and returning a mask whose lanes stop the loop there (after every `body`, before any `commit`). The function
+ * returns the index it stopped at: $nspan when done, else the start of the 8·unroll elements its caller must finish
+ * by other means before calling again after them.
  */
-function hotLoop(f: Func, pointers: [string, string, number][], parts: { body: () => string; commit: () => void; save: () => void }): void {
+function hotLoop(f: Func, unroll: number, pointers: [string, string, number][], parts: { body: (g: number) => string | undefined; commit: (g: number) => void; save: () => void }): void {
+  const span = 8 * unroll;
   for (const [q, p, size] of pointers) f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
-  f.emit(`(block $stop (loop $group`, `(br_if $stop (i32.ge_u (local.get $i) (local.get $n8)))`);
-  const cond = parts.body();
-  f.emit(`(br_if $stop ${cond})`);
-  parts.commit();
-  for (const [q, , size] of pointers) f.emit(set(q, `(i32.add ${get(q)} (i32.const ${8 * size}))`));
-  f.emit(`(local.set $i (i32.add (local.get $i) (i32.const 8)))`, `(br $group)))`);
+  f.emit(`(block $stop (loop $group`, `(br_if $stop (i32.ge_u (local.get $i) (local.get $nspan)))`);
+  const conds: string[] = [];
+  for (let g = 0; g < unroll; g++) {
+    f.suffix = `.g${g}`;
+    const cond = parts.body(g);
+    if (cond) conds.push(cond);
+  }
+  f.suffix = '';
+  if (conds.length) f.emit(`(br_if $stop (v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))}))`);
+  for (let g = 0; g < unroll; g++) parts.commit(g);
+  for (const [q, , size] of pointers) f.emit(set(q, `(i32.add ${get(q)} (i32.const ${span * size}))`));
+  f.emit(`(local.set $i (i32.add (local.get $i) (i32.const ${span})))`, `(br $group)))`);
   parts.save();
   f.emit(`(local.get $i)`);
 }
 
-/** Calls `hot` until it reaches $n8, handing each group it stops at to `rare`. */
-function driveLoop(f: Func, hot: string, rare: string): void {
+/** Calls `hot` until it reaches $nspan, handing the `span` elements at each index it stops at to `rare`. */
+function driveLoop(f: Func, span: number, hot: string, rare: string): void {
   f.emit(
     `(block $done (loop $more`,
     `  (local.set $i ${hot})`,
-    `  (br_if $done (i32.ge_u (local.get $i) (local.get $n8)))`,
+    `  (br_if $done (i32.ge_u (local.get $i) (local.get $nspan)))`,
     `  ${rare}`,
-    `  (local.set $i (i32.add (local.get $i) (i32.const 8)))`,
+    `  (br_if $done (i32.ge_u (local.get $i) (local.get $nspan)))`,
+    `  (local.set $i (i32.add (local.get $i) (i32.const ${span})))`,
     `  (br $more)))`,
   );
 }
@@ -458,7 +580,7 @@ const store = (at: number, v: string) => `(v128.store offset=${at} (i32.const 0)
 /** Mantissa bits below a format's precision (see subtractPlan). */
 const LOW_BITS: Record<'BF16' | 'F16' | 'F32', bigint> = { BF16: (1n << 45n) - 1n, F16: (1n << 42n) - 1n, F32: (1n << 29n) - 1n };
 
-/** What the three functions of one subtract kernel share. */
+/** What the functions of one subtract kernel share. */
 function subtractPlan(x: FloatDType, y: FloatDType, probe: FloatDType | undefined) {
   const pr = probe === 'F64' ? undefined : probe;
   // Exactness tests. With BF16/F16 inputs every delta lies on the 2^-133 grid (F16: on the 2^-24 grid, below
@@ -466,30 +588,53 @@ function subtractPlan(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   // also needs |d| < 2^128, which the scalar redo guarantees by firing whenever a Σd² slot reaches 2^256. With F16
   // inputs, exactness in F16 is the same test plus |d| < 2^16.
   const bitsTest = (t: FloatDType) => ((x === 'BF16' || x === 'F16') && (t === 'BF16' || t === 'F32')) || (x === 'F16' && t === 'F16');
-  const yTest = y === 'F64' ? undefined : bitsTest(y) ? 'bits' : 'full';
-  // The main case (F32 out, BF16 probe) counts the probe on the stored F32 patterns, 4 lanes at a time: a delta
-  // exact in F32 is exact in BF16 iff its low 16 bits are 0. Groups with an F32-inexact lane take the rare path,
-  // which swaps that count for an exact one.
-  const pTest = pr === undefined ? undefined : y === 'F32' && pr === 'BF16' && yTest === 'bits' ? 'packed' : bitsTest(pr) ? 'bits' : 'full';
-  const guard = x === 'BF16' && (yTest === 'bits' || pTest === 'bits' || pTest === 'packed') ? pow2(256) : Infinity;
-  return { name: subtractName(x, y, probe), pr, yTest, pTest, guard };
+  // How rounded lanes (count and max error) are found. 'inline': lane by lane in the hot loop. 'bits': where the
+  // inputs' grid makes exactness a bit test, the hot loop only tests (and stores what is right for exact lanes),
+  // and hands each group with a rounded lane to the rare function, which rounds it exactly and counts. That wins
+  // where rounding is rare (F32 out from 16-bit inputs; compute's redo to the model dtype, which it does only
+  // when every delta fits); a call that keeps handing groups over finishes with an 'inline' loop instead.
+  const count: 'none' | 'bits' | 'inline' = y === 'F64' ? 'none' : bitsTest(y) ? 'bits' : 'inline';
+  // Probe tests for each hot loop. Compute's first pass (F32 out, the model's own dtype as the probe) counts the
+  // probe on the stored F32 patterns, 4 lanes at a time: a delta exact in F32 is exact in BF16 iff the pattern's
+  // low 16 bits are 0, and (from F16 inputs, on the 2^-24 grid) exact in F16 iff its low 13 bits are 0 and it is
+  // below 2^16. Groups with an F32-inexact lane take the rare path, which swaps that count for an exact one.
+  const probeTest = (variant: 'bits' | 'inline' | 'none') =>
+    pr === undefined ? undefined : variant === 'bits' && y === 'F32' && (pr === 'BF16' || pr === 'F16') && bitsTest(pr) ? 'packed' : bitsTest(pr) ? 'bits' : 'full';
+  const pTest = probeTest(count);
+  const guard = x === 'BF16' && (count === 'bits' || pTest === 'bits' || pTest === 'packed') ? pow2(256) : Infinity;
+  return { name: subtractName(x, y, probe), pr, count, probeTest, pTest, guard };
 }
+
+/** Rare hand-offs a 'bits' subtract call takes before it finishes with its 'inline' loop. */
+const FALLBACK_AFTER = 16;
 
 const SUB_PARAMS = '(param $pb i32) (param $pp i32) (param $po i32)';
 
-function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
-  const { name, pr, yTest, pTest } = subtractPlan(x, y, probe);
-  const f = new Func(`${name}_hot`, `${SUB_PARAMS} (param $i i32) (param $n8 i32) (result i32)`, false);
+/** Widens pair k of two F32 quads' halves (k odd: the high half). */
+const half = (v: string, k: number) => `(f64x2.promote_low_f32x4 ${k % 2 ? high64(get(v)) : get(v)})`;
+
+/**
+ * A subtract kernel's loop over spans: widen both inputs, d = post − base, the Σ sums, store d rounded to y, count
+ * the probe, and count rounded lanes per `count` ('bits': the `_test` loop, stopping at groups with a rounded lane;
+ * else the `_hot` loop, which never stops). Its vector state lives in WORK between calls.
+ */
+function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined, count: 'none' | 'bits' | 'inline'): Func {
+  const { name, pr, probeTest } = subtractPlan(x, y, probe);
+  const pTest = probeTest(count);
+  const f = new Func(`${name}_${count === 'bits' ? 'test' : 'hot'}`, `${SUB_PARAMS} (param $i i32) (param $nspan i32) (result i32)`, false);
   const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
-  const [cntP, bad, ok, big] = ['cntP', 'bad', 'ok', 'big'].map((n) => f.local(n, 'v128'));
+  const cntP = pr !== undefined ? f.local('cntP', 'v128') : undefined;
   const cnt32 = pTest === 'packed' ? f.local('cnt32', 'v128') : undefined;
-  const spec = x === 'F16' ? f.local('spec', 'v128') : undefined;
+  const cntR = count === 'inline' ? f.local('cntR', 'v128') : undefined;
+  const mx = count === 'inline' ? f.local('mx', 'v128') : undefined;
+  const spec = x === 'F16' || (count === 'inline' && (y === 'BF16' || y === 'F16')) ? f.local('spec', 'v128') : undefined;
   // Partial sums by i mod 4: pairs 0 and 2 of a group feed sq[0] (slots 0, 1), pairs 1 and 3 feed sq[1].
   const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
   const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
-  const zero = get(f.const('ZERO', K.ZERO));
+  const zero = ZERO;
   const low = (t: 'BF16' | 'F16' | 'F32') => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t])));
-  const tooBig = (d: string) => op('f64x2.ge', op('f64x2.abs', get(d)), get(f.const('F16_HI', f64x2(GRID.F16.vhi))));
+  const abs = (v: string) => op('v128.and', v, get(f.const('ABS', K.ABS)));
+  const tooBig = (d: string) => op('f64x2.ge', abs(get(d)), get(f.const('F16_HI', f64x2(GRID.F16.vhi))));
   const state: [string | undefined, number][] = [
     [sq[0], WORK.sq],
     [sq[1], WORK.sq + 16],
@@ -497,20 +642,22 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
     [sb[1], WORK.sb + 16],
     [cntP, WORK.cntP],
     [cnt32, WORK.cnt32],
+    [cntR, WORK.cntR],
+    [mx, WORK.mx],
     [spec, WORK.spec],
   ];
   for (const [l, at] of state) if (l) f.emit(set(l, load(at)));
 
   hotLoop(
     f,
+    unrollFor('subtract'),
     [
       [qb, '$pb', SIZE[x]],
       [qp, '$pp', SIZE[x]],
       [qo, '$po', SIZE[y]],
     ],
     {
-      body: () => {
-        const ds: string[] = [];
+      body: (g) => {
         // F32 out from BF16/F32 in: subtract 4 lanes in F32. That is the float64 delta rounded to F32: F32
         // subtraction rounds the exact difference correctly, and rounding it to float64 first changes nothing
         // (53 ≥ 2·24 + 2 bits, so double rounding is innocuous for F32 operands).
@@ -518,51 +665,83 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
         const quads = inF32
           ? [0, 1].map((j) => {
               const [b, p, o] = ['bq', 'pq', 'oq'].map((n) => f.local(`${n}${j}`, 'v128'));
-              const quad = (ptr: string) =>
-                x === 'F32' ? `(v128.load offset=${16 * j} ${get(ptr)})` : `(i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 ${zero} (v128.load64_zero offset=${8 * j} ${get(ptr)}))`;
+              const at = 8 * SIZE[x] * g;
+              const quad = (ptr: string) => (x === 'F32' ? `(v128.load offset=${at + 16 * j} ${get(ptr)})` : toHighHalves(f, `(v128.load64_zero offset=${at + 8 * j} ${get(ptr)})`, false));
               f.emit(set(b, quad(qb)), set(p, quad(qp)), set(o, op('f32x4.sub', get(p), get(b))));
               return { b, p, o };
             })
           : [];
-        const half = (v: string, k: number) => `(f64x2.promote_low_f32x4 ${k % 2 ? `(i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 ${get(v)} ${get(v)})` : get(v)})`;
+        let bs: string[];
+        let ps: string[];
+        if (inF32) {
+          bs = [0, 1, 2, 3].map((k) => f.local(`b${k}`, 'v128'));
+          ps = [0, 1, 2, 3].map((k) => f.local(`p${k}`, 'v128'));
+          for (let k = 0; k < 4; k++) f.emit(set(bs[k], half(quads[k >> 1].b, k)), set(ps[k], half(quads[k >> 1].p, k)));
+        } else {
+          bs = widenGroup(f, x, qb, 'b', x === 'F16' ? spec : undefined, false, g);
+          ps = widenGroup(f, x, qp, 'p', x === 'F16' ? spec : undefined, false, g);
+        }
+        const bad = count === 'bits' ? f.local('bad', 'v128') : undefined;
+        const ds: string[] = [];
         for (let k = 0; k < 4; k++) {
-          const [b, p, d] = ['b', 'p', 'd'].map((n) => f.local(`${n}${k}`, 'v128'));
+          const d = f.local(`d${k}`, 'v128');
           ds.push(d);
-          if (inF32) f.emit(set(b, half(quads[k >> 1].b, k)), set(p, half(quads[k >> 1].p, k)));
-          else {
-            widenPair(f, x, qb, k, b, spec);
-            widenPair(f, x, qp, k, p, spec);
-          }
           f.emit(
-            set(d, op('f64x2.sub', get(p), get(b))),
+            set(d, op('f64x2.sub', get(ps[k]), get(bs[k]))),
             // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
             set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
-            set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(b), get(b)))),
+            set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(bs[k]), get(bs[k])))),
           );
-          // The output's exactness only picks groups for the exact (rare) count; the probe's is counted here.
-          if (yTest === 'bits') {
-            f.emit(set(bad, k === 0 ? get(d) : op('v128.or', get(bad), get(d))));
-            if (y === 'F16') f.emit(set(big, k === 0 ? tooBig(d) : op('v128.or', get(big), tooBig(d))));
-          } else if (yTest === 'full') {
-            const e = op('f64x2.eq', valueIn(f, y, d, `e${k}`), get(d));
-            f.emit(set(ok, k === 0 ? e : op('v128.and', get(ok), e)));
-          }
-          if (pr !== undefined && pTest !== 'packed') {
-            let exact = pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr)), zero) : op('f64x2.eq', valueIn(f, pr, d, `q${k}`), get(d));
+          if (bad) f.emit(set(bad, k === 0 ? get(d) : op('v128.or', get(bad), get(d))));
+          if (cntP && pTest !== 'packed') {
+            let exact = pTest === 'bits' ? op('i64x2.eq', op('v128.and', get(d), low(pr as 'BF16' | 'F16' | 'F32')), zero) : op('f64x2.eq', valueIn(f, pr as FloatDType, d, `q${k}`), get(d));
             if (pTest === 'bits' && pr === 'F16') exact = op('v128.andnot', exact, tooBig(d));
             f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
           }
         }
-        const vectors = inF32 ? quads.map((q) => q.o) : roundGroup(f, y, ds).vectors;
-        storeVectors(f, qo, vectors);
-        if (cnt32) for (const v of vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), low16Zero(f, v))));
-        // A double-rounding tie is an inexact lane, so the exactness test already sends its group to the exact path.
-        if (yTest === 'bits' && y !== 'F64') {
-          const lowBits = op('v128.and', get(bad), low(y)); // low bits of any delta (and distributes over or)
-          return `(v128.any_true ${y === 'F16' ? op('v128.or', lowBits, get(big)) : lowBits})`;
+        let vectors: string[];
+        let compare: () => [string, string][];
+        let big: string | undefined;
+        if (inF32) {
+          vectors = quads.map((q) => q.o);
+          compare = () => [0, 1, 2, 3].map((k) => [half(quads[k >> 1].o, k), get(ds[k])]);
+        } else if (count === 'bits' && (y === 'BF16' || y === 'F16')) {
+          // Exact lanes are exact in F32 too (F16 scaled by 2^-112), so their 16-bit patterns come from a plain demote.
+          const lanes = ds.map((d, k) => {
+            const l = f.local(`f${k}`, 'v128');
+            f.emit(set(l, `(f32x4.demote_f64x2_zero ${y === 'F16' ? op('f64x2.mul', get(d), get(f.const('H_DOWN', K.H_DOWN))) : get(d)})`));
+            return l;
+          });
+          const packed = packExact(f, y, lanes, 'x');
+          vectors = packed.vectors;
+          compare = () => [];
+          // |d| ≥ 2^16 overflows F16 however few its bits: its scaled F32 pattern is ≥ 2^-96's.
+          if (y === 'F16') big = packed.f32.map((v) => op('i32x4.gt_s', op('v128.and', get(v), get(f.const('ABS32', i32x4(0x7fffffff)))), get(f.const('F16_BIG32', i32x4(0x0f7fffff))))).reduce((a, b) => op('v128.or', a, b));
+        } else {
+          const r = roundGroup(f, y, ds);
+          vectors = r.vectors;
+          compare = r.compare;
+          // Overflowing lanes of a 16-bit output (NaN and Inf deltas too) send the whole call to the scalar redo.
+          if (spec && (y === 'BF16' || y === 'F16')) f.emit(set(spec, op('v128.or', get(spec), r.special())));
         }
-        if (yTest === 'full') return `(i32.eqz (i64x2.all_true ${get(ok)}))`;
-        return '(i32.const 0)';
+        storeVectors(f, qo, vectors, 8 * SIZE[y] * g);
+        if (cnt32) for (const v of vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), exact32(f, pr as 'BF16' | 'F16', v))));
+        if (cntR && mx) {
+          // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
+          compare().forEach(([stored, exact], k) => {
+            const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
+            f.emit(
+              set(w, stored),
+              set(v, exact),
+              set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
+              set(mx, op('f64x2.pmax', get(mx), abs(op('f64x2.sub', get(w), get(v))))),
+            );
+          });
+        }
+        // Low bits of any delta (and distributes over or): a lane the store rounded (for F16, also one it overflowed).
+        if (!bad) return undefined;
+        const lowBits = op('v128.and', get(bad), low(y as 'BF16' | 'F16' | 'F32'));
+        return big ? op('v128.or', lowBits, big) : lowBits;
       },
       commit: () => {},
       save: () => {
@@ -573,19 +752,28 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
   return f;
 }
 
-const low16Zero = (f: Func, v: string) => op('i32x4.eq', op('v128.and', get(v), get(f.const('LOW16', i32x4(0xffff)))), get(f.const('ZERO', K.ZERO)));
+/** Lanes of F32 patterns `v` (of deltas exact in F32, from 16-bit inputs) that are exact in `probe`, as a mask. */
+function exact32(f: Func, probe: 'BF16' | 'F16', v: string): string {
+  const low = op('i32x4.eq', op('v128.and', get(v), get(f.const(`LOW32_${probe}`, i32x4(probe === 'BF16' ? 0xffff : 0x1fff)))), ZERO);
+  if (probe === 'BF16') return low;
+  return op('v128.andnot', low, op('i32x4.gt_s', op('v128.and', get(v), get(f.const('ABS32', i32x4(0x7fffffff)))), get(f.const('F16_TOP32', i32x4(0x477fffff)))));
+}
 
-/** The group at $i has a rounded lane: count it exactly, and round it again exactly (the hot path may have met a tie). */
+/**
+ * The group at $i has a rounded lane (count 'bits'): count the rounded lanes, and the probe exactly; for a 16-bit
+ * output, also store the group rounded exactly (the test loop stored plain demotes, right only for exact lanes).
+ */
 function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
   const { name, pr, pTest } = subtractPlan(x, y, probe);
   const f = new Func(`${name}_rare`, `${SUB_PARAMS} (param $i i32)`, false);
   const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
-  const [cntR, cntP, cnt32, mx] = ['cntR', 'cntP', 'cnt32', 'mx'].map((n) => f.local(n, 'v128'));
+  const [cntR, cntP, cnt32, mx, spec] = ['cntR', 'cntP', 'cnt32', 'mx', 'spec'].map((n) => f.local(n, 'v128'));
   const state: [string, number][] = [
     [cntR, WORK.cntR],
     [cntP, WORK.cntP],
     [cnt32, WORK.cnt32],
     [mx, WORK.mx],
+    [spec, WORK.spec],
   ];
   for (const [l, at] of state) f.emit(set(l, load(at)));
   for (const [q, p, size] of [
@@ -594,55 +782,72 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     [qo, '$po', SIZE[y]],
   ] as const)
     f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
-  const ds: string[] = [];
-  const lanes: string[] = [];
-  for (let k = 0; k < 4; k++) {
-    const [b, p, d, w] = ['b', 'p', 'd', 'w'].map((n) => f.local(`${n}${k}`, 'v128'));
-    ds.push(d);
-    widenPair(f, x, qb, k, b, undefined);
-    widenPair(f, x, qp, k, p, undefined);
-    f.emit(set(d, op('f64x2.sub', get(p), get(b))));
-    if (y === 'F64') continue;
-    const r = roundExact(f, y, d, `${k}`);
-    lanes.push(r.lanes);
-    // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
-    f.emit(
-      set(w, r.value()),
-      set(cntR, op('i64x2.sub', get(cntR), op('v128.not', op('f64x2.eq', get(w), get(d))))),
-      set(mx, op('f64x2.pmax', get(mx), op('f64x2.abs', op('f64x2.sub', get(w), get(d))))),
-    );
+  const bs = widenGroup(f, x, qb, 'b', undefined);
+  const ps = widenGroup(f, x, qp, 'p', undefined);
+  const ds = bs.map((b, k) => {
+    const d = f.local(`d${k}`, 'v128');
+    f.emit(set(d, op('f64x2.sub', get(ps[k]), get(b))));
+    return d;
+  });
+  const r = roundGroup(f, y, ds);
+  if (y !== 'F32') {
+    storeVectors(f, qo, r.vectors);
+    // Overflowing lanes send the whole call to the scalar redo.
+    f.emit(set(spec, op('v128.or', get(spec), r.special())));
   }
-  if (y === 'BF16' || y === 'F16') storeVectors(f, qo, packExact(f, y, lanes, 's'));
-  if (pTest === 'packed' && pr !== undefined) {
+  // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
+  r.compare().forEach(([stored, exact], k) => {
+    const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
+    f.emit(
+      set(w, stored),
+      set(v, exact),
+      set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
+      set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(v)), get(f.const('ABS', K.ABS))))),
+    );
+  });
+  if (pTest === 'packed' && (pr === 'BF16' || pr === 'F16')) {
     // Take back the packed probe count of this group and count it exactly instead.
-    const zero = get(f.const('ZERO', K.ZERO));
-    for (const v of packExact(f, 'F32', lanes, 'u')) f.emit(set(cnt32, op('i32x4.add', get(cnt32), low16Zero(f, v))));
-    for (const d of ds) f.emit(set(cntP, op('i64x2.sub', get(cntP), op('i64x2.eq', op('v128.and', get(d), get(f.const('LOW_BF16', i64x2(LOW_BITS.BF16)))), zero))));
+    for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.add', get(cnt32), exact32(f, pr, v))));
+    for (const d of ds) {
+      let exact = op('i64x2.eq', op('v128.and', get(d), get(f.const(`LOW_${pr}`, i64x2(LOW_BITS[pr])))), ZERO);
+      if (pr === 'F16') exact = op('v128.andnot', exact, op('f64x2.ge', op('v128.and', get(d), get(f.const('ABS', K.ABS))), get(f.const('F16_HI', f64x2(GRID.F16.vhi)))));
+      f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
+    }
   }
   for (const [l, at] of state) f.emit(store(at, get(l)));
   return f;
 }
 
 function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
-  const { name, pr, yTest, guard } = subtractPlan(x, y, probe);
+  const { name, pr, count, guard } = subtractPlan(x, y, probe);
   const f = new Func(name, `${SUB_PARAMS} (param $n i32)`, true);
+  const unroll = unrollFor('subtract');
   f.local('i', 'i32');
-  f.local('n8', 'i32');
-  const zero = get(f.const('ZERO', K.ZERO));
+  f.local('nspan', 'i32');
+  const zero = ZERO;
   f.emit(
-    set('$n8', '(i32.and (local.get $n) (i32.const -8))'),
+    set('$nspan', `(i32.and (local.get $n) (i32.const ${-8 * unroll}))`),
     ...[0, 16, 32, 48].map((o) => store(WORK.sq + o, load(STATS.sqD + o))),
     ...[WORK.cntR, WORK.cntP, WORK.cnt32, WORK.mx, WORK.spec].map((at) => store(at, zero)),
   );
-  const args = '(local.get $pb) (local.get $pp) (local.get $po) (local.get $i)';
-  driveLoop(f, `(call $${name}_hot ${args} (local.get $n8))`, yTest ? `(call $${name}_rare ${args})` : '');
+  const args = '(local.get $pb) (local.get $pp) (local.get $po)';
+  const hot = (from: string) => `(call $${name}_hot ${args} ${from} (local.get $nspan))`;
+  if (count === 'bits') {
+    // The test loop, each group it stops at to the rare function; after FALLBACK_AFTER stops, the inline loop (which
+    // never stops) takes the rest.
+    f.local('stops', 'i32');
+    const rare = Array.from({ length: unroll }, (_, g) => `(call $${name}_rare ${args} (i32.add (local.get $i) (i32.const ${8 * g})))`).join(' ');
+    const fallback = `(local.set $stops (i32.add (local.get $stops) (i32.const 1))) (if (i32.ge_u (local.get $stops) (i32.const ${FALLBACK_AFTER})) (then (local.set $i ${hot(`(i32.add (local.get $i) (i32.const ${8 * unroll}))`)})))`;
+    driveLoop(f, 8 * unroll, `(call $${name}_test ${args} (local.get $i) (local.get $nspan))`, `${rare} ${fallback}`);
+  } else driveLoop(f, 8 * unroll, hot('(local.get $i)'), '');
 
   // Redo the whole call in scalar, from the stats as they were, if Σd² went NaN or Inf (a NaN or Inf delta, whose
-  // square was not masked; also a genuine overflow, which the redo reproduces), if it reached the guard, or if an
-  // F16 input was Inf/NaN. A non-finite base always makes a non-finite delta, so Σbase² needs no test of its own.
+  // square was not masked; also a genuine overflow, which the redo reproduces), if it reached the guard, if an F16
+  // input was Inf/NaN, or if a delta overflows a 16-bit output. A non-finite base always makes a non-finite delta,
+  // so Σbase² needs no test of its own.
   const t = get(f.const(guard === Infinity ? 'INF' : 'GUARD', f64x2(guard)));
   const redo = [load(WORK.sq), load(WORK.sq + 16)].map((v) => op('v128.not', op('f64x2.lt', v, t)));
-  if (x === 'F16') redo.push(load(WORK.spec));
+  if (x === 'F16' || y === 'BF16' || y === 'F16') redo.push(load(WORK.spec));
   const scalar = `$${name}_s`;
   f.emit(`(if (v128.any_true ${redo.reduce((a, b) => op('v128.or', a, b))}) (then (call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (i32.const 0) (local.get $n)) (return)))`);
   const lanesum = (at: number) => `(i64.add (i64.load offset=${at} (i32.const 0)) (i64.load offset=${at + 8} (i32.const 0)))`;
@@ -652,79 +857,80 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     ...[0, 16, 32, 48].map((o) => store(STATS.sqD + o, load(WORK.sq + o))),
     addI64(STATS.rounded, lanesum(WORK.cntR)),
     // cntP and cnt32 counted the exact lanes.
-    ...(pr === undefined ? [] : [addI64(STATS.misses, `(i64.sub (i64.extend_i32_u (local.get $n8)) ${exact})`)]),
+    ...(pr === undefined ? [] : [addI64(STATS.misses, `(i64.sub (i64.extend_i32_u (local.get $nspan)) ${exact})`)]),
     `(f64.store offset=${STATS.maxError} (i32.const 0) (f64.max (f64.load offset=${STATS.maxError} (i32.const 0)) (f64.max (f64.load offset=${WORK.mx} (i32.const 0)) (f64.load offset=${WORK.mx + 8} (i32.const 0)))))`,
-    `(call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (local.get $n8) (local.get $n))`,
+    `(call ${scalar} (local.get $pb) (local.get $pp) (local.get $po) (local.get $nspan) (local.get $n))`,
   );
   return f;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Apply: out = round_y(widen(base) + s·widen(delta)). Several deltas chain through F64 scratch (x = F64, y = F64).
+// Apply: out = round_y(x) with x = widen(base), then x = x + s·widen(delta) per delta, in float64. One or two
+// deltas are fused in one loop; more chain through F64 scratch (see wasm.ts).
 
-const APP_PARAMS = '(param $pb i32) (param $pd i32) (param $po i32) (param $s f64)';
-
-function applyHot(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
-  const f = new Func(`${applyName(x, dt, y)}_hot`, `${APP_PARAMS} (param $i i32) (param $n8 i32) (result i32)`, false);
-  const [qb, qd, qo] = ['qb', 'qd', 'qo'].map((n) => f.local(n, 'i32'));
-  const sv = f.local('sv', 'v128');
-  const spec = x === 'F16' || dt === 'F16' ? f.local('spec', 'v128') : undefined;
-  f.emit(set(sv, '(f64x2.splat (local.get $s))'));
-  let vectors: string[] = [];
-  hotLoop(
-    f,
-    [
-      [qb, '$pb', SIZE[x]],
-      [qd, '$pd', SIZE[dt]],
-      [qo, '$po', SIZE[y]],
-    ],
-    {
-      body: () => {
-        if (spec) f.emit(set(spec, get(f.const('ZERO', K.ZERO))));
-        const xs = [0, 1, 2, 3].map((k) => {
-          const [b, d, v] = ['b', 'd', 'x'].map((n) => f.local(`${n}${k}`, 'v128'));
-          widenPair(f, x, qb, k, b, spec);
-          widenPair(f, dt, qd, k, d, spec);
-          f.emit(set(v, op('f64x2.add', get(b), op('f64x2.mul', get(d), get(sv)))));
-          return v;
-        });
-        const r = roundGroup(f, y, xs);
-        vectors = r.vectors;
-        // NaN results, double-rounding ties and F16 Inf/NaN inputs stop the loop before this group's stores: the
-        // caller runs the scalar code on the group, which also gives NaNs their sign explicitly (so out may alias base).
-        const conds = [r.nan(), ...(r.tie ? [r.tie()] : []), ...(spec ? [get(spec)] : [])];
-        return `(v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))})`;
-      },
-      commit: () => storeVectors(f, qo, vectors),
-      save: () => {},
+function applyHot(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Func {
+  const f = new Func(`${applyName(x, dts, y)}_hot`, applyParams(dts, '(param $i i32) (param $nspan i32) (result i32)'), false);
+  const qb = f.local('qb', 'i32');
+  const qo = f.local('qo', 'i32');
+  const qd = dts.map((_, j) => f.local(`qd${j}`, 'i32'));
+  const sv = dts.map((_, j) => f.local(`sv${j}`, 'v128'));
+  const hasF16 = x === 'F16' || dts.includes('F16');
+  dts.forEach((_, j) => f.emit(set(sv[j], `(f64x2.splat (local.get $s${j}))`)));
+  const vectors: string[][] = [];
+  hotLoop(f, unrollFor('apply', dts.length), [[qb, '$pb', SIZE[x]], ...dts.map((dt, j): [string, string, number] => [qd[j], `$pd${j}`, SIZE[dt]]), [qo, '$po', SIZE[y]]], {
+    body: (g) => {
+      const spec = hasF16 ? f.local('spec', 'v128') : undefined;
+      if (spec) f.emit(set(spec, ZERO));
+      const xs = widenGroup(f, x, qb, 'x', spec, false, g);
+      dts.forEach((dt, j) => {
+        const ds = widenGroup(f, dt, qd[j], `d${j}_`, spec, true, g);
+        xs.forEach((v, k) => f.emit(set(v, op('f64x2.add', get(v), op('f64x2.mul', get(ds[k]), get(sv[j]))))));
+      });
+      const r = roundGroup(f, y, xs);
+      vectors[g] = r.vectors;
+      // NaN results (and, for 16-bit outputs, overflowing ones) and F16 Inf/NaN inputs stop the loop before the
+      // stores: the caller runs the scalar code on these elements, which also gives NaNs their sign explicitly (so
+      // out may alias base).
+      return spec ? op('v128.or', r.special(), get(spec)) : r.special();
     },
-  );
+    commit: (g) => storeVectors(f, qo, vectors[g], 8 * SIZE[y] * g),
+    save: () => {},
+  });
   return f;
 }
 
-function simdApply(x: FloatDType, dt: FloatDType, y: FloatDType): Func {
-  const name = applyName(x, dt, y);
-  const f = new Func(name, `${APP_PARAMS} (param $sneg i32) (param $n i32)`, true);
+function simdApply(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Func {
+  const name = applyName(x, dts, y);
+  const f = new Func(name, applyParams(dts, `${snegParams(dts)} (param $n i32)`), true);
+  const span = 8 * unrollFor('apply', dts.length);
   f.local('i', 'i32');
-  f.local('n8', 'i32');
-  f.emit(set('$n8', '(i32.and (local.get $n) (i32.const -8))'));
-  const args = '(local.get $pb) (local.get $pd) (local.get $po) (local.get $s)';
-  driveLoop(f, `(call $${name}_hot ${args} (local.get $i) (local.get $n8))`, `(call $${name}_s ${args} (local.get $sneg) (local.get $i) (i32.add (local.get $i) (i32.const 8)))`);
-  f.emit(`(call $${name}_s ${args} (local.get $sneg) (local.get $n8) (local.get $n))`);
+  f.local('nspan', 'i32');
+  f.emit(set('$nspan', `(i32.and (local.get $n) (i32.const ${-span}))`));
+  const args = applyArgs(dts);
+  // F16 deltas reach the hot loop widened 2^-112 too small (see widenGroup), so it gets their scales 2^112 times
+  // larger: the same real products, so the same rounded ones. (wasm.ts keeps scales this would overflow away.)
+  const hotArgs = ['$pb', ...dts.map((_, j) => `$pd${j}`), '$po'].map(get).concat(dts.map((dt, j) => (dt === 'F16' ? `(f64.mul (local.get $s${j}) (f64.const 0x1p112))` : `(local.get $s${j})`))).join(' ');
+  driveLoop(f, span, `(call $${name}_hot ${hotArgs} (local.get $i) (local.get $nspan))`, `(call $${name}_s ${args} ${snegArgs(dts)} (local.get $i) (i32.add (local.get $i) (i32.const ${span})))`);
+  f.emit(`(call $${name}_s ${args} ${snegArgs(dts)} (local.get $nspan) (local.get $n))`);
   return f;
 }
 
-/** The whole module's text. */
-export function kernelsWat(): string {
-  const parts = ['(module', '(import "env" "mem" (memory 1))', scalarHelpers()];
-  for (const x of FORMATS) {
-    for (const y of FORMATS) {
-      for (const probe of [undefined, 'BF16', 'F16', 'F32'] as const) {
-        parts.push(scalarSubtract(x, y, probe).text(), subtractHot(x, y, probe).text(), subtractRare(x, y, probe).text(), simdSubtract(x, y, probe).text());
-      }
-      for (const dt of FORMATS) parts.push(scalarApply(x, dt, y).text(), applyHot(x, dt, y).text(), simdApply(x, dt, y).text());
-    }
-  }
-  parts.push(dataSegment(), ')');
-  return parts.join('\n');
+/** A module around `funcs`: the imported memory, the scalar helpers, and the constant pool as registered so far. */
+function moduleText(funcs: Func[]): string {
+  const texts = funcs.map((f) => f.text()); // first, so that the pool holds every constant they load
+  return ['(module', '(import "env" "mem" (memory 1))', scalarHelpers(), ...texts, dataSegment(), ')'].join('\n');
+}
+
+/** The module of one subtract kernel: its exported driver `subtractName(x, y, probe)` and what the driver calls. */
+export function subtractWat(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
+  const { count } = subtractPlan(x, y, probe);
+  const funcs = [scalarSubtract(x, y, probe), simdSubtract(x, y, probe), subtractHot(x, y, probe, count === 'bits' ? 'inline' : count)];
+  if (count === 'bits') funcs.push(subtractHot(x, y, probe, 'bits'), subtractRare(x, y, probe));
+  return moduleText(funcs);
+}
+
+/** The module of one apply kernel (one delta, or two fused where hasFusedApply): its driver `applyName(x, dts, y)`. */
+export function applyWat(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): string {
+  if (dts.length !== 1 && !hasFusedApply(x, dts, y)) throw new Error(`no fused apply kernel for ${applyName(x, dts, y)}`);
+  return moduleText([scalarApply(x, dts, y), applyHot(x, dts, y), simdApply(x, dts, y)]);
 }
