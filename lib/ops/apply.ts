@@ -2,9 +2,12 @@ import { dtypeSize, isFloatDType, type FloatDType } from '../format/dtype.js';
 import { encodeHeader } from '../format/safetensors.js';
 import { openCheckpoint, indexJson, MODEL_INDEX, MODEL_LAYOUT } from '../format/checkpoint.js';
 import { PLAN_TAG, type Store } from '../storage/types.js';
-import { planApply, SHARD_METADATA, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
+import { planApply, SHARD_METADATA, type ApplyDeltaSource, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
+import { CompactShards, type Piece } from '../codec/reader.js';
+import { codecPool, sharedBytes, type CodecPool } from '../codec/pool.js';
+import { chunkBound } from '../codec/format.js';
 import { openDelta } from './delta.js';
-import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { SourceCache, streamTensors, chunkElementsFor, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 import type { Kernels } from '../kernels/index.js';
 
@@ -26,13 +29,20 @@ export async function prepareApply(
   return planApply(base, opened, { shardSize: opts.shardSize, baseFiles: await base.store.list() });
 }
 
-/** Reads one tensor chunk of the new base and of each delta, and combines them into `out`. */
+/** Reads one tensor chunk of the new base and of each delta (plain or compact), and combines them into `out`. */
 export class ApplyChunks {
+  private readonly compact: CompactShards;
+  /** Per slot and delta: how the chunk read last into that slot is laid out (compact deltas only). */
+  private readonly layouts = new WeakMap<Slot, (Piece[] | null)[]>();
+
   constructor(
     private readonly plan: Pick<ApplyPlan, 'base' | 'deltas'>,
     private readonly sources: SourceCache,
     private readonly kernels: Kernels,
-  ) {}
+    private readonly pool: CodecPool = codecPool(),
+  ) {
+    this.compact = new CompactShards((ref, file) => sources.get(ref, file));
+  }
 
   static inputsPerSlot(plan: Pick<ApplyPlan, 'deltas'>): number {
     return 1 + plan.deltas.length;
@@ -40,11 +50,21 @@ export class ApplyChunks {
 
   async read(t: ApplyTensorPlan, start: number, n: number, s: Slot): Promise<void> {
     const size = dtypeSize(t.dtype);
-    const reads = [this.sources.get(this.plan.base, t.base.file).then((src) => src.read(t.base.offset + start * size, n * size, s.inputs[0]))];
+    const layout: (Piece[] | null)[] = this.plan.deltas.map(() => null);
+    this.layouts.set(s, layout);
+    const reads: Promise<unknown>[] = [this.sources.get(this.plan.base, t.base.file).then((src) => src.read(t.base.offset + start * size, n * size, s.inputs[0]))];
     t.deltas.forEach((d, i) => {
+      const source = this.plan.deltas[d.delta];
+      if (source.layout === 'compact') {
+        reads.push(
+          this.compact.get(source.ref, d.ref.file).then(async (shard) => {
+            layout[i] = await shard.read(shard.tensor(t.name), start, n, s.aux![i], s.inputs[1 + i], this.pool);
+          }),
+        );
+        return;
+      }
       const ds = dtypeSize(d.ref.dtype);
-      const ref = this.plan.deltas[d.delta].ref;
-      reads.push(this.sources.get(ref, d.ref.file).then((src) => src.read(d.ref.offset + start * ds, n * ds, s.inputs[1 + i])));
+      reads.push(this.sources.get(source.ref, d.ref.file).then((src) => src.read(d.ref.offset + start * ds, n * ds, s.inputs[1 + i])));
     });
     await Promise.all(reads);
   }
@@ -58,25 +78,58 @@ export class ApplyChunks {
       return out;
     }
     const dtype: FloatDType = t.dtype;
-    const deltas = t.deltas.map((d, i) => ({
-      dtype: d.ref.dtype as FloatDType,
-      data: s.inputs[1 + i],
-      scale: this.plan.deltas[d.delta].scale,
-    }));
-    this.kernels.apply(dtype, s.inputs[0], deltas, n, dtype, out);
+    const size = dtypeSize(dtype);
+    const layout = this.layouts.get(s) ?? [];
+    // Compact deltas store each chunk in its own dtype: run the kernel once per stretch where no delta's dtype changes.
+    const cuts = new Set<number>([0]);
+    for (const pieces of layout) pieces?.forEach((p, j) => j > 0 && p.dtype !== pieces[j - 1].dtype && cuts.add(p.start));
+    const starts = [...cuts].sort((a, b) => a - b);
+    starts.forEach((a, k) => {
+      const b = k + 1 < starts.length ? starts[k + 1] : n;
+      const deltas = t.deltas.map((d, i) => {
+        const pieces = layout[i];
+        const scale = this.plan.deltas[d.delta].scale;
+        if (!pieces) {
+          const ds = dtypeSize(d.ref.dtype);
+          return { dtype: d.ref.dtype as FloatDType, data: s.inputs[1 + i].subarray(a * ds, b * ds), scale };
+        }
+        const p = pieces.findLast((q) => q.start <= a)!;
+        const ds = dtypeSize(p.dtype);
+        const at = p.byteOffset + (a - p.start) * ds;
+        return { dtype: p.dtype, data: s.inputs[1 + i].subarray(at, at + (b - a) * ds), scale };
+      });
+      this.kernels.apply(dtype, s.inputs[0].subarray(a * size, b * size), deltas, b - a, dtype, out.subarray(a * size, b * size));
+    });
     return out;
   }
 }
 
-/** Sizes chunk buffers for tensors with up to `inputs` operands of at most 8 bytes each. */
-export async function applySlots(env: ExecEnv, inputs: number, extraInputs = 0): Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> {
-  const perElement = 8 * (inputs + extraInputs + 1);
+/**
+ * Sizes chunk buffers for tensors with up to `inputs` operands of at most 8 bytes each. A compact delta's
+ * chunk is decoded by a codec worker into shared memory next to its frames; a stream chunk then spans
+ * whole compact chunks of every delta.
+ */
+export async function applySlots(
+  env: ExecEnv,
+  deltas: Pick<ApplyDeltaSource, 'layout' | 'chunkElements'>[],
+  extraInputs = 0,
+): Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> {
+  const compact = deltas.filter((d) => d.layout === 'compact');
+  const inputs = 1 + deltas.length;
+  const perElement = 8 * (inputs + extraInputs + 1) + 8 * compact.length;
   const count = slotsFor(env);
-  const chunk = chunkElementsFor(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count);
-  const kernels = await kernelsFor(env, count * chunk * perElement);
+  const unit = Math.max(1, ...compact.map((d) => d.chunkElements!));
+  const chunk = alignedChunkElements(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, unit);
+  const inArena = inputs + extraInputs + 1 - compact.length;
+  const kernels = await kernelsFor(env, count * chunk * 8 * inArena);
   const slot = (): Slot => ({
-    inputs: Array.from({ length: inputs + extraInputs }, () => kernels.alloc(chunk * 8)),
+    inputs: [
+      kernels.alloc(chunk * 8),
+      ...deltas.map((d) => (d.layout === 'compact' ? sharedBytes(chunk * 8) : kernels.alloc(chunk * 8))),
+      ...Array.from({ length: extraInputs }, () => kernels.alloc(chunk * 8)),
+    ],
     out: kernels.alloc(chunk * 8),
+    aux: deltas.map((d) => (d.layout === 'compact' ? sharedBytes((chunk / d.chunkElements!) * chunkBound(d.chunkElements!)) : new Uint8Array(0))),
   });
   return { kernels, slots: Array.from({ length: count }, slot), chunk };
 }
@@ -84,7 +137,7 @@ export async function applySlots(env: ExecEnv, inputs: number, extraInputs = 0):
 /** Writes one output shard. Safe to run again: same plan, same bytes. */
 export async function executeApplyShard(plan: ApplyPlan, index: number, env: ExecEnv, out: Store): Promise<ApplyShardResult> {
   const shard = plan.shards[index];
-  const { kernels, slots, chunk } = await applySlots(env, ApplyChunks.inputsPerSlot(plan));
+  const { kernels, slots, chunk } = await applySlots(env, plan.deltas);
   const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
   const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: { [PLAN_TAG]: plan.hash } });
   const sources = new SourceCache(env.resolve);

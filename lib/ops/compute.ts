@@ -2,13 +2,16 @@ import { createHash } from 'node:crypto';
 import { dtypeSize, type FloatDType } from '../format/dtype.js';
 import { encodeHeader } from '../format/safetensors.js';
 import { openCheckpoint, indexJson, MODEL_LAYOUT, type Checkpoint } from '../format/checkpoint.js';
-import { newSubtractStats, type SubtractStats } from '../kernels/index.js';
+import { newSubtractStats, type Kernels, type SubtractStats } from '../kernels/index.js';
+import { CODEC, COMPACT_FORMAT_VERSION, TRANSFORM, chunkBound } from '../codec/format.js';
+import { CompactShardWriter } from '../codec/writer.js';
+import { codecPool, sharedBytes } from '../codec/pool.js';
 import { PLAN_TAG, type Store } from '../storage/types.js';
 import { InputError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
-import { DELTA_LAYOUT, DELTA_MANIFEST, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
-import { planCompute, SHARD_METADATA, type ComputePlan, type DeltaDtypePolicy } from './plan.js';
-import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { DEFAULT_DELTA_FORMAT, DELTA_LAYOUT, DELTA_MANIFEST, type DeltaFormat, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
+import { planCompute, SHARD_METADATA, type ComputePlan, type ComputeTensorPlan, type DeltaDtypePolicy, type ShardPlan } from './plan.js';
+import { SourceCache, streamTensors, chunkElementsFor, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 
 export interface ComputeShardResult {
@@ -26,11 +29,17 @@ export async function prepareCompute(
   env: ExecEnv,
   baseRef: string,
   postRef: string,
-  opts: { policy?: DeltaDtypePolicy; shardSize: number },
+  opts: { policy?: DeltaDtypePolicy; shardSize: number; format?: DeltaFormat; chunkElements?: number },
 ): Promise<ComputePlan> {
   const base = await openCheckpoint(env.resolve(baseRef), MODEL_LAYOUT);
   const post = await openCheckpoint(env.resolve(postRef), MODEL_LAYOUT);
-  const plan = planCompute(base, post, { policy: opts.policy ?? 'auto', shardSize: opts.shardSize, postFiles: await post.store.list() });
+  const plan = planCompute(base, post, {
+    policy: opts.policy ?? 'auto',
+    shardSize: opts.shardSize,
+    postFiles: await post.store.list(),
+    format: opts.format ?? DEFAULT_DELTA_FORMAT,
+    chunkElements: opts.chunkElements,
+  });
   await checkNonFloatEqual(env, plan);
   return plan;
 }
@@ -83,6 +92,151 @@ function smallestExact(candidates: FloatDType[], current: FloatDType, st: Subtra
 
 /** Writes one delta shard. Safe to run again: it rewrites the same file with the same bytes. */
 export async function executeComputeShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
+  // Plans stored before the compact layout existed have no format: they were plain.
+  return (plan.format ?? 'safetensors') === 'compact' ? executeCompactShard(plan, index, env, out) : executePlainShard(plan, index, env, out);
+}
+
+/** Reads elements [start, start+n) of a tensor of base and of post into a slot's two inputs. */
+function chunkReader(plan: ComputePlan, shard: ShardPlan<ComputeTensorPlan>, sources: SourceCache) {
+  return async (t: number, start: number, n: number, s: Slot) => {
+    const tp = shard.tensors[t];
+    const size = dtypeSize(tp.modelDtype);
+    const [sb, sp] = await Promise.all([sources.get(plan.base, tp.base.file), sources.get(plan.post, tp.post.file)]);
+    await Promise.all([
+      sb.read(tp.base.offset + start * size, n * size, s.inputs[0]),
+      sp.read(tp.post.offset + start * size, n * size, s.inputs[1]),
+    ]);
+  };
+}
+
+function tensorEntry(t: ComputeTensorPlan, file: string, dtype: FloatDType, st: SubtractStats): DeltaTensorEntry {
+  return {
+    dtype,
+    modelDtype: t.modelDtype,
+    shape: t.shape,
+    file,
+    zero: st.sumSqDelta === 0 && st.rounded === 0,
+    rounded: st.rounded,
+    maxError: st.maxError,
+    relNorm: st.sumSqBase > 0 ? Math.sqrt(st.sumSqDelta / st.sumSqBase) : 0,
+  };
+}
+
+/**
+ * One compact chunk's delta in the smallest candidate dtype that holds it exactly (the widest otherwise),
+ * starting from `hint` (what the tensor's previous chunk needed) and probing the next smaller one. A
+ * wrong guess recomputes the chunk from the inputs already in memory: nothing is read twice.
+ */
+function exactChunk(
+  kernels: Kernels, tp: ComputeTensorPlan, base: Uint8Array, post: Uint8Array, n: number, out: Uint8Array, hint: FloatDType,
+): { dtype: FloatDType; stats: SubtractStats } {
+  const c = tp.candidates;
+  let i = Math.max(0, c.indexOf(hint));
+  for (;;) {
+    const probe = i > 0 ? c[i - 1] : undefined;
+    const stats = newSubtractStats();
+    kernels.subtract(tp.modelDtype, base, post, n, c[i], out, stats, probe);
+    if (stats.rounded > 0 && i < c.length - 1) i++;
+    else if (probe !== undefined && stats.probeMisses === 0 && stats.rounded === 0) i--;
+    else return { dtype: c[i], stats };
+  }
+}
+
+function addStats(into: SubtractStats, st: SubtractStats): void {
+  into.elements += st.elements;
+  into.rounded += st.rounded;
+  into.maxError = Math.max(into.maxError, st.maxError);
+  into.probeMisses += st.probeMisses;
+  into.sumSqDelta += st.sumSqDelta;
+  into.sumSqBase += st.sumSqBase;
+}
+
+interface EncodedChunk {
+  t: number;
+  dtype: FloatDType;
+  n: number;
+  frames: Uint8Array;
+  lengths: number[];
+}
+
+/**
+ * Writes one compact delta shard. Each stream chunk is a whole number of compact chunks: the kernel
+ * computes each in its smallest exact dtype on this thread, codec workers split and compress them while
+ * the next chunks are read and computed, and their frames are appended in order.
+ */
+async function executeCompactShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
+  const shard = plan.shards[index];
+  const ch = plan.chunkElements!;
+  const budget = env.bufferBytes ?? DEFAULT_BUFFER_BYTES;
+  const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
+  const count = slotsFor(env);
+  // Per element in flight: both inputs, the delta (up to F64) and its frames (up to zstd's bound).
+  const chunk = alignedChunkElements(2 * maxIn + 16, budget, count, ch);
+  const kernels = await kernelsFor(env, count * chunk * 2 * maxIn);
+  const perChunkFrames = chunkBound(ch);
+  const slots: Slot[] = Array.from({ length: count }, () => ({
+    inputs: [kernels.alloc(chunk * maxIn), kernels.alloc(chunk * maxIn)],
+    out: sharedBytes(chunk * 8),
+    aux: [sharedBytes((chunk / ch) * perChunkFrames)],
+  }));
+  const pool = codecPool();
+  const sources = new SourceCache(env.resolve);
+  const stats: SubtractStats[] = shard.tensors.map(() => newSubtractStats());
+  const hints: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));
+  let writer: CompactShardWriter | null = null;
+  try {
+    const w = (writer = await CompactShardWriter.create(
+      out,
+      shard.file,
+      shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.candidates[0] })),
+      ch,
+      { [PLAN_TAG]: plan.hash },
+    ));
+    await streamTensors<EncodedChunk[]>(
+      {
+        count: shard.tensors.length,
+        elements: (t) => shard.tensors[t].elements,
+        read: chunkReader(plan, shard, sources),
+        compute: (t, _start, n, s) => {
+          const tp = shard.tensors[t];
+          const size = dtypeSize(tp.modelDtype);
+          const encoded: Promise<EncodedChunk>[] = [];
+          for (let j = 0; j * ch < n; j++) {
+            const len = Math.min(ch, n - j * ch);
+            const raw = s.out.subarray(j * ch * 8, (j * ch + len) * 8);
+            const r = exactChunk(kernels, tp, s.inputs[0].subarray(j * ch * size), s.inputs[1].subarray(j * ch * size), len, raw, hints[t]);
+            hints[t] = r.dtype;
+            addStats(stats[t], r.stats);
+            const frames = s.aux![0].subarray(j * perChunkFrames, (j + 1) * perChunkFrames);
+            const bytes = dtypeSize(r.dtype);
+            encoded.push(pool.encode(raw.subarray(0, len * bytes), len, bytes, frames).then((lengths) => ({ t, dtype: r.dtype, n: len, frames, lengths })));
+          }
+          env.onProgress?.(2 * n * size);
+          return Promise.all(encoded);
+        },
+        write: async (chunks) => {
+          await Promise.all(chunks.map((c) => w.addChunk(c.t, c.dtype, c.n, c.frames, c.lengths)));
+        },
+      },
+      slots,
+      chunk,
+    );
+    const result = await w.commit();
+    const tensors: Record<string, DeltaTensorEntry> = {};
+    result.header.tensors.forEach((h, i) => {
+      tensors[h.name] = { ...tensorEntry(shard.tensors[i], shard.file, h.dtype, stats[i]), compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
+    });
+    return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
+  } catch (e) {
+    await writer?.abort().catch(() => undefined);
+    throw e;
+  } finally {
+    await sources.closeAll();
+  }
+}
+
+/** Writes one plain (safetensors) delta shard: each tensor in one dtype, a tensor guessed wrong streamed again. */
+async function executePlainShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
   const shard = plan.shards[index];
   const budget = env.bufferBytes ?? DEFAULT_BUFFER_BYTES;
   const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
@@ -96,15 +250,7 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
   const dtypes: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));
   // A dtype is decided once the whole tensor has been seen (or the policy fixes it).
   const decided = shard.tensors.map((t) => t.candidates.length === 1);
-  const readChunk = async (t: number, start: number, n: number, s: Slot) => {
-    const tp = shard.tensors[t];
-    const size = dtypeSize(tp.modelDtype);
-    const [sb, sp] = await Promise.all([sources.get(plan.base, tp.base.file), sources.get(plan.post, tp.post.file)]);
-    await Promise.all([
-      sb.read(tp.base.offset + start * size, n * size, s.inputs[0]),
-      sp.read(tp.post.offset + start * size, n * size, s.inputs[1]),
-    ]);
-  };
+  const readChunk = chunkReader(plan, shard, sources);
   // The shard's sha256 streams only if the header hashed first stays true, so settle the dtypes
   // of tensors that fit in one chunk (norms, biases: cheap to read twice) before the header.
   try {
@@ -167,19 +313,7 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
     );
     const result = await sink.commit(header());
     const tensors: Record<string, DeltaTensorEntry> = {};
-    shard.tensors.forEach((t, i) => {
-      const st = stats[i];
-      tensors[t.name] = {
-        dtype: dtypes[i],
-        modelDtype: t.modelDtype,
-        shape: t.shape,
-        file: shard.file,
-        zero: st.sumSqDelta === 0 && st.rounded === 0,
-        rounded: st.rounded,
-        maxError: st.maxError,
-        relNorm: st.sumSqBase > 0 ? Math.sqrt(st.sumSqDelta / st.sumSqBase) : 0,
-      };
-    });
+    shard.tensors.forEach((t, i) => (tensors[t.name] = tensorEntry(t, shard.file, dtypes[i], stats[i])));
     return { file: shard.file, sha256: result.sha256!, bytes: result.bytes, tensors };
   } catch (e) {
     await sink.abort().catch(() => undefined);
@@ -214,16 +348,21 @@ export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardRes
       total += t.shape.reduce((a, b) => a * b, 1) * dtypeSize(t.dtype);
     }
   }
-  await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total));
+  const compact = (plan.format ?? 'safetensors') === 'compact';
+  // Compact shards describe themselves; the plain layout keeps the index transformers reads.
+  if (!compact) await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total));
   const manifest: DeltaManifest = {
     format: 'paramdelta.delta',
-    formatVersion: 1,
+    formatVersion: compact ? 2 : 1,
+    layout: compact ? 'compact' : 'safetensors',
+    ...(compact
+      ? { compact: { formatVersion: COMPACT_FORMAT_VERSION, codec: CODEC, transform: TRANSFORM, chunkElements: plan.chunkElements! } }
+      : { index: DELTA_LAYOUT.index }),
     tool: { name: 'paramdelta', version: TOOL_VERSION },
     createdAt: new Date().toISOString(),
     base: plan.identity.base,
     post: plan.identity.post,
     dtypePolicy: plan.policy,
-    index: DELTA_LAYOUT.index,
     shards: shards.map((s) => ({ file: s.file, sha256: s.sha256, bytes: s.bytes })),
     tensors,
     unchangedNonFloat: plan.unchangedNonFloat,
