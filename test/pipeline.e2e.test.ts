@@ -3,12 +3,12 @@ import path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { fixturesDir } from './helpers/fixtures.js';
-import { loadTensors, withTempDir } from './helpers/models.js';
+import { loadDelta, loadTensors, withTempDir } from './helpers/models.js';
 import { downloadFolder, uploadFolder } from './helpers/blob.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
 import { startServe, type ServeHandle } from '../cli/host/serve.js';
 import { historyEventNames } from '../cli/host/runtime.js';
-import { DELTA_LAYOUT } from '../lib/ops/manifest.js';
+import { DELTA_MANIFEST } from '../lib/ops/manifest.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 let azurite: Azurite;
@@ -36,11 +36,12 @@ async function waitFor(id: string, timeoutMs = 60_000): Promise<any> {
   }
 }
 
-async function expectDelta(ref: string, expected: string) {
+async function expectDelta(ref: string, expected: string, layout: 'compact' | 'safetensors') {
   await withTempDir(async (tmp) => {
     const [container, ...rest] = ref.split('/');
     await downloadFolder(service.getContainerClient(container), rest.join('/'), tmp);
-    const got = await loadTensors(tmp, DELTA_LAYOUT);
+    expect(JSON.parse(await readFile(path.join(tmp, DELTA_MANIFEST), 'utf8')).layout).toBe(layout);
+    const got = await loadDelta(tmp);
     const want = await loadTensors(expected);
     expect([...got.keys()].sort()).toEqual([...want.keys()].sort());
     for (const [n, w] of want) {
@@ -85,13 +86,14 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
     // A duplicate request while it runs joins the same run.
     const dup = await api('POST', 'deltas', { name: 'chat', base: 'models/tiny/base', post: 'models/tiny/post' });
     expect(dup.json.id).toBe(a.json.id);
-    const b = await api('POST', 'deltas', { name: 'chat2', base: 'models/tiny/base', post: 'models/tiny/post2', autoApply: false });
+    // One delta in each layout: the fused apply below reads both.
+    const b = await api('POST', 'deltas', { name: 'chat2', base: 'models/tiny/base', post: 'models/tiny/post2', autoApply: false, deltaFormat: 'safetensors' });
     const ra = await waitFor(a.json.id);
     expect(ra).toMatchObject({ status: 'Completed', error: null, progress: { phase: 'completed', shardsDone: 1, shardsTotal: 1 } });
     expect((await waitFor(b.json.id)).status).toBe('Completed');
     expect((await serve.runtime.listInstances()).filter((i) => i.instanceId === a.json.id)).toHaveLength(1);
-    await expectDelta('deltas/chat', path.join(BF16, 'expected/delta-post'));
-    await expectDelta('deltas/chat2', path.join(BF16, 'expected/delta-post2'));
+    await expectDelta('deltas/chat', path.join(BF16, 'expected/delta-post'), 'compact');
+    await expectDelta('deltas/chat2', path.join(BF16, 'expected/delta-post2'), 'safetensors');
 
     const list = await api('GET', 'deltas');
     expect(list.json.deltas.map((d: any) => [d.name, d.autoApply])).toEqual([['chat', true], ['chat2', false]]);
@@ -126,6 +128,7 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
       ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'other/tiny/post' }, 'post'],
       ['POST', 'deltas', { name: 'x', base: 'models/../secrets', post: 'models/tiny/post' }, 'base'],
       ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'models/tiny/post', deltaDtype: 'int8' }, 'deltaDtype'],
+      ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'models/tiny/post', deltaFormat: 'zip' }, 'deltaFormat'],
       ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'models/tiny/post', extra: 1 }, 'body'],
       ['POST', 'deltas', '{not json', 'body'],
       ['POST', 'models', { base: 'models/tiny/newbase', deltas: [], output: 'posted-models/x' }, 'deltas'],

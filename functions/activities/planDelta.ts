@@ -14,7 +14,11 @@ export async function planDelta(input: ComputeDeltaInput & { runId: string }): P
   await p.ready();
   let plan;
   try {
-    plan = await prepareCompute(p.env, input.base, input.post, { policy: input.deltaDtype, shardSize: p.settings.shardSize });
+    plan = await prepareCompute(p.env, input.base, input.post, {
+      policy: input.deltaDtype,
+      format: input.deltaFormat ?? 'safetensors',
+      shardSize: p.settings.shardSize,
+    });
   } catch (e) {
     if (e instanceof InputError || e instanceof SafetensorsError) return { rejected: e.message };
     throw e;

@@ -5,7 +5,7 @@ import { openCheckpoint, indexJson, MODEL_LAYOUT, type Checkpoint } from '../for
 import { newSubtractStats, type Kernels, type SubtractStats } from '../kernels/index.js';
 import { CODEC, COMPACT_FORMAT_VERSION, TRANSFORM, chunkBound } from '../codec/format.js';
 import { CompactShardWriter } from '../codec/writer.js';
-import { codecPool, sharedBytes } from '../codec/pool.js';
+import { codecPool, sharedBytes, type CodecPool } from '../codec/pool.js';
 import { PLAN_TAG, type Store } from '../storage/types.js';
 import { InputError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
@@ -123,26 +123,26 @@ function tensorEntry(t: ComputeTensorPlan, file: string, dtype: FloatDType, st: 
 }
 
 /**
- * One compact chunk's delta in the smallest candidate dtype that holds it exactly (the widest otherwise),
- * starting from `hint` (what the tensor's previous chunk needed) and probing the next smaller one. A
- * wrong guess recomputes the chunk from the inputs already in memory: nothing is read twice.
+ * One compact chunk's delta (post − base) in the smallest candidate dtype that holds it exactly (the
+ * widest otherwise), starting from `hint` (what the tensor's previous chunk needed) and probing the next
+ * smaller one. A wrong guess recomputes the chunk from the inputs already in memory: nothing is read twice.
  */
 function exactChunk(
-  kernels: Kernels, tp: ComputeTensorPlan, base: Uint8Array, post: Uint8Array, n: number, out: Uint8Array, hint: FloatDType,
+  kernels: Kernels, inDtype: FloatDType, candidates: FloatDType[], base: Uint8Array, post: Uint8Array, n: number, out: Uint8Array, hint: FloatDType,
 ): { dtype: FloatDType; stats: SubtractStats } {
-  const c = tp.candidates;
+  const c = candidates;
   let i = Math.max(0, c.indexOf(hint));
   for (;;) {
     const probe = i > 0 ? c[i - 1] : undefined;
     const stats = newSubtractStats();
-    kernels.subtract(tp.modelDtype, base, post, n, c[i], out, stats, probe);
+    kernels.subtract(inDtype, base, post, n, c[i], out, stats, probe);
     if (stats.rounded > 0 && i < c.length - 1) i++;
     else if (probe !== undefined && stats.probeMisses === 0 && stats.rounded === 0) i--;
     else return { dtype: c[i], stats };
   }
 }
 
-function addStats(into: SubtractStats, st: SubtractStats): void {
+export function addStats(into: SubtractStats, st: SubtractStats): void {
   into.elements += st.elements;
   into.rounded += st.rounded;
   into.maxError = Math.max(into.maxError, st.maxError);
@@ -151,12 +151,66 @@ function addStats(into: SubtractStats, st: SubtractStats): void {
   into.sumSqBase += st.sumSqBase;
 }
 
-interface EncodedChunk {
+export interface EncodedChunk {
   t: number;
   dtype: FloatDType;
   n: number;
   frames: Uint8Array;
   lengths: number[];
+}
+
+/** What encoding a stream chunk into compact chunks needs: kernels, codec workers, the chunk grid. */
+export interface CompactEncoder {
+  kernels: Kernels;
+  pool: CodecPool;
+  chunkElements: number;
+  /** Bytes reserved in slot.aux[0] per compact chunk's frames. */
+  frameBytes: number;
+}
+
+/**
+ * Computes post − base for the n elements in a slot's two inputs, compact chunk by compact chunk, each in
+ * its smallest exact dtype (into slot.out), and compresses them on codec workers (into slot.aux[0]).
+ * `tensor.hint` carries the dtype guess from chunk to chunk; `tensor.stats` accumulates.
+ */
+export function encodeCompactChunks(
+  e: CompactEncoder, t: number, inDtype: FloatDType, candidates: FloatDType[], n: number, s: Slot,
+  tensor: { hint: FloatDType; stats: SubtractStats },
+): Promise<EncodedChunk[]> {
+  const ch = e.chunkElements;
+  const size = dtypeSize(inDtype);
+  const encoded: Promise<EncodedChunk>[] = [];
+  for (let j = 0; j * ch < n; j++) {
+    const len = Math.min(ch, n - j * ch);
+    const raw = s.out.subarray(j * ch * 8, (j * ch + len) * 8);
+    const r = exactChunk(e.kernels, inDtype, candidates, s.inputs[0].subarray(j * ch * size), s.inputs[1].subarray(j * ch * size), len, raw, tensor.hint);
+    tensor.hint = r.dtype;
+    addStats(tensor.stats, r.stats);
+    const frames = s.aux![0].subarray(j * e.frameBytes, (j + 1) * e.frameBytes);
+    const bytes = dtypeSize(r.dtype);
+    encoded.push(e.pool.encode(raw.subarray(0, len * bytes), len, bytes, frames).then((lengths) => ({ t, dtype: r.dtype, n: len, frames, lengths })));
+  }
+  return Promise.all(encoded);
+}
+
+/** Slots for encoding compact chunks: two inputs of up to `inBytes` per element in the kernels' memory; the delta and its frames shared with codec workers. */
+export async function compactSlots(env: ExecEnv, inBytes: number, ch: number): Promise<{ encoder: CompactEncoder; slots: Slot[]; chunk: number }> {
+  const count = slotsFor(env);
+  // Per element in flight: both inputs, the delta (up to F64) and its frames (up to zstd's bound).
+  const chunk = alignedChunkElements(2 * inBytes + 16, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, ch);
+  const kernels = await kernelsFor(env, count * chunk * 2 * inBytes);
+  const frameBytes = chunkBound(ch);
+  const slots: Slot[] = Array.from({ length: count }, () => ({
+    inputs: [kernels.alloc(chunk * inBytes), kernels.alloc(chunk * inBytes)],
+    out: sharedBytes(chunk * 8),
+    aux: [sharedBytes((chunk / ch) * frameBytes)],
+  }));
+  return { encoder: { kernels, pool: codecPool(), chunkElements: ch, frameBytes }, slots, chunk };
+}
+
+/** Appends encoded chunks to a compact shard, in order. */
+export async function writeEncoded(w: CompactShardWriter, chunks: EncodedChunk[]): Promise<void> {
+  await Promise.all(chunks.map((c) => w.addChunk(c.t, c.dtype, c.n, c.frames, c.lengths)));
 }
 
 /**
@@ -167,22 +221,10 @@ interface EncodedChunk {
 async function executeCompactShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
   const shard = plan.shards[index];
   const ch = plan.chunkElements!;
-  const budget = env.bufferBytes ?? DEFAULT_BUFFER_BYTES;
   const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
-  const count = slotsFor(env);
-  // Per element in flight: both inputs, the delta (up to F64) and its frames (up to zstd's bound).
-  const chunk = alignedChunkElements(2 * maxIn + 16, budget, count, ch);
-  const kernels = await kernelsFor(env, count * chunk * 2 * maxIn);
-  const perChunkFrames = chunkBound(ch);
-  const slots: Slot[] = Array.from({ length: count }, () => ({
-    inputs: [kernels.alloc(chunk * maxIn), kernels.alloc(chunk * maxIn)],
-    out: sharedBytes(chunk * 8),
-    aux: [sharedBytes((chunk / ch) * perChunkFrames)],
-  }));
-  const pool = codecPool();
+  const { encoder, slots, chunk } = await compactSlots(env, maxIn, ch);
   const sources = new SourceCache(env.resolve);
-  const stats: SubtractStats[] = shard.tensors.map(() => newSubtractStats());
-  const hints: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));
+  const state = shard.tensors.map((t) => ({ hint: speculate(t.candidates), stats: newSubtractStats() }));
   let writer: CompactShardWriter | null = null;
   try {
     const w = (writer = await CompactShardWriter.create(
@@ -199,24 +241,10 @@ async function executeCompactShard(plan: ComputePlan, index: number, env: ExecEn
         read: chunkReader(plan, shard, sources),
         compute: (t, _start, n, s) => {
           const tp = shard.tensors[t];
-          const size = dtypeSize(tp.modelDtype);
-          const encoded: Promise<EncodedChunk>[] = [];
-          for (let j = 0; j * ch < n; j++) {
-            const len = Math.min(ch, n - j * ch);
-            const raw = s.out.subarray(j * ch * 8, (j * ch + len) * 8);
-            const r = exactChunk(kernels, tp, s.inputs[0].subarray(j * ch * size), s.inputs[1].subarray(j * ch * size), len, raw, hints[t]);
-            hints[t] = r.dtype;
-            addStats(stats[t], r.stats);
-            const frames = s.aux![0].subarray(j * perChunkFrames, (j + 1) * perChunkFrames);
-            const bytes = dtypeSize(r.dtype);
-            encoded.push(pool.encode(raw.subarray(0, len * bytes), len, bytes, frames).then((lengths) => ({ t, dtype: r.dtype, n: len, frames, lengths })));
-          }
-          env.onProgress?.(2 * n * size);
-          return Promise.all(encoded);
+          env.onProgress?.(2 * n * dtypeSize(tp.modelDtype));
+          return encodeCompactChunks(encoder, t, tp.modelDtype, tp.candidates, n, s, state[t]);
         },
-        write: async (chunks) => {
-          await Promise.all(chunks.map((c) => w.addChunk(c.t, c.dtype, c.n, c.frames, c.lengths)));
-        },
+        write: (chunks) => writeEncoded(w, chunks),
       },
       slots,
       chunk,
@@ -224,7 +252,7 @@ async function executeCompactShard(plan: ComputePlan, index: number, env: ExecEn
     const result = await w.commit();
     const tensors: Record<string, DeltaTensorEntry> = {};
     result.header.tensors.forEach((h, i) => {
-      tensors[h.name] = { ...tensorEntry(shard.tensors[i], shard.file, h.dtype, stats[i]), compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
+      tensors[h.name] = { ...tensorEntry(shard.tensors[i], shard.file, h.dtype, state[i].stats), compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
     });
     return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
   } catch (e) {

@@ -9,13 +9,7 @@ import type { Resolver } from './stream.js';
 /** Opens a delta folder, either layout; only a complete one (its delta.json written) whose manifest matches its shards. */
 export async function openDelta(resolve: Resolver, ref: string, scale = 1): Promise<OpenedDelta> {
   const store = resolve(ref);
-  let text: string;
-  try {
-    text = await store.readText(DELTA_MANIFEST);
-  } catch {
-    throw new InputError(`${ref}: no ${DELTA_MANIFEST}; not a delta folder, or its computation did not finish`);
-  }
-  const manifest = parseDeltaManifest(text, `${ref}/${DELTA_MANIFEST}`);
+  const manifest = await readDeltaManifest(store, ref);
   const ckpt = manifest.layout === 'compact' ? await openCompactShards(store, manifest) : await openCheckpoint(store, DELTA_LAYOUT);
   const listed = Object.keys(manifest.tensors);
   for (const t of ckpt.tensors) {
@@ -27,6 +21,17 @@ export async function openDelta(resolve: Resolver, ref: string, scale = 1): Prom
   const missing = listed.filter((n) => !ckpt.byName.has(n));
   if (missing.length) throw new InputError(`${ref}: ${DELTA_MANIFEST} lists tensors the shards lack: ${missing.join(', ')}`);
   return { ref, scale, manifest, ckpt };
+}
+
+/** A delta folder's delta.json, checked; an InputError when it is missing or malformed. */
+export async function readDeltaManifest(store: Store, ref: string): Promise<DeltaManifest> {
+  let text: string;
+  try {
+    text = await store.readText(DELTA_MANIFEST);
+  } catch {
+    throw new InputError(`${ref}: no ${DELTA_MANIFEST}; not a delta folder, or its computation did not finish`);
+  }
+  return parseDeltaManifest(text, `${ref}/${DELTA_MANIFEST}`);
 }
 
 /**
