@@ -66,7 +66,7 @@ export class CodecPool {
     while (this.queue.length) {
       if (this.broken || this.threads === 0) {
         const p = this.queue.shift()!;
-        p.resolve(runJob(p.job));
+        void runJob(p.job).then(p.resolve);
         continue;
       }
       if (this.workers.length < this.threads) this.spawn();
@@ -80,7 +80,7 @@ export class CodecPool {
   }
 
   private submit(job: CodecJob, shared: boolean): Promise<CodecReply> {
-    if (!shared || this.threads === 0 || this.broken) return Promise.resolve().then(() => runJob(job));
+    if (!shared || this.threads === 0 || this.broken) return runJob(job);
     return new Promise((resolve) => {
       this.queue.push({ job, resolve });
       this.pump();
