@@ -7,7 +7,7 @@ import { CompactShards, type Piece } from '../codec/reader.js';
 import { codecPool, sharedBytes, type CodecPool } from '../codec/pool.js';
 import { chunkBound } from '../codec/format.js';
 import { openDelta } from './delta.js';
-import { SourceCache, streamTensors, chunkElementsFor, alignedChunkElements, type Slot } from './stream.js';
+import { SourceCache, streamTensors, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 import type { Kernels } from '../kernels/index.js';
 
@@ -58,7 +58,7 @@ export class ApplyChunks {
       if (source.layout === 'compact') {
         reads.push(
           this.compact.get(source.ref, d.ref.file).then(async (shard) => {
-            layout[i] = await shard.read(shard.tensor(t.name), start, n, s.aux![i], s.inputs[1 + i], this.pool);
+            layout[i] = await shard.read(shard.tensor(t.name), start, n, s.aux![2 * i], s.aux![2 * i + 1], this.pool);
           }),
         );
         return;
@@ -80,6 +80,11 @@ export class ApplyChunks {
     const dtype: FloatDType = t.dtype;
     const size = dtypeSize(dtype);
     const layout = this.layouts.get(s) ?? [];
+    // Codec workers decoded into shared memory: one copy into the kernels' own memory lets them run in place.
+    layout.forEach((pieces, i) => {
+      const last = pieces?.[pieces.length - 1];
+      if (last) s.inputs[1 + i].set(s.aux![2 * i + 1].subarray(0, last.byteOffset + last.n * dtypeSize(last.dtype)));
+    });
     // Compact deltas store each chunk in its own dtype: run the kernel once per stretch where no delta's dtype changes.
     const cuts = new Set<number>([0]);
     for (const pieces of layout) pieces?.forEach((p, j) => j > 0 && p.dtype !== pieces[j - 1].dtype && cuts.add(p.start));
@@ -105,9 +110,9 @@ export class ApplyChunks {
 }
 
 /**
- * Sizes chunk buffers for tensors with up to `inputs` operands of at most 8 bytes each. A compact delta's
- * chunk is decoded by a codec worker into shared memory next to its frames; a stream chunk then spans
- * whole compact chunks of every delta.
+ * Sizes chunk buffers for tensors with up to `inputs` operands of at most 8 bytes each, in the kernels'
+ * memory. A compact delta also gets, in memory shared with the codec workers, room for its frames and
+ * for its decoded chunks; a stream chunk then spans whole compact chunks of every delta.
  */
 export async function applySlots(
   env: ExecEnv,
@@ -115,21 +120,18 @@ export async function applySlots(
   extraInputs = 0,
 ): Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> {
   const compact = deltas.filter((d) => d.layout === 'compact');
-  const inputs = 1 + deltas.length;
-  const perElement = 8 * (inputs + extraInputs + 1) + 8 * compact.length;
+  const inputs = 1 + deltas.length + extraInputs;
+  const perElement = 8 * (inputs + 1) + 16 * compact.length;
   const count = slotsFor(env);
   const unit = Math.max(1, ...compact.map((d) => d.chunkElements!));
   const chunk = alignedChunkElements(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, unit);
-  const inArena = inputs + extraInputs + 1 - compact.length;
-  const kernels = await kernelsFor(env, count * chunk * 8 * inArena);
+  const kernels = await kernelsFor(env, count * chunk * 8 * (inputs + 1));
   const slot = (): Slot => ({
-    inputs: [
-      kernels.alloc(chunk * 8),
-      ...deltas.map((d) => (d.layout === 'compact' ? sharedBytes(chunk * 8) : kernels.alloc(chunk * 8))),
-      ...Array.from({ length: extraInputs }, () => kernels.alloc(chunk * 8)),
-    ],
+    inputs: Array.from({ length: inputs }, () => kernels.alloc(chunk * 8)),
     out: kernels.alloc(chunk * 8),
-    aux: deltas.map((d) => (d.layout === 'compact' ? sharedBytes((chunk / d.chunkElements!) * chunkBound(d.chunkElements!)) : new Uint8Array(0))),
+    aux: deltas.flatMap((d) =>
+      d.layout === 'compact' ? [sharedBytes((chunk / d.chunkElements!) * chunkBound(d.chunkElements!)), sharedBytes(chunk * 8)] : [new Uint8Array(0), new Uint8Array(0)],
+    ),
   });
   return { kernels, slots: Array.from({ length: count }, slot), chunk };
 }

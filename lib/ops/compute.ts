@@ -164,7 +164,7 @@ export interface CompactEncoder {
   kernels: Kernels;
   pool: CodecPool;
   chunkElements: number;
-  /** Bytes reserved in slot.aux[0] per compact chunk's frames. */
+  /** Bytes reserved in slot.aux[0] per compact chunk's frames (slot.aux[1] holds the chunks to encode). */
   frameBytes: number;
 }
 
@@ -182,13 +182,15 @@ export function encodeCompactChunks(
   const encoded: Promise<EncodedChunk>[] = [];
   for (let j = 0; j * ch < n; j++) {
     const len = Math.min(ch, n - j * ch);
-    const raw = s.out.subarray(j * ch * 8, (j * ch + len) * 8);
-    const r = exactChunk(e.kernels, inDtype, candidates, s.inputs[0].subarray(j * ch * size), s.inputs[1].subarray(j * ch * size), len, raw, tensor.hint);
+    const r = exactChunk(e.kernels, inDtype, candidates, s.inputs[0].subarray(j * ch * size), s.inputs[1].subarray(j * ch * size), len, s.out.subarray(j * ch * 8), tensor.hint);
     tensor.hint = r.dtype;
     addStats(tensor.stats, r.stats);
+    // One copy into memory the codec workers share (the kernels write their own memory, in place).
+    const bytes = len * dtypeSize(r.dtype);
+    const raw = s.aux![1].subarray(j * ch * 8, j * ch * 8 + bytes);
+    raw.set(s.out.subarray(j * ch * 8, j * ch * 8 + bytes));
     const frames = s.aux![0].subarray(j * e.frameBytes, (j + 1) * e.frameBytes);
-    const bytes = dtypeSize(r.dtype);
-    encoded.push(e.pool.encode(raw.subarray(0, len * bytes), len, bytes, frames).then((lengths) => ({ t, dtype: r.dtype, n: len, frames, lengths })));
+    encoded.push(e.pool.encode(raw, len, dtypeSize(r.dtype), frames).then((lengths) => ({ t, dtype: r.dtype, n: len, frames, lengths })));
   }
   return Promise.all(encoded);
 }
@@ -196,14 +198,14 @@ export function encodeCompactChunks(
 /** Slots for encoding compact chunks: two inputs of up to `inBytes` per element in the kernels' memory; the delta and its frames shared with codec workers. */
 export async function compactSlots(env: ExecEnv, inBytes: number, ch: number): Promise<{ encoder: CompactEncoder; slots: Slot[]; chunk: number }> {
   const count = slotsFor(env);
-  // Per element in flight: both inputs, the delta (up to F64) and its frames (up to zstd's bound).
-  const chunk = alignedChunkElements(2 * inBytes + 16, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, ch);
-  const kernels = await kernelsFor(env, count * chunk * 2 * inBytes);
+  // Per element in flight: both inputs, the delta (up to F64) twice (kernels' and shared memory), its frames.
+  const chunk = alignedChunkElements(2 * inBytes + 24, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, ch);
+  const kernels = await kernelsFor(env, count * chunk * (2 * inBytes + 8));
   const frameBytes = chunkBound(ch);
   const slots: Slot[] = Array.from({ length: count }, () => ({
     inputs: [kernels.alloc(chunk * inBytes), kernels.alloc(chunk * inBytes)],
-    out: sharedBytes(chunk * 8),
-    aux: [sharedBytes((chunk / ch) * frameBytes)],
+    out: kernels.alloc(chunk * 8),
+    aux: [sharedBytes((chunk / ch) * frameBytes), sharedBytes(chunk * 8)],
   }));
   return { encoder: { kernels, pool: codecPool(), chunkElements: ch, frameBytes }, slots, chunk };
 }

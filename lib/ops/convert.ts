@@ -148,12 +148,12 @@ async function toPlain(plan: ConvertPlan, index: number, env: ExecEnv, out: Stor
   const ch = plan.chunkElements;
   const count = slotsFor(env);
   const chunk = alignedChunkElements(8 * 3 + 8, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, ch);
-  const kernels = await kernelsFor(env, count * chunk * 16);
+  const kernels = await kernelsFor(env, count * chunk * 16 + chunk * 8);
   const zeros = kernels.alloc(chunk * 8).fill(0);
   const slots: Slot[] = Array.from({ length: count }, () => ({
-    inputs: [sharedBytes(chunk * 8)],
+    inputs: [kernels.alloc(chunk * 8)],
     out: kernels.alloc(chunk * 8),
-    aux: [sharedBytes((chunk / ch) * chunkBound(ch))],
+    aux: [sharedBytes((chunk / ch) * chunkBound(ch)), sharedBytes(chunk * 8)],
   }));
   const pool = codecPool();
   const sources = new SourceCache(env.resolve);
@@ -169,12 +169,15 @@ async function toPlain(plan: ConvertPlan, index: number, env: ExecEnv, out: Stor
         read: async (t, start, n, s) => {
           const tp = shard.tensors[t];
           const cs = await compact.get(plan.delta, tp.file);
-          pieces.set(s, await cs.read(cs.tensor(tp.name), start, n, s.aux![0], s.inputs[0], pool));
+          pieces.set(s, await cs.read(cs.tensor(tp.name), start, n, s.aux![0], s.aux![1], pool));
         },
         compute: (t, _start, n, s) => {
           const tp = shard.tensors[t];
           const size = dtypeSize(tp.dtype);
-          for (const p of pieces.get(s)!) {
+          const all = pieces.get(s)!;
+          const last = all[all.length - 1];
+          s.inputs[0].set(s.aux![1].subarray(0, last.byteOffset + last.n * dtypeSize(last.dtype)));
+          for (const p of all) {
             const data = s.inputs[0].subarray(p.byteOffset, p.byteOffset + p.n * dtypeSize(p.dtype));
             const to = s.out.subarray(p.start * size, (p.start + p.n) * size);
             if (p.dtype === tp.dtype) to.set(data);
