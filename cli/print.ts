@@ -24,7 +24,7 @@ export function printInspect(r: InspectResult, write = (s: string) => process.st
     );
     write(`carried files: ${r.delta.files.join(', ') || '(none)'}`);
   }
-  const compact = r.delta?.layout === 'compact';
+  const compact = r.delta?.layout === 'compact' || r.tensors.some((t) => t.compressedBytes !== undefined);
   const nameWidth = Math.min(60, Math.max(...r.tensors.map((t) => t.name.length), 4));
   write('');
   write(

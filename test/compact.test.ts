@@ -252,6 +252,9 @@ describe('CLI', () => {
       const rawBytes = [...(await loadTensors(path.join(tmp, 'p'), { single: 'delta.safetensors', index: 'delta.safetensors.index.json' })).values()].reduce((a, t) => a + t.bytes.length, 0);
       expect(dc).toMatchObject({ layout: 'compact', storedBytes: await shardBytes(path.join(tmp, 'c')), rawBytes, modelBytes });
       expect(dp).toMatchObject({ layout: 'safetensors', storedBytes: await shardBytes(path.join(tmp, 'p')), rawBytes, modelBytes });
+      const shard = JSON.parse((await runCli(['inspect', path.join(tmp, 'c', 'delta-00001-of-00001.pdelta'), '--json'])).stdout);
+      expect(shard).toMatchObject({ kind: 'shard', bytes: rawBytes });
+      expect(shard.tensors.reduce((a: number, t: { compressedBytes: number }) => a + t.compressedBytes, 0)).toBeLessThan(dc.storedBytes);
       const text = await runCli(['inspect', path.join(tmp, 'c')]);
       expect(text.stdout).toContain(`${(dc.storedBytes / dc.rawBytes).toFixed(3)}× the raw delta`);
       expect(text.stdout).toContain(`${(dc.storedBytes / dc.modelBytes).toFixed(3)}× the post model`);

@@ -82,6 +82,8 @@ export class CompactShard {
   async read(t: CompactTensor, start: number, n: number, compressed: Uint8Array, dest: Uint8Array, pool: CodecPool): Promise<Piece[]> {
     const pieces = this.pieces(t, start, n);
     if (!pieces.length) return pieces;
+    const end = pieces[pieces.length - 1];
+    if (end.byteOffset + end.n * dtypeSize(end.dtype) > dest.length) throw new RangeError(`${this.source.name}: "${t.name}" decodes to more than the ${dest.length}-byte buffer`);
     const first = start / this.chunkElements;
     const last = first + pieces.length - 1;
     const { from, to, contiguous } = this.span(t, first, last);

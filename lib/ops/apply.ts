@@ -5,7 +5,8 @@ import { PLAN_TAG, type Store } from '../storage/types.js';
 import { planApply, SHARD_METADATA, type ApplyDeltaSource, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
 import { CompactShards, type Piece } from '../codec/reader.js';
 import { codecPool, sharedBytes, type CodecPool } from '../codec/pool.js';
-import { chunkBound } from '../codec/format.js';
+import { frameBound } from '../codec/chunk.js';
+import { InputError } from '../errors.js';
 import { openDelta } from './delta.js';
 import { SourceCache, streamTensors, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
@@ -58,7 +59,9 @@ export class ApplyChunks {
       if (source.layout === 'compact') {
         reads.push(
           this.compact.get(source.ref, d.ref.file).then(async (shard) => {
-            layout[i] = await shard.read(shard.tensor(t.name), start, n, s.aux![2 * i], s.aux![2 * i + 1], this.pool);
+            const ct = shard.tensor(t.name);
+            if (ct.dtype !== d.ref.dtype) throw new InputError(`${shard.source.name}: tensor "${t.name}" is ${ct.dtype} now, ${d.ref.dtype} when the run was planned; the delta changed, plan again`);
+            layout[i] = await shard.read(ct, start, n, s.aux![2 * i], s.aux![2 * i + 1], this.pool);
           }),
         );
         return;
@@ -110,27 +113,38 @@ export class ApplyChunks {
 }
 
 /**
- * Sizes chunk buffers for tensors with up to `inputs` operands of at most 8 bytes each, in the kernels'
- * memory. A compact delta also gets, in memory shared with the codec workers, room for its frames and
- * for its decoded chunks; a stream chunk then spans whole compact chunks of every delta.
+ * Sizes chunk buffers for the given tensors, each input as wide as its widest dtype there, in the kernels'
+ * memory (`extraInputs` more, as wide as the base). A compact delta also gets, in memory shared with the
+ * codec workers, room for its frames and for its decoded chunks; a stream chunk then spans whole compact
+ * chunks of every delta.
  */
 export async function applySlots(
   env: ExecEnv,
   deltas: Pick<ApplyDeltaSource, 'layout' | 'chunkElements'>[],
+  tensors: readonly ApplyTensorPlan[],
   extraInputs = 0,
 ): Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> {
-  const compact = deltas.filter((d) => d.layout === 'compact');
-  const inputs = 1 + deltas.length + extraInputs;
-  const perElement = 8 * (inputs + 1) + 16 * compact.length;
+  const baseSize = Math.max(1, ...tensors.map((t) => dtypeSize(t.dtype)));
+  const deltaSize = deltas.map((_, i) => Math.max(1, ...tensors.flatMap((t) => t.deltas.filter((d) => d.delta === i).map((d) => dtypeSize(d.ref.dtype)))));
+  const compact = (i: number) => deltas[i].layout === 'compact';
+  // Per element: base, each delta, the extra inputs and the output; a compact delta's frames and decoded chunk too.
+  const inArena = baseSize * (2 + extraInputs) + deltaSize.reduce((a, b) => a + b, 0);
+  const perElement = inArena + deltaSize.reduce((a, b, i) => a + (compact(i) ? 2 * b + 1 : 0), 0);
   const count = slotsFor(env);
-  const unit = Math.max(1, ...compact.map((d) => d.chunkElements!));
+  const unit = Math.max(1, ...deltas.filter((d) => d.layout === 'compact').map((d) => d.chunkElements!));
   const chunk = alignedChunkElements(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, unit);
-  const kernels = await kernelsFor(env, count * chunk * 8 * (inputs + 1));
+  const kernels = await kernelsFor(env, count * (chunk * inArena + 64 * (deltas.length + extraInputs + 2)));
   const slot = (): Slot => ({
-    inputs: Array.from({ length: inputs }, () => kernels.alloc(chunk * 8)),
-    out: kernels.alloc(chunk * 8),
-    aux: deltas.flatMap((d) =>
-      d.layout === 'compact' ? [sharedBytes((chunk / d.chunkElements!) * chunkBound(d.chunkElements!)), sharedBytes(chunk * 8)] : [new Uint8Array(0), new Uint8Array(0)],
+    inputs: [
+      kernels.alloc(chunk * baseSize),
+      ...deltaSize.map((size) => kernels.alloc(chunk * size)),
+      ...Array.from({ length: extraInputs }, () => kernels.alloc(chunk * baseSize)),
+    ],
+    out: kernels.alloc(chunk * baseSize),
+    aux: deltas.flatMap((d, i) =>
+      compact(i)
+        ? [sharedBytes((chunk / d.chunkElements!) * deltaSize[i] * frameBound(d.chunkElements!)), sharedBytes(chunk * deltaSize[i])]
+        : [new Uint8Array(0), new Uint8Array(0)],
     ),
   });
   return { kernels, slots: Array.from({ length: count }, slot), chunk };
@@ -139,7 +153,7 @@ export async function applySlots(
 /** Writes one output shard. Safe to run again: same plan, same bytes. */
 export async function executeApplyShard(plan: ApplyPlan, index: number, env: ExecEnv, out: Store): Promise<ApplyShardResult> {
   const shard = plan.shards[index];
-  const { kernels, slots, chunk } = await applySlots(env, plan.deltas);
+  const { kernels, slots, chunk } = await applySlots(env, plan.deltas, shard.tensors);
   const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
   const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: { [PLAN_TAG]: plan.hash } });
   const sources = new SourceCache(env.resolve);

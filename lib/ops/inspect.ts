@@ -6,6 +6,8 @@ import { openCheckpoint, tensorBytes, MODEL_LAYOUT } from '../format/checkpoint.
 import { LocalStore } from '../storage/local.js';
 import type { Store } from '../storage/types.js';
 import { DELTA_MANIFEST } from './manifest.js';
+import { CompactShard } from '../codec/reader.js';
+import { COMPACT_EXTENSION } from '../codec/format.js';
 import { openDelta } from './delta.js';
 
 export interface InspectTensor {
@@ -64,6 +66,18 @@ export async function inspect(target: string, resolve: (ref: string) => Store = 
   if (isFile) {
     const store = new LocalStore(path.dirname(target));
     const src = await store.openRead(path.basename(target));
+    if (target.endsWith(COMPACT_EXTENSION)) {
+      try {
+        const shard = await CompactShard.open(src);
+        const tensors = [...shard.tensors.values()].map((t) => ({
+          name: t.name, dtype: t.dtype, shape: t.shape, parameters: t.elements, bytes: tensorBytes(t.shape, t.dtype),
+          file: path.basename(target), compressedBytes: t.compressedBytes,
+        }));
+        return summarize('shard', target, [path.basename(target)], tensors, null);
+      } finally {
+        await src.close();
+      }
+    }
     try {
       const h = await readHeader(src);
       const tensors = h.tensors.map((t) => ({
