@@ -216,19 +216,30 @@ class PlaneCodec {
   }
 }
 
-let codec: Promise<PlaneCodec> | null = null;
+let binary: Promise<Uint8Array> | null = null;
 
-/** This thread's plane codec (assembles the transposes on first use). */
-export function planeCodec(): Promise<PlaneCodec> {
-  codec ??= (async () => {
+/** The transposes' WebAssembly binary, assembled with wabt once per process and handed to codec workers. */
+export function planesBinary(): Promise<Uint8Array> {
+  binary ??= (async () => {
     const wabt = await (await import('wabt')).default();
     const parsed = wabt.parseWat('planes.wat', planesWat(), { simd: true });
     try {
-      const { instance } = await WA.instantiate(parsed.toBinary({}).buffer);
-      return new PlaneCodec(instance.exports);
+      return new Uint8Array(parsed.toBinary({}).buffer);
     } finally {
       parsed.destroy();
     }
+  })();
+  return binary;
+}
+
+let codec: Promise<PlaneCodec> | null = null;
+
+/** This thread's plane codec: a worker instantiates the binary it was given, the main thread assembles it. */
+export function planeCodec(): Promise<PlaneCodec> {
+  codec ??= (async () => {
+    const given = (workerData as { planes?: Uint8Array } | null)?.planes;
+    const { instance } = await WA.instantiate(given && !isMainThread ? given : await planesBinary());
+    return new PlaneCodec(instance.exports);
   })();
   return codec;
 }
@@ -265,7 +276,7 @@ export async function runJob(job: CodecJob): Promise<CodecReply> {
 
 export const WORKER_MARK = 'paramdelta-codec';
 
-if (!isMainThread && parentPort && workerData === WORKER_MARK) {
+if (!isMainThread && parentPort && (workerData as { mark?: string } | null)?.mark === WORKER_MARK) {
   const port = parentPort;
   port.on('message', async (job: CodecJob) => port.postMessage(await runJob(job)));
 }

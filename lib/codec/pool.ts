@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
-import { runJob, WORKER_MARK, type CodecJob, type CodecReply } from './chunk.js';
+import { planesBinary, runJob, WORKER_MARK, type CodecJob, type CodecReply } from './chunk.js';
 
 /** A chunk's frames could not be decoded: the caller names the shard, tensor and chunk. */
 export class ChunkDecodeError extends Error {
@@ -29,6 +29,8 @@ export class CodecPool {
   private readonly queue: Pending[] = [];
   private seq = 0;
   private broken = false;
+  private planes: Uint8Array | null = null;
+  private starting: Promise<void> | null = null;
 
   constructor(readonly threads: number) {}
 
@@ -36,7 +38,7 @@ export class CodecPool {
     const here = import.meta.url;
     // Built JavaScript next to the built pool; under the test runner the TypeScript source, which Node strips.
     const url = new URL(here.endsWith('.ts') ? './chunk.ts' : './chunk.js', here);
-    const slot: { w: Worker; busy: Pending | null } = { w: new Worker(url, { workerData: WORKER_MARK }), busy: null };
+    const slot: { w: Worker; busy: Pending | null } = { w: new Worker(url, { workerData: { mark: WORKER_MARK, planes: this.planes } }), busy: null };
     slot.w.on('message', (r: CodecReply) => {
       const p = slot.busy;
       slot.busy = null;
@@ -68,6 +70,20 @@ export class CodecPool {
         const p = this.queue.shift()!;
         void runJob(p.job).then(p.resolve);
         continue;
+      }
+      if (!this.planes) {
+        // Workers get the transposes' binary, assembled here once, rather than each loading wabt.
+        this.starting ??= planesBinary().then(
+          (b) => {
+            this.planes = b;
+            this.pump();
+          },
+          () => {
+            this.broken = true;
+            this.pump();
+          },
+        );
+        return;
       }
       if (this.workers.length < this.threads) this.spawn();
       const free = this.workers.find((s) => !s.busy);
