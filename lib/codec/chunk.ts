@@ -154,7 +154,11 @@ const WA = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
 /** The transposes, assembled once per thread; their memory holds one chunk's planes, then its elements. */
 class PlaneCodec {
-  constructor(private readonly exports: Record<string, unknown>) {}
+  // No parameter properties: Node's type stripping, which loads this file in workers under the test runner, refuses them.
+  private readonly exports: Record<string, unknown>;
+  constructor(exports: Record<string, unknown>) {
+    this.exports = exports;
+  }
 
   private get memory(): WasmMemory {
     return this.exports.mem as WasmMemory;

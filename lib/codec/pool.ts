@@ -116,6 +116,11 @@ export class CodecPool {
     if (r.error) throw r.corrupt ? new ChunkDecodeError(r.error) : new Error(`zstd decoding failed: ${r.error}`);
   }
 
+  /** Worker threads running now (0 when every job runs on the calling thread). */
+  get running(): number {
+    return this.broken ? 0 : this.workers.length;
+  }
+
   async close(): Promise<void> {
     const all = this.workers.splice(0);
     await Promise.all(all.map((s) => s.w.terminate()));
