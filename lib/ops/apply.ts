@@ -7,6 +7,7 @@ import { CompactShards, type Piece } from '../codec/reader.js';
 import { codecPool, sharedBytes, type CodecPool } from '../codec/pool.js';
 import { frameBound } from '../codec/chunk.js';
 import { InputError } from '../errors.js';
+import { withBuffers } from './buffers.js';
 import { openDelta } from './delta.js';
 import { SourceCache, streamTensors, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
@@ -118,12 +119,12 @@ export class ApplyChunks {
  * codec workers, room for its frames and for its decoded chunks; a stream chunk then spans whole compact
  * chunks of every delta.
  */
-export async function applySlots(
+export function applySlots(
   env: ExecEnv,
   deltas: Pick<ApplyDeltaSource, 'layout' | 'chunkElements'>[],
   tensors: readonly ApplyTensorPlan[],
   extraInputs = 0,
-): Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> {
+): { key: string; create: () => Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> } {
   const baseSize = Math.max(1, ...tensors.map((t) => dtypeSize(t.dtype)));
   const deltaSize = deltas.map((_, i) => Math.max(1, ...tensors.flatMap((t) => t.deltas.filter((d) => d.delta === i).map((d) => dtypeSize(d.ref.dtype)))));
   const compact = (i: number) => deltas[i].layout === 'compact';
@@ -133,55 +134,61 @@ export async function applySlots(
   const count = slotsFor(env);
   const unit = Math.max(1, ...deltas.filter((d) => d.layout === 'compact').map((d) => d.chunkElements!));
   const chunk = alignedChunkElements(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, unit);
-  const kernels = await kernelsFor(env, count * (chunk * inArena + 64 * (deltas.length + extraInputs + 2)));
-  const slot = (): Slot => ({
-    inputs: [
-      kernels.alloc(chunk * baseSize),
-      ...deltaSize.map((size) => kernels.alloc(chunk * size)),
-      ...Array.from({ length: extraInputs }, () => kernels.alloc(chunk * baseSize)),
-    ],
-    out: kernels.alloc(chunk * baseSize),
-    aux: deltas.flatMap((d, i) =>
-      compact(i)
-        ? [sharedBytes((chunk / d.chunkElements!) * deltaSize[i] * frameBound(d.chunkElements!)), sharedBytes(chunk * deltaSize[i])]
-        : [new Uint8Array(0), new Uint8Array(0)],
-    ),
-  });
-  return { kernels, slots: Array.from({ length: count }, slot), chunk };
+  const key = JSON.stringify(['apply', env.kernels ?? 'wasm', count, chunk, baseSize, extraInputs, deltas.map((d, i) => [d.layout, d.chunkElements, deltaSize[i]])]);
+  const create = async () => {
+    const kernels = await kernelsFor(env, count * (chunk * inArena + 64 * (deltas.length + extraInputs + 2)));
+    const slot = (): Slot => ({
+      inputs: [
+        kernels.alloc(chunk * baseSize),
+        ...deltaSize.map((size) => kernels.alloc(chunk * size)),
+        ...Array.from({ length: extraInputs }, () => kernels.alloc(chunk * baseSize)),
+      ],
+      out: kernels.alloc(chunk * baseSize),
+      aux: deltas.flatMap((d, i) =>
+        compact(i)
+          ? [sharedBytes((chunk / d.chunkElements!) * deltaSize[i] * frameBound(d.chunkElements!)), sharedBytes(chunk * deltaSize[i])]
+          : [new Uint8Array(0), new Uint8Array(0)],
+      ),
+    });
+    return { kernels, slots: Array.from({ length: count }, slot), chunk };
+  };
+  return { key, create };
 }
 
 /** Writes one output shard. Safe to run again: same plan, same bytes. */
 export async function executeApplyShard(plan: ApplyPlan, index: number, env: ExecEnv, out: Store): Promise<ApplyShardResult> {
   const shard = plan.shards[index];
-  const { kernels, slots, chunk } = await applySlots(env, plan.deltas, shard.tensors);
-  const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
-  const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: { [PLAN_TAG]: plan.hash } });
-  const sources = new SourceCache(env.resolve);
-  const chunks = new ApplyChunks(plan, sources, kernels);
-  try {
-    await streamTensors(
-      {
-        count: shard.tensors.length,
-        elements: (t) => shard.tensors[t].elements,
-        read: (t, start, n, s) => chunks.read(shard.tensors[t], start, n, s),
-        compute: (t, _start, n, s) => {
-          const tp = shard.tensors[t];
-          env.onProgress?.(n * (dtypeSize(tp.dtype) + tp.deltas.reduce((a, d) => a + dtypeSize(d.ref.dtype), 0)));
-          return chunks.compute(tp, n, s);
+  const buffers = applySlots(env, plan.deltas, shard.tensors);
+  return withBuffers(buffers.key, buffers.create, async ({ kernels, slots, chunk }) => {
+    const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
+    const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: { [PLAN_TAG]: plan.hash } });
+    const sources = new SourceCache(env.resolve);
+    const chunks = new ApplyChunks(plan, sources, kernels);
+    try {
+      await streamTensors(
+        {
+          count: shard.tensors.length,
+          elements: (t) => shard.tensors[t].elements,
+          read: (t, start, n, s) => chunks.read(shard.tensors[t], start, n, s),
+          compute: (t, _start, n, s) => {
+            const tp = shard.tensors[t];
+            env.onProgress?.(n * (dtypeSize(tp.dtype) + tp.deltas.reduce((a, d) => a + dtypeSize(d.ref.dtype), 0)));
+            return chunks.compute(tp, n, s);
+          },
+          write: (bytes) => sink.write(bytes),
         },
-        write: (bytes) => sink.write(bytes),
-      },
-      slots,
-      chunk,
-    );
-    const r = await sink.commit(prefix);
-    return { file: shard.file, bytes: r.bytes };
-  } catch (e) {
-    await sink.abort().catch(() => undefined);
-    throw e;
-  } finally {
-    await sources.closeAll();
-  }
+        slots,
+        chunk,
+      );
+      const r = await sink.commit(prefix);
+      return { file: shard.file, bytes: r.bytes };
+    } catch (e) {
+      await sink.abort().catch(() => undefined);
+      throw e;
+    } finally {
+      await sources.closeAll();
+    }
+  });
 }
 
 /** Copies config and chat files, then writes model.safetensors.index.json last: the mark of a complete model. */

@@ -13,6 +13,7 @@ import { DEFAULT_DELTA_FORMAT, DELTA_LAYOUT, DELTA_MANIFEST, type DeltaFormat, t
 import { planCompute, SHARD_METADATA, type ComputePlan, type ComputeTensorPlan, type DeltaDtypePolicy, type ShardPlan } from './plan.js';
 import { SourceCache, streamTensors, chunkElementsFor, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
+import { withBuffers } from './buffers.js';
 
 export interface ComputeShardResult {
   file: string;
@@ -195,11 +196,19 @@ export function encodeCompactChunks(
   return Promise.all(encoded);
 }
 
-/** Slots for encoding compact chunks: two inputs of up to `inBytes` per element in the kernels' memory; the delta and its frames shared with codec workers. */
-export async function compactSlots(env: ExecEnv, inBytes: number, ch: number): Promise<{ encoder: CompactEncoder; slots: Slot[]; chunk: number }> {
+/**
+ * Slots for encoding compact chunks: two inputs of up to `inBytes` per element in the kernels' memory;
+ * the delta and its frames shared with codec workers. Returns their shape's key and how to make them.
+ */
+export function compactSlots(env: ExecEnv, inBytes: number, ch: number): { key: string; create: () => Promise<{ encoder: CompactEncoder; slots: Slot[]; chunk: number }> } {
   const count = slotsFor(env);
   // Per element in flight: both inputs, the delta (up to F64) twice (kernels' and shared memory), its frames.
   const chunk = alignedChunkElements(2 * inBytes + 24, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, ch);
+  const key = JSON.stringify(['compact', env.kernels ?? 'wasm', count, chunk, inBytes, ch]);
+  return { key, create: () => createCompactSlots(env, inBytes, ch, count, chunk) };
+}
+
+async function createCompactSlots(env: ExecEnv, inBytes: number, ch: number, count: number, chunk: number) {
   const kernels = await kernelsFor(env, count * chunk * (2 * inBytes + 8));
   const frameBytes = chunkBound(ch);
   const slots: Slot[] = Array.from({ length: count }, () => ({
@@ -224,45 +233,47 @@ async function executeCompactShard(plan: ComputePlan, index: number, env: ExecEn
   const shard = plan.shards[index];
   const ch = plan.chunkElements!;
   const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
-  const { encoder, slots, chunk } = await compactSlots(env, maxIn, ch);
-  const sources = new SourceCache(env.resolve);
-  const state = shard.tensors.map((t) => ({ hint: speculate(t.candidates), stats: newSubtractStats() }));
-  let writer: CompactShardWriter | null = null;
-  try {
-    const w = (writer = await CompactShardWriter.create(
-      out,
-      shard.file,
-      shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.candidates[0] })),
-      ch,
-      { [PLAN_TAG]: plan.hash },
-    ));
-    await streamTensors<EncodedChunk[]>(
-      {
-        count: shard.tensors.length,
-        elements: (t) => shard.tensors[t].elements,
-        read: chunkReader(plan, shard, sources),
-        compute: (t, _start, n, s) => {
-          const tp = shard.tensors[t];
-          env.onProgress?.(2 * n * dtypeSize(tp.modelDtype));
-          return encodeCompactChunks(encoder, t, tp.modelDtype, tp.candidates, n, s, state[t]);
+  const buffers = compactSlots(env, maxIn, ch);
+  return withBuffers(buffers.key, buffers.create, async ({ encoder, slots, chunk }) => {
+    const sources = new SourceCache(env.resolve);
+    const state = shard.tensors.map((t) => ({ hint: speculate(t.candidates), stats: newSubtractStats() }));
+    let writer: CompactShardWriter | null = null;
+    try {
+      const w = (writer = await CompactShardWriter.create(
+        out,
+        shard.file,
+        shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.candidates[0] })),
+        ch,
+        { [PLAN_TAG]: plan.hash },
+      ));
+      await streamTensors<EncodedChunk[]>(
+        {
+          count: shard.tensors.length,
+          elements: (t) => shard.tensors[t].elements,
+          read: chunkReader(plan, shard, sources),
+          compute: (t, _start, n, s) => {
+            const tp = shard.tensors[t];
+            env.onProgress?.(2 * n * dtypeSize(tp.modelDtype));
+            return encodeCompactChunks(encoder, t, tp.modelDtype, tp.candidates, n, s, state[t]);
+          },
+          write: (chunks) => writeEncoded(w, chunks),
         },
-        write: (chunks) => writeEncoded(w, chunks),
-      },
-      slots,
-      chunk,
-    );
-    const result = await w.commit();
-    const tensors: Record<string, DeltaTensorEntry> = {};
-    result.header.tensors.forEach((h, i) => {
-      tensors[h.name] = { ...tensorEntry(shard.tensors[i], shard.file, h.dtype, state[i].stats), compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
-    });
-    return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
-  } catch (e) {
-    await writer?.abort().catch(() => undefined);
-    throw e;
-  } finally {
-    await sources.closeAll();
-  }
+        slots,
+        chunk,
+      );
+      const result = await w.commit();
+      const tensors: Record<string, DeltaTensorEntry> = {};
+      result.header.tensors.forEach((h, i) => {
+        tensors[h.name] = { ...tensorEntry(shard.tensors[i], shard.file, h.dtype, state[i].stats), compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
+      });
+      return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
+    } catch (e) {
+      await writer?.abort().catch(() => undefined);
+      throw e;
+    } finally {
+      await sources.closeAll();
+    }
+  });
 }
 
 /** Writes one plain (safetensors) delta shard: each tensor in one dtype, a tensor guessed wrong streamed again. */

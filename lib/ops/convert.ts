@@ -16,6 +16,7 @@ import { openDelta } from './delta.js';
 import { compactSlots, encodeCompactChunks, writeEncoded, type ComputeShardResult, type EncodedChunk } from './compute.js';
 import { SourceCache, alignedChunkElements, streamTensors, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
+import { withBuffers } from './buffers.js';
 
 export interface ConvertTensorPlan {
   name: string;
@@ -95,51 +96,53 @@ async function toCompact(plan: ConvertPlan, index: number, env: ExecEnv, out: St
   const shard = plan.shards[index];
   const ch = plan.chunkElements;
   const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.dtype)));
-  const { encoder, slots, chunk } = await compactSlots(env, maxIn, ch);
-  for (const s of slots) s.inputs[0].fill(0);
-  const sources = new SourceCache(env.resolve);
-  const state = shard.tensors.map((t) => ({ hint: t.dtype, stats: newSubtractStats() }));
-  let writer: CompactShardWriter | null = null;
-  try {
-    const w = (writer = await CompactShardWriter.create(
-      out,
-      shard.file,
-      shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.dtype })),
-      ch,
-      { [PLAN_TAG]: plan.hash },
-    ));
-    await streamTensors<EncodedChunk[]>(
-      {
-        count: shard.tensors.length,
-        elements: (t) => shard.tensors[t].elements,
-        read: async (t, start, n, s) => {
-          const tp = shard.tensors[t];
-          const size = dtypeSize(tp.dtype);
-          const src = await sources.get(plan.delta, tp.file);
-          await src.read(tp.offset + start * size, n * size, s.inputs[1]);
+  const buffers = compactSlots(env, maxIn, ch);
+  return withBuffers(buffers.key, buffers.create, async ({ encoder, slots, chunk }) => {
+    for (const s of slots) s.inputs[0].fill(0);
+    const sources = new SourceCache(env.resolve);
+    const state = shard.tensors.map((t) => ({ hint: t.dtype, stats: newSubtractStats() }));
+    let writer: CompactShardWriter | null = null;
+    try {
+      const w = (writer = await CompactShardWriter.create(
+        out,
+        shard.file,
+        shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.dtype })),
+        ch,
+        { [PLAN_TAG]: plan.hash },
+      ));
+      await streamTensors<EncodedChunk[]>(
+        {
+          count: shard.tensors.length,
+          elements: (t) => shard.tensors[t].elements,
+          read: async (t, start, n, s) => {
+            const tp = shard.tensors[t];
+            const size = dtypeSize(tp.dtype);
+            const src = await sources.get(plan.delta, tp.file);
+            await src.read(tp.offset + start * size, n * size, s.inputs[1]);
+          },
+          compute: (t, _start, n, s) => {
+            const tp = shard.tensors[t];
+            env.onProgress?.(n * dtypeSize(tp.dtype));
+            return encodeCompactChunks(encoder, t, tp.dtype, tp.candidates, n, s, state[t]);
+          },
+          write: (chunks) => writeEncoded(w, chunks),
         },
-        compute: (t, _start, n, s) => {
-          const tp = shard.tensors[t];
-          env.onProgress?.(n * dtypeSize(tp.dtype));
-          return encodeCompactChunks(encoder, t, tp.dtype, tp.candidates, n, s, state[t]);
-        },
-        write: (chunks) => writeEncoded(w, chunks),
-      },
-      slots,
-      chunk,
-    );
-    const result = await w.commit();
-    const tensors: Record<string, DeltaTensorEntry> = {};
-    result.header.tensors.forEach((h) => {
-      tensors[h.name] = { ...plan.manifest.tensors[h.name], file: shard.file, dtype: h.dtype, compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
-    });
-    return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
-  } catch (e) {
-    await writer?.abort().catch(() => undefined);
-    throw e;
-  } finally {
-    await sources.closeAll();
-  }
+        slots,
+        chunk,
+      );
+      const result = await w.commit();
+      const tensors: Record<string, DeltaTensorEntry> = {};
+      result.header.tensors.forEach((h) => {
+        tensors[h.name] = { ...plan.manifest.tensors[h.name], file: shard.file, dtype: h.dtype, compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
+      });
+      return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
+    } catch (e) {
+      await writer?.abort().catch(() => undefined);
+      throw e;
+    } finally {
+      await sources.closeAll();
+    }
+  });
 }
 
 /** Compact → plain: chunks decoded on codec workers and widened to the tensor's dtype (exactly: x − 0 is x). */

@@ -68,7 +68,7 @@ export async function verify(env: ExecEnv, baseRef: string, postRef: string, del
     return !problem;
   });
 
-  const { kernels, slots, chunk } = await applySlots(env, plan.deltas, tensors, 1);
+  const { kernels, slots, chunk } = await applySlots(env, plan.deltas, tensors, 1).create();
   const sources = new SourceCache(env.resolve);
   const chunks = new ApplyChunks(plan, sources, kernels);
   const postSlot = ApplyChunks.inputsPerSlot(plan);
