@@ -121,3 +121,27 @@ describe('the streaming loop', () => {
     expect(written).toEqual([0, 1]);
   });
 });
+
+describe('chunk buffers', () => {
+  it('are reused by the next shard of the same shape, never by two at once, and dropped after a failure', async () => {
+    const { withBuffers } = await import('../lib/ops/buffers.js');
+    let made = 0;
+    const create = async () => ({ id: ++made });
+    const key = `test-${Math.random()}`;
+    const first = await withBuffers(key, create, async (b) => b.id);
+    const second = await withBuffers(key, create, async (b) => b.id);
+    expect(second).toBe(first);
+    // Two at once get two sets.
+    const both = await Promise.all([
+      withBuffers(key, create, async (b) => (await new Promise((r) => setTimeout(r, 10)), b.id)),
+      withBuffers(key, create, async (b) => (await new Promise((r) => setTimeout(r, 10)), b.id)),
+    ]);
+    expect(new Set(both).size).toBe(2);
+    // A failed use does not give its set back.
+    const failed = await withBuffers(`${key}-x`, create, async (b) => {
+      throw Object.assign(new Error('boom'), { id: b.id });
+    }).catch((e) => e.id);
+    const after = await withBuffers(`${key}-x`, create, async (b) => b.id);
+    expect(after).not.toBe(failed);
+  });
+});

@@ -4,7 +4,7 @@
 
 const idle = new Map<string, unknown[]>();
 /** Sets kept idle at most, all shapes together (the most recently used). */
-const KEEP = 4;
+const KEEP = 2;
 let order: string[] = [];
 
 /**
@@ -14,7 +14,13 @@ let order: string[] = [];
  */
 export async function withBuffers<T, R>(key: string, create: () => Promise<T>, use: (buffers: T) => Promise<R>): Promise<R> {
   const list = idle.get(key);
-  const buffers = (list?.pop() as T | undefined) ?? (await create());
+  let buffers = list?.pop() as T | undefined;
+  if (buffers === undefined) {
+    // A set of another shape is not coming back soon: let the collector have it before this one grows memory.
+    idle.clear();
+    order = [];
+    buffers = await create();
+  }
   const result = await use(buffers);
   const kept = idle.get(key) ?? [];
   kept.push(buffers);
