@@ -12,6 +12,8 @@ export const COMPACT_FORMAT_VERSION = 1;
 export const COMPACT_EXTENSION = '.pdelta';
 /** u64 header offset, u64 header length, the magic again. */
 export const TRAILER_BYTES = 24;
+/** A header is about 100 bytes per chunk; anything far larger is damage, not a header to read into memory. */
+export const MAX_HEADER_BYTES = 64 << 20;
 /** Elements per chunk: at most 4 MiB even as F64; a power of two so chunk grids of several deltas nest. */
 export const DEFAULT_CHUNK_ELEMENTS = 1 << 19;
 export const TRANSFORM = 'byteplanes';
@@ -97,6 +99,7 @@ export function parseTrailer(trailer: Uint8Array, fileSize: number, where: strin
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < COMPACT_MAGIC.length || offset + length + TRAILER_BYTES !== fileSize) {
     throw new InputError(`${where}: trailer places the header at ${offset} (+${length} bytes), which does not end where the ${fileSize}-byte file does`);
   }
+  if (length > MAX_HEADER_BYTES) throw new InputError(`${where}: header of ${length} bytes is larger than any shard needs (${MAX_HEADER_BYTES}); the file is corrupt`);
   return { offset, length };
 }
 
