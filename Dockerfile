@@ -7,6 +7,9 @@ COPY package.json package-lock.json ./
 # zstd-napi compiles its native binding; onnxruntime-node ships its CPU binary (CUDA parts only in the GPU image).
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
 ENV ONNXRUNTIME_NODE_INSTALL=skip
+# zstd-napi compiles from the zstd sources in its npm package against this image's own Node headers:
+# no prebuilt binary from GitHub, no headers from nodejs.org; only the npm registry is reached.
+ENV npm_config_build_from_source=true npm_config_nodedir=/usr/local
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY lib ./lib

@@ -1,10 +1,12 @@
-// npm run bench [-- --size 1GiB --dir /tmp/x --keep]
-// Generates a BF16 model family, then times compute and apply against the I/O floor measured in
-// the same run: reading the same input files and writing files of the same sizes with plain Node
-// I/O, fsynced as the tool fsyncs them. Each operation runs in a child process so its peak RSS is
-// its own; each is also timed with fsync off, to show what durability costs.
+// npm run bench [-- --size 1GiB --dir /tmp/x --keep --plain]
+// First the compact delta's size against the model's on the real fine-tune pairs of the shared fixtures.
+// Then generates a BF16 model family and times compute and apply (compact deltas; with --plain the plain
+// layout too) against the I/O floor measured in the same run: reading the same input files and writing
+// files of the same sizes with plain Node I/O, fsynced as the tool fsyncs them, on a cold page cache
+// (dropped before each step, where allowed) and on a warm one (inputs read just before, as after a
+// download). Each operation runs in a child process so its peak RSS and its fsync waits are its own.
 import { execSync, spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { once } from 'node:events';
@@ -21,6 +23,7 @@ const opt = (name: string, dflt: string) => {
 };
 const size = parseSize(opt('--size', '1GiB'));
 const keep = args.includes('--keep');
+const withPlain = args.includes('--plain');
 const cli = fileURLToPath(new URL('../cli/index.js', import.meta.url));
 
 async function filesIn(dir: string): Promise<string[]> {
@@ -71,7 +74,7 @@ interface Timed {
 }
 
 /** Runs the CLI in a child process; returns wall seconds, the child's peak RSS and its fsync time. */
-async function timed(cliArgs: string[], fsync: boolean): Promise<Timed> {
+async function timed(cliArgs: string[], fsync = true): Promise<Timed> {
   const sync = fileURLToPath(new URL('../lib/storage/local.js', import.meta.url));
   const code =
     `const s = await import(${JSON.stringify(sync)}); s.localSync.enabled = ${fsync};` +
@@ -90,6 +93,32 @@ async function timed(cliArgs: string[], fsync: boolean): Promise<Timed> {
 
 const root = opt('--dir', '') || (await mkdtemp(path.join(os.tmpdir(), 'paramdelta-bench-')));
 console.log(`machine: ${os.cpus()[0]?.model} x${os.cpus().length}, ${formatBytes(os.totalmem())} RAM, node ${process.version}`);
+
+/** Bytes of a checkpoint's tensors (shard files less their headers). */
+async function tensorBytesOf(dir: string): Promise<number> {
+  const { openCheckpoint } = await import('../lib/format/checkpoint.js');
+  const { LocalStore } = await import('../lib/storage/local.js');
+  return (await openCheckpoint(new LocalStore(dir))).tensors.reduce((a, t) => a + t.byteLength, 0);
+}
+
+// The real fine-tune pairs: delta bytes as stored ÷ the post model's tensor bytes, each layout.
+const fixtures = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+for (const [pair, target] of [['stories260K-tuned-bf16', 0.6], ['stories260K-tuned-f32', 0.85]] as const) {
+  const dir = path.join(fixtures, pair);
+  if (!existsSync(dir)) {
+    console.log(`${pair}: not found under ${fixtures}; skipped`);
+    continue;
+  }
+  const model = await tensorBytesOf(path.join(dir, 'post'));
+  const sizes: string[] = [];
+  for (const format of ['safetensors', 'compact']) {
+    const out = path.join(root, `${pair}-${format}`);
+    await timed(['compute', '--base', path.join(dir, 'base'), '--post', path.join(dir, 'post'), '--out', out, '--delta-format', format]);
+    const bytes = await bytesOf((await filesIn(out)).filter((f) => /\.(safetensors|pdelta)$/.test(f)));
+    sizes.push(`${format} ${formatBytes(bytes)} = ${(bytes / model).toFixed(3)}×`);
+  }
+  console.log(`${pair}: model ${formatBytes(model)}; delta ${sizes.join(', ')} the model (compact target ≤ ${target})`);
+}
 const t0 = performance.now();
 const fam = await writeSyntheticFamily(path.join(root, 'family'), { dtype: 'BF16', bytes: size, shards: 4, hidden: 2048 });
 console.log(`generated a BF16 family of ${formatBytes(fam.bytes)} per model in ${((performance.now() - t0) / 1000).toFixed(1)} s under ${root}`);
@@ -98,55 +127,66 @@ console.log(`generated a BF16 family of ${formatBytes(fam.bytes)} per model in $
  * Flushes dirty pages and, where allowed (root on Linux), drops the page cache, so the operation
  * and its floor both start cold instead of one paying for the other's writeback.
  */
-function settle(): 'cold' | 'warm' {
+function dropCaches(): boolean {
   execSync('sync');
   try {
     writeFileSync('/proc/sys/vm/drop_caches', '1');
-    return 'cold';
+    return true;
   } catch {
-    return 'warm';
+    return false;
+  }
+}
+const canDrop = dropCaches();
+
+/** Warm: flushes earlier writes, then reads every input once so the step finds them in the page cache. */
+async function warmUp(inputs: string[]): Promise<void> {
+  execSync('sync');
+  for (const f of inputs) {
+    for await (const _chunk of createReadStream(f, { highWaterMark: 8 << 20 })) void _chunk;
   }
 }
 
-const rows: string[] = [];
 const ROUNDS = 2;
-/**
- * Times the operation with fsync (as shipped) and without, against the floor with and without,
- * each the best of ROUNDS, every step from a settled (cold, where allowed) cache.
- */
-async function measure(label: string, cliArgs: string[], inputs: string[], outDir: string) {
-  const inBytes = await bytesOf(inputs);
-  const best = { op: Infinity, opNoSync: Infinity, floor: Infinity, floorNoSync: Infinity, syncSecs: Infinity, syncs: 0 };
+type Cache = 'cold' | 'warm';
+async function measure(label: string, cliArgs: string[], inputs: () => Promise<string[]>, outDir: string, cache: Cache) {
+  let op = Infinity;
+  let floor = Infinity;
+  let syncSecs = 0;
+  let syncs = 0;
   let rss = 0;
-  let cache = 'warm';
-  let outSizes: number[] = [];
+  const prepare = async () => (cache === 'cold' ? void dropCaches() : warmUp(await inputs()));
   for (let round = 0; round < ROUNDS; round++) {
-    cache = settle();
-    const r = await timed(cliArgs, true);
-    if (r.secs < best.op) Object.assign(best, { op: r.secs, syncSecs: r.syncSecs, syncs: r.syncs });
+    await prepare();
+    const r = await timed(cliArgs);
+    if (r.secs < op) ({ secs: op, syncSecs, syncs } = r);
     rss = Math.max(rss, r.rss);
-    settle();
-    best.opNoSync = Math.min(best.opNoSync, (await timed(cliArgs, false)).secs);
-    outSizes = await Promise.all((await filesIn(outDir)).map(async (f) => (await stat(f)).size));
-    settle();
-    best.floor = Math.min(best.floor, await ioFloor(inputs, outSizes, path.join(root, 'floor.tmp'), true));
-    settle();
-    best.floorNoSync = Math.min(best.floorNoSync, await ioFloor(inputs, outSizes, path.join(root, 'floor.tmp'), false));
+    const outSizes = await Promise.all((await filesIn(outDir)).map(async (f) => (await stat(f)).size));
+    await prepare();
+    floor = Math.min(floor, await ioFloor(await inputs(), outSizes, path.join(root, 'floor.tmp'), true));
   }
-  const outBytes = outSizes.reduce((a, b) => a + b, 0);
-  const row =
-    `${label.padEnd(8)} in ${formatBytes(inBytes).padStart(9)}  out ${formatBytes(outBytes).padStart(9)} in ${outSizes.length} files  ` +
-    `wall ${best.op.toFixed(2)} s (no fsync ${best.opNoSync.toFixed(2)} s; ${best.syncs} fsyncs waited ${best.syncSecs.toFixed(2)} s)  ` +
-    `floor ${best.floor.toFixed(2)} s (no fsync ${best.floorNoSync.toFixed(2)} s)  ratio ${(best.op / best.floor).toFixed(2)} ` +
-    `(no fsync ${(best.opNoSync / best.floorNoSync).toFixed(2)})  peak RSS ${formatBytes(rss)}  (${cache} cache, best of ${ROUNDS})`;
-  console.log(row);
-  rows.push(row);
+  const inBytes = await bytesOf(await inputs());
+  const outBytes = await bytesOf(await filesIn(outDir));
+  console.log(
+    `${label.padEnd(16)} in ${formatBytes(inBytes).padStart(9)}  out ${formatBytes(outBytes).padStart(9)}  ` +
+      `wall ${op.toFixed(2).padStart(6)} s (${syncs} fsyncs waited ${syncSecs.toFixed(2)} s)  floor ${floor.toFixed(2).padStart(6)} s  ` +
+      `ratio ${(op / floor).toFixed(2)} (target ≤ 1.3)  peak RSS ${formatBytes(rss)} (target ≤ 256 MiB)  ${cache} cache, best of ${ROUNDS}`,
+  );
 }
 
-const delta = path.join(root, 'delta');
-const out = path.join(root, 'reposted');
-const modelFiles = async (d: string) => (await filesIn(d)).filter((f) => f.endsWith('.safetensors'));
-await measure('compute', ['compute', '--base', fam.base, '--post', fam.post, '--out', delta, '--force'], [...(await modelFiles(fam.base)), ...(await modelFiles(fam.post))], delta);
-await measure('apply', ['apply', '--base', fam.newbase, '--delta', delta, '--out', out, '--force'], [...(await modelFiles(fam.newbase)), ...(await modelFiles(delta))], out);
+const shards = (d: string) => async () => (await filesIn(d)).filter((f) => /\.(safetensors|pdelta)$/.test(f));
+const both = (a: string, b: string) => async () => [...(await shards(a)()), ...(await shards(b)())];
+const caches: Cache[] = canDrop ? ['cold', 'warm'] : ['warm'];
+if (!canDrop) console.log('(cannot drop the page cache here: warm cache only)');
+for (const format of withPlain ? ['compact', 'safetensors'] : ['compact']) {
+  const delta = path.join(root, `delta-${format}`);
+  const out = path.join(root, `reposted-${format}`);
+  const tag = format === 'compact' ? '' : ' (plain)';
+  for (const cache of caches) {
+    await measure(`compute${tag}`, ['compute', '--base', fam.base, '--post', fam.post, '--out', delta, '--force', '--delta-format', format], both(fam.base, fam.post), delta, cache);
+    await measure(`apply${tag}`, ['apply', '--base', fam.newbase, '--delta', delta, '--out', out, '--force'], both(fam.newbase, delta), out, cache);
+  }
+  const deltaBytes = await bytesOf(await shards(delta)());
+  console.log(`${format} delta of the bench family: ${formatBytes(deltaBytes)} = ${(deltaBytes / fam.bytes).toFixed(3)}× the model (synthetic noise compresses only to its entropy)`);
+}
 
 if (!keep) await rm(root, { recursive: true, force: true });

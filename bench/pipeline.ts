@@ -1,8 +1,9 @@
 // npm run bench:pipeline [-- --size 1GiB --keep]
-// Applies a delta to a BF16 model of --size through `paramdelta serve` on Azurite, and compares
-// with the raw @azure/storage-blob throughput against the same Azurite in the same run: download
-// the same input bytes and upload the same output bytes, in 8 MiB blocks. The serve process's peak
-// RSS is read from /proc (VmHWM) before it stops.
+// Applies a delta to a BF16 model of --size through `paramdelta serve` on Azurite: the compact delta,
+// and the plain delta of the same model before and after it (their mean is the baseline). It also
+// compares the plain apply with the raw @azure/storage-blob throughput against the same Azurite in the
+// same run: download the same input bytes and upload the same output bytes, in 8 MiB blocks. The
+// serve process's peak RSS is read from /proc (VmHWM) before it stops.
 import { spawn } from 'node:child_process';
 import { Readable } from 'node:stream';
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
@@ -24,7 +25,9 @@ say(`machine: ${os.cpus()[0]?.model} x${os.cpus().length}, ${formatBytes(os.tota
 
 const fam = await writeSyntheticFamily(path.join(root, 'family'), { dtype: 'BF16', bytes: size, shards: 4, hidden: 2048 });
 const delta = path.join(root, 'delta');
+const plainDelta = path.join(root, 'delta-plain');
 if ((await cli(['compute', '--base', fam.base, '--post', fam.post, '--out', delta])) !== 0) throw new Error('compute failed');
+if ((await cli(['compute', '--base', fam.base, '--post', fam.post, '--out', plainDelta, '--delta-format', 'safetensors'])) !== 0) throw new Error('compute failed');
 const azurite = await startAzurite({ location: path.join(root, 'azurite') });
 const service = BlobServiceClient.fromConnectionString(azurite.connectionString);
 for (const c of ['models', 'deltas', 'posted-models', 'base-models']) await service.getContainerClient(c).createIfNotExists();
@@ -33,13 +36,14 @@ async function upload(container: string, prefix: string, dir: string): Promise<n
   let bytes = 0;
   for (const f of await readdir(dir)) {
     await service.getContainerClient(container).getBlockBlobClient(`${prefix}/${f}`).uploadFile(path.join(dir, f), { blockSize: 8 << 20, concurrency: 4 });
-    bytes += f.endsWith('.safetensors') ? (await stat(path.join(dir, f))).size : 0;
+    bytes += /\.(safetensors|pdelta)$/.test(f) ? (await stat(path.join(dir, f))).size : 0;
   }
   return bytes;
 }
 const baseBytes = await upload('models', 'bench/newbase', fam.newbase);
-const inBytes = baseBytes + (await upload('deltas', 'bench', delta));
-say(`uploaded a ${formatBytes(fam.bytes)} BF16 new base and its delta to Azurite (${formatBytes(inBytes)} of shards to read)`);
+const compactIn = baseBytes + (await upload('deltas', 'bench', delta));
+const inBytes = baseBytes + (await upload('deltas', 'bench-plain', plainDelta));
+say(`uploaded a ${formatBytes(fam.bytes)} BF16 new base and its deltas to Azurite: ${formatBytes(compactIn)} of shards to read with the compact delta, ${formatBytes(inBytes)} with the plain one`);
 
 // Raw SDK baseline: the same bytes down and up with the SDK's own parallel transfer helpers
 // (8 MiB blocks, 4 in flight), through a 64 MiB window so it stays in bounded memory too. It runs
@@ -48,7 +52,7 @@ const block = 8 << 20;
 const window = Buffer.alloc(64 << 20);
 async function rawBaseline(outBytes: number): Promise<number> {
   const r0 = performance.now();
-  for (const [container, prefix] of [['models', 'bench/newbase/'], ['deltas', 'bench/']]) {
+  for (const [container, prefix] of [['models', 'bench/newbase/'], ['deltas', 'bench-plain/']]) {
     for await (const b of service.getContainerClient(container).listBlobsFlat({ prefix })) {
       if (!b.name.endsWith('.safetensors')) continue;
       const client = service.getContainerClient(container).getBlobClient(b.name);
@@ -75,22 +79,29 @@ const child = spawn(process.execPath, [entry, 'serve', '--port', String(port), '
   stdio: ['ignore', 'pipe', 'inherit'],
 });
 await new Promise<void>((resolve) => child.stdout.on('data', (d) => String(d).includes('watching') && resolve()));
-const t0 = performance.now();
-const res = await fetch(`http://127.0.0.1:${port}/api/models`, {
-  method: 'POST',
-  headers: { 'content-type': 'application/json' },
-  body: JSON.stringify({ base: 'models/bench/newbase', deltas: [{ name: 'bench' }], output: 'posted-models/bench' }),
-});
-const { statusUri } = (await res.json()) as { statusUri: string };
-let status: { status: string; error: string | null };
-do {
-  await new Promise((r) => setTimeout(r, 200));
-  status = (await (await fetch(statusUri)).json()) as typeof status;
-} while (status.status === 'Running' || status.status === 'Pending');
-const secs = (performance.now() - t0) / 1000;
+/** Applies one registered delta through the service; returns the wall seconds. */
+async function applyThroughServe(name: string, output: string): Promise<number> {
+  const t0 = performance.now();
+  const res = await fetch(`http://127.0.0.1:${port}/api/models`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ base: 'models/bench/newbase', deltas: [{ name }], output }),
+  });
+  const { statusUri } = (await res.json()) as { statusUri: string };
+  let status: { status: string; error: string | null };
+  do {
+    await new Promise((r) => setTimeout(r, 200));
+    status = (await (await fetch(statusUri)).json()) as typeof status;
+  } while (status.status === 'Running' || status.status === 'Pending');
+  if (status.status !== 'Completed') throw new Error(`apply ${status.status}: ${status.error}`);
+  return (performance.now() - t0) / 1000;
+}
+const plainBefore = await applyThroughServe('bench-plain', 'posted-models/bench');
+const compactSecs = await applyThroughServe('bench', 'posted-models/bench-compact');
+const plainAfter = await applyThroughServe('bench-plain', 'posted-models/bench-2');
+const secs = (plainBefore + plainAfter) / 2;
 const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(await readFile(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024;
 child.kill('SIGTERM');
-if (status.status !== 'Completed') throw new Error(`apply ${status.status}: ${status.error}`);
 let outBytes = 0;
 for await (const b of service.getContainerClient('posted-models').listBlobsFlat({ prefix: 'bench/' })) {
   if (b.name.endsWith('.safetensors')) outBytes += b.properties.contentLength ?? 0;
@@ -99,8 +110,10 @@ for await (const b of service.getContainerClient('posted-models').listBlobsFlat(
 const rawAfter = await rawBaseline(outBytes);
 const rawSecs = (rawBefore + rawAfter) / 2;
 const moved = inBytes + outBytes;
-say(`pipeline apply: ${secs.toFixed(2)} s for ${formatBytes(moved)} read+written = ${formatBytes(moved / secs)}/s, serve peak RSS ${formatBytes(hwm)}`);
+say(`pipeline apply, plain delta  : ${secs.toFixed(2)} s (before ${plainBefore.toFixed(2)} s, after ${plainAfter.toFixed(2)} s) for ${formatBytes(moved)} read+written = ${formatBytes(moved / secs)}/s`);
+say(`pipeline apply, compact delta: ${compactSecs.toFixed(2)} s for ${formatBytes(compactIn + outBytes)} read+written`);
+say(`compact ÷ plain: ${(compactSecs / secs).toFixed(2)}  (target ≤ 0.70); serve peak RSS ${formatBytes(hwm)} (target ≤ 300 MiB)`);
 say(`raw SDK       : ${rawSecs.toFixed(2)} s for the same bytes = ${formatBytes(moved / rawSecs)}/s (before ${rawBefore.toFixed(2)} s, after ${rawAfter.toFixed(2)} s)`);
-say(`throughput ratio (pipeline / raw): ${(rawSecs / secs).toFixed(2)}  (target ≥ 0.70); RSS target ≤ 300 MiB`);
+say(`throughput ratio, plain delta (pipeline / raw): ${(rawSecs / secs).toFixed(2)}  (target ≥ 0.70)`);
 await azurite.stop();
 if (!keep) await rm(root, { recursive: true, force: true });

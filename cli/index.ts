@@ -8,6 +8,7 @@ import { registerCompute } from './commands/compute.js';
 import { registerApply } from './commands/apply.js';
 import { registerVerify } from './commands/verify.js';
 import { registerInspect } from './commands/inspect.js';
+import { registerConvert } from './commands/convert.js';
 import { registerServe } from './commands/serve.js';
 import { registerDemo } from './commands/demo.js';
 import { registerTransfer } from './commands/transfer.js';
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerVerify(program);
   registerInspect(program);
   registerTransfer(program);
+  registerConvert(program);
   registerServe(program);
   registerDemo(program, main);
   return program;

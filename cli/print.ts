@@ -15,18 +15,25 @@ export function printInspect(r: InspectResult, write = (s: string) => process.st
   write(`tensors: ${r.tensors.length}, parameters: ${humanCount(r.parameters)} (${r.parameters}), size: ${formatBytes(r.bytes)}`);
   write(`dtypes: ${Object.entries(r.dtypes).map(([d, n]) => `${d} ${humanCount(n)}`).join(', ')}`);
   if (r.delta) {
-    write(`delta: policy ${r.delta.policy}, made by ${r.delta.tool} at ${r.delta.createdAt}`);
+    const d = r.delta;
+    write(`delta: ${d.layout} layout, policy ${d.policy}, made by ${d.tool} at ${d.createdAt}`);
+    if (d.codec) write(`codec: ${d.codec}, chunks of ${d.chunkElements} elements`);
+    write(
+      `stored: ${formatBytes(d.storedBytes)} = ${(d.storedBytes / d.rawBytes).toFixed(3)}× the raw delta (${formatBytes(d.rawBytes)}), ` +
+        `${(d.storedBytes / d.modelBytes).toFixed(3)}× the post model (${formatBytes(d.modelBytes)})`,
+    );
     write(`carried files: ${r.delta.files.join(', ') || '(none)'}`);
   }
+  const compact = r.delta?.layout === 'compact' || r.tensors.some((t) => t.compressedBytes !== undefined);
   const nameWidth = Math.min(60, Math.max(...r.tensors.map((t) => t.name.length), 4));
   write('');
   write(
-    `${'name'.padEnd(nameWidth)}  ${'dtype'.padEnd(5)}  ${'shape'.padEnd(16)}  ${'params'.padStart(8)}  ${'size'.padStart(10)}${r.delta ? '  ‖Δ‖/‖W‖' : ''}`,
+    `${'name'.padEnd(nameWidth)}  ${'dtype'.padEnd(5)}  ${'shape'.padEnd(16)}  ${'params'.padStart(8)}  ${'size'.padStart(10)}${compact ? `  ${'stored'.padStart(10)}` : ''}${r.delta ? '  ‖Δ‖/‖W‖' : ''}`,
   );
   for (const t of r.tensors) {
     const norm = r.delta ? `  ${t.zero ? 'zero' : (t.relNorm ?? 0).toExponential(3)}` : '';
     write(
-      `${t.name.padEnd(nameWidth)}  ${t.dtype.padEnd(5)}  ${JSON.stringify(t.shape).padEnd(16)}  ${humanCount(t.parameters).padStart(8)}  ${formatBytes(t.bytes).padStart(10)}${norm}`,
+      `${t.name.padEnd(nameWidth)}  ${t.dtype.padEnd(5)}  ${JSON.stringify(t.shape).padEnd(16)}  ${humanCount(t.parameters).padStart(8)}  ${formatBytes(t.bytes).padStart(10)}${compact ? `  ${formatBytes(t.compressedBytes ?? 0).padStart(10)}` : ''}${norm}`,
     );
   }
 }

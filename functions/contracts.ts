@@ -1,11 +1,14 @@
 // Small JSON payloads passed between triggers, orchestrators and activities. Plans stay in blobs.
 import type { DeltaDtypePolicy } from '../lib/ops/plan.js';
+import type { DeltaFormat } from '../lib/ops/manifest.js';
 
 export interface ComputeDeltaInput {
   name: string;
   base: string;
   post: string;
   deltaDtype: DeltaDtypePolicy;
+  /** Absent in runs started before the compact layout existed: those wrote plain deltas. */
+  deltaFormat?: DeltaFormat;
   autoApply: boolean;
   /** Where the delta goes: `<deltas container>/<name>`. */
   output: string;

@@ -32,7 +32,7 @@ describe('CLI on az:// references', () => {
       expect(c.code).toBe(0);
       const service = BlobServiceClient.fromConnectionString(azurite.connectionString);
       expect(await listNames(service.getContainerClient('deltas'), 'chat')).toEqual(
-        ['delta-00001-of-00001.safetensors', 'delta.json', 'delta.safetensors.index.json', 'tokenizer_config.json'],
+        ['delta-00001-of-00001.pdelta', 'delta.json', 'tokenizer_config.json'],
       );
       const v = await run(['verify', '--base', 'az://models/tiny/base', '--post', 'az://models/tiny/post', '--delta', 'az://deltas/chat']);
       expect(v.code).toBe(0);
@@ -45,6 +45,17 @@ describe('CLI on az:// references', () => {
       expect(again.code).toBe(2);
       expect(again.stderr).toMatch(/already holds a complete delta\.json; pass --force/);
       expect((await run(['compute', '--base', 'az://models/tiny/base', '--post', 'az://models/tiny/post', '--out', 'az://deltas/chat', '--force'])).code).toBe(0);
+      // Replaced by a plain delta, the folder holds only the plain layout's files.
+      const plain = ['compute', '--base', 'az://models/tiny/base', '--post', 'az://models/tiny/post', '--out', 'az://deltas/chat', '--force', '--delta-format', 'safetensors'];
+      expect((await run(plain)).code).toBe(0);
+      expect(await listNames(service.getContainerClient('deltas'), 'chat')).toEqual(
+        ['delta-00001-of-00001.safetensors', 'delta.json', 'delta.safetensors.index.json', 'tokenizer_config.json'],
+      );
+      const back = await run(['convert', 'az://deltas/chat', '--to', 'compact', '--out', 'az://deltas/chat-compact']);
+      expect(back.code).toBe(0);
+      const a2 = await run(['apply', '--base', path.join(BF16, 'newbase'), '--delta', 'az://deltas/chat-compact', '--out', path.join(tmp, 'out2')]);
+      expect(a2.code).toBe(0);
+      expect((await readFile(path.join(tmp, 'out2', 'model-00001-of-00001.safetensors'))).equals(await readFile(path.join(BF16, 'expected/apply-post-1.0/model.safetensors')))).toBe(true);
 
       const outside = await run(['inspect', 'az://secrets/x']);
       expect(outside.code).toBe(2);

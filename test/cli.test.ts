@@ -119,7 +119,7 @@ describe('paramdelta CLI', () => {
       expect(v.stdout).toMatch(/MISMATCH/);
       expect(v.stdout).toMatch(/model\.embed_tokens\.weight: \d+ elements differ/);
       // A corrupted delta shard fails its recorded sha256.
-      const shard = (await readdir(d)).find((f) => f.endsWith('.safetensors'))!;
+      const shard = (await readdir(d)).find((f) => f.endsWith('.pdelta'))!;
       await copyModel(d, path.join(tmp, 'd2'));
       const file = path.join(tmp, 'd2', shard);
       const bytes = await readFile(file);
@@ -128,6 +128,16 @@ describe('paramdelta CLI', () => {
       const c = await run(['verify', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--delta', path.join(tmp, 'd2'), '--json']);
       expect(c.code).toBe(1);
       expect(JSON.parse(c.stdout).corruptShards).toEqual([shard]);
+      // So does one in the plain layout, whose tensors are compared too.
+      const p = path.join(tmp, 'plain');
+      await run(['compute', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--out', p, '--delta-format', 'safetensors']);
+      const plainShard = (await readdir(p)).find((f) => f.endsWith('.safetensors'))!;
+      const plainBytes = await readFile(path.join(p, plainShard));
+      plainBytes[plainBytes.length - 1] ^= 1;
+      await writeFile(path.join(p, plainShard), plainBytes);
+      const cp = await run(['verify', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--delta', p, '--json']);
+      expect(cp.code).toBe(1);
+      expect(JSON.parse(cp.stdout).corruptShards).toEqual([plainShard]);
     }));
 
   it('refuses an existing output folder unless --force', () =>

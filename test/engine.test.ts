@@ -2,11 +2,11 @@ import { describe, it, expect } from 'vitest';
 import path from 'node:path';
 import { readFile, readdir } from 'node:fs/promises';
 import { fixturesDir } from './helpers/fixtures.js';
-import { loadTensors, localEnv, withTempDir } from './helpers/models.js';
+import { loadDelta, loadTensors, localEnv, withTempDir } from './helpers/models.js';
 import { runCompute, runApply } from '../lib/ops/run.js';
 import { verify } from '../lib/ops/verify.js';
 import { localOutput } from '../lib/storage/output.js';
-import { DELTA_LAYOUT, DELTA_MANIFEST, parseDeltaManifest } from '../lib/ops/manifest.js';
+import { DELTA_LAYOUT, DELTA_MANIFEST, parseDeltaManifest, type DeltaFormat } from '../lib/ops/manifest.js';
 import { DEFAULT_SHARD_SIZE } from '../lib/ops/plan.js';
 
 const FAMILIES = ['tiny-llama-bf16', 'tiny-llama-f16', 'tiny-llama-f32'];
@@ -16,8 +16,8 @@ function fam(name: string, sub: string): string {
   return path.join(fixturesDir, name, sub);
 }
 
-async function compute(env: typeof localEnv, base: string, post: string, out: string, shardSize = DEFAULT_SHARD_SIZE) {
-  return runCompute(env, { base, post, shardSize }, () => localOutput(out));
+async function compute(env: typeof localEnv, base: string, post: string, out: string, shardSize = DEFAULT_SHARD_SIZE, format?: DeltaFormat) {
+  return runCompute(env, { base, post, shardSize, format }, () => localOutput(out));
 }
 
 async function apply(env: typeof localEnv, base: string, deltas: { ref: string; scale?: number }[], out: string, shardSize = DEFAULT_SHARD_SIZE) {
@@ -36,7 +36,7 @@ async function expectModelBytes(outDir: string, expectedDir: string) {
 
 /** Deltas compare by value: same tensors, same dtype (so the auto rule picked the same one), same bytes. */
 async function expectDeltaValues(deltaDir: string, expectedDir: string) {
-  const got = await loadTensors(deltaDir, DELTA_LAYOUT);
+  const got = await loadDelta(deltaDir);
   const want = await loadTensors(expectedDir);
   expect([...got.keys()].sort()).toEqual([...want.keys()].sort());
   for (const [name, w] of want) {
@@ -96,16 +96,19 @@ describe.each(IMPLS)('fixtures with %s kernels', (impl) => {
 });
 
 describe('delta artifact', () => {
-  it('holds shards, index, manifest and the chat files, with hashes that match', () =>
+  it('in the plain layout holds shards, index, manifest and the chat files, with hashes that match', () =>
     withTempDir(async (tmp) => {
       const d = path.join(tmp, 'd');
-      await compute(localEnv, fam('tiny-llama-bf16', 'base'), fam('tiny-llama-bf16', 'post'), d, 150_000);
+      await compute(localEnv, fam('tiny-llama-bf16', 'base'), fam('tiny-llama-bf16', 'post'), d, 150_000, 'safetensors');
       const files = (await readdir(d)).sort();
       expect(files).toContain(DELTA_MANIFEST);
       expect(files).toContain(DELTA_LAYOUT.index);
       expect(files).toContain('tokenizer_config.json');
       const m = parseDeltaManifest(await readFile(path.join(d, DELTA_MANIFEST), 'utf8'), 'delta.json');
+      expect(m).toMatchObject({ formatVersion: 1, layout: 'safetensors', index: DELTA_LAYOUT.index });
       expect(m.shards.length).toBeGreaterThan(1);
+      expect(m.shards.every((s) => s.file.endsWith('.safetensors'))).toBe(true);
+      expect(await loadTensors(d, DELTA_LAYOUT)).toEqual(await loadTensors(fam('tiny-llama-bf16', 'expected/delta-post')));
       const { createHash } = await import('node:crypto');
       for (const s of m.shards) {
         const bytes = await readFile(path.join(d, s.file));

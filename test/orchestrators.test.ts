@@ -21,7 +21,7 @@ const STORAGE = vi.hoisted(() => {
   return { before };
 });
 
-const DELTA_INPUT: ComputeDeltaInput = { name: 'chat', base: 'models/a', post: 'models/b', deltaDtype: 'auto', autoApply: true, output: 'deltas/chat' };
+const DELTA_INPUT: ComputeDeltaInput = { name: 'chat', base: 'models/a', post: 'models/b', deltaDtype: 'auto', deltaFormat: 'compact', autoApply: true, output: 'deltas/chat' };
 const DELTA_ID = 'delta-chat-0123456789abcdef';
 const RETRY = { firstRetryIntervalInMilliseconds: 2000, maxNumberOfAttempts: 4, backoffCoefficient: 2 };
 
@@ -479,5 +479,10 @@ describe('startDelta: duplicate start', () => {
     expect(other.jsonBody.id).not.toBe(first.jsonBody.id);
     expect(calls).toHaveLength(2);
     expect(calls[1]!.instanceId).toBe(other.jsonBody.id);
+
+    // The layout is part of the request: a plain delta is another run.
+    const plain = await post({ ...body, deltaFormat: 'safetensors' });
+    expect(plain.jsonBody.id).not.toBe(first.jsonBody.id);
+    expect(calls[2]).toEqual({ name: 'computeDelta', instanceId: plain.jsonBody.id, input: { ...DELTA_INPUT, deltaFormat: 'safetensors' } });
   });
 });

@@ -3,14 +3,14 @@ import path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { fixturesDir } from './helpers/fixtures.js';
-import { loadTensors, withTempDir } from './helpers/models.js';
+import { loadDelta, loadTensors, withTempDir } from './helpers/models.js';
 import { downloadFolder, uploadFolder } from './helpers/blob.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
 import { startServe, type ServeHandle } from '../cli/host/serve.js';
 import { historyEventNames, type ActivityFn } from '../cli/host/runtime.js';
 import { InvocationContext, type EventGridEvent } from '@azure/functions';
 import { baseModelUploaded } from '../functions/triggers/baseModelUploaded.js';
-import { DELTA_LAYOUT } from '../lib/ops/manifest.js';
+import { DELTA_LAYOUT, DELTA_MANIFEST } from '../lib/ops/manifest.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 let azurite: Azurite;
@@ -45,11 +45,12 @@ async function waitFor(id: string, timeoutMs = 60_000): Promise<any> {
   }
 }
 
-async function expectDelta(ref: string, expected: string) {
+async function expectDelta(ref: string, expected: string, layout: 'compact' | 'safetensors') {
   await withTempDir(async (tmp) => {
     const [container, ...rest] = ref.split('/');
     await downloadFolder(service.getContainerClient(container), rest.join('/'), tmp);
-    const got = await loadTensors(tmp, DELTA_LAYOUT);
+    expect(JSON.parse(await readFile(path.join(tmp, DELTA_MANIFEST), 'utf8')).layout).toBe(layout);
+    const got = await loadDelta(tmp);
     const want = await loadTensors(expected);
     expect([...got.keys()].sort()).toEqual([...want.keys()].sort());
     for (const [n, w] of want) {
@@ -94,7 +95,8 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
     // A duplicate request while it runs joins the same run.
     const dup = await api('POST', 'deltas', { name: 'chat', base: 'models/tiny/base', post: 'models/tiny/post' });
     expect(dup.json.id).toBe(a.json.id);
-    const b = await api('POST', 'deltas', { name: 'chat2', base: 'models/tiny/base', post: 'models/tiny/post2', autoApply: false });
+    // One delta in each layout: the fused apply below reads both.
+    const b = await api('POST', 'deltas', { name: 'chat2', base: 'models/tiny/base', post: 'models/tiny/post2', autoApply: false, deltaFormat: 'safetensors' });
     const ra = await waitFor(a.json.id);
     expect(ra).toMatchObject({ status: 'Completed', error: null, progress: { phase: 'completed', shardsDone: 1, shardsTotal: 1 } });
     expect((await waitFor(b.json.id)).status).toBe('Completed');
@@ -102,8 +104,8 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
     expect(callsOf('planDelta', (i) => i.runId === a.json.id)).toHaveLength(1);
     expect(callsOf('computeDeltaShard', (i) => i.runId === a.json.id)).toHaveLength(1);
     expect(callsOf('finalizeDelta', (i) => i.output === 'deltas/chat')).toHaveLength(1);
-    await expectDelta('deltas/chat', path.join(BF16, 'expected/delta-post'));
-    await expectDelta('deltas/chat2', path.join(BF16, 'expected/delta-post2'));
+    await expectDelta('deltas/chat', path.join(BF16, 'expected/delta-post'), 'compact');
+    await expectDelta('deltas/chat2', path.join(BF16, 'expected/delta-post2'), 'safetensors');
 
     const list = await api('GET', 'deltas');
     expect(list.json.deltas.map((d: any) => [d.name, d.autoApply])).toEqual([['chat', true], ['chat2', false]]);
@@ -151,6 +153,7 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
       ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'other/tiny/post' }, 'post'],
       ['POST', 'deltas', { name: 'x', base: 'models/../secrets', post: 'models/tiny/post' }, 'base'],
       ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'models/tiny/post', deltaDtype: 'int8' }, 'deltaDtype'],
+      ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'models/tiny/post', deltaFormat: 'zip' }, 'deltaFormat'],
       ['POST', 'deltas', { name: 'x', base: 'models/tiny/base', post: 'models/tiny/post', extra: 1 }, 'body'],
       ['POST', 'deltas', '{not json', 'body'],
       ['POST', 'models', { base: 'models/tiny/newbase', deltas: [], output: 'posted-models/x' }, 'deltas'],

@@ -1,8 +1,10 @@
 import { Option, type Command } from 'commander';
 import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
+import { DEFAULT_DELTA_FORMAT, DELTA_FORMATS, type DeltaFormat } from '../../lib/ops/manifest.js';
 import { runCompute } from '../../lib/ops/run.js';
 import { DELTA_DTYPE_POLICIES, type DeltaDtypePolicy } from '../../lib/ops/plan.js';
 import { formatBytes, parseSize } from '../../lib/ops/sizes.js';
+import { tensorBytes } from '../../lib/format/checkpoint.js';
 import { cliOutput } from '../storage.js';
 import { Progress } from '../progress.js';
 import { commandEnv, pick, print, withAlias, writerOptions } from '../common.js';
@@ -12,7 +14,12 @@ export function registerCompute(program: Command): void {
   withAlias(compute, '--base', '--base-model', 'the base checkpoint');
   withAlias(compute, '--post', '--post-model', 'the post-trained checkpoint');
   withAlias(compute, '--out', '--output', 'the delta folder to write')
-    .addOption(new Option('--delta-dtype <dtype>', 'dtype of stored deltas; auto keeps them exact').choices(DELTA_DTYPE_POLICIES).default('auto'));
+    .addOption(new Option('--delta-dtype <dtype>', 'dtype of stored deltas; auto keeps them exact').choices(DELTA_DTYPE_POLICIES).default('auto'))
+    .addOption(
+      new Option('--delta-format <format>', 'compact: chunked and compressed, lossless; safetensors: plain tensors')
+        .choices(DELTA_FORMATS)
+        .default(DEFAULT_DELTA_FORMAT),
+    );
   writerOptions(compute, 'largest delta shard, e.g. 5GB or 2GiB').action(async (o) => {
     const base = pick('--base', o.base, o.baseModel);
     const post = pick('--post', o.post, o.postModel);
@@ -24,7 +31,7 @@ export function registerCompute(program: Command): void {
       const output = await cliOutput(e.resolve, dir, OUTPUT_KINDS.delta, { force: o.force, inputs });
       const { plan, manifest } = await runCompute(
         e,
-        { base, post, policy: o.deltaDtype as DeltaDtypePolicy, shardSize: parseSize(o.shardSize, '--shard-size') },
+        { base, post, policy: o.deltaDtype as DeltaDtypePolicy, format: o.deltaFormat as DeltaFormat, shardSize: parseSize(o.shardSize, '--shard-size') },
         output,
       );
       progress.stop();
@@ -33,7 +40,10 @@ export function registerCompute(program: Command): void {
       const dtypes: Record<string, number> = {};
       for (const [, t] of entries) dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + 1;
       const bytes = manifest.shards.reduce((a, s) => a + s.bytes, 0);
-      let text = `wrote ${dir}: ${entries.length} delta tensors (${Object.entries(dtypes).map(([d, n]) => `${n} ${d}`).join(', ')}) in ${manifest.shards.length} shard(s), ${formatBytes(bytes)}`;
+      const modelBytes = manifest.post.tensors.reduce((a, [, d, shape]) => a + tensorBytes(shape, d), 0);
+      let text =
+        `wrote ${dir}: ${entries.length} delta tensors (${Object.entries(dtypes).map(([d, n]) => `${n} ${d}`).join(', ')}) ` +
+        `in ${manifest.shards.length} ${manifest.layout} shard(s), ${formatBytes(bytes)} (${(bytes / modelBytes).toFixed(2)}× the post model)`;
       if (plan.unchangedNonFloat.length) text += `\nnon-float tensors checked equal and left out: ${plan.unchangedNonFloat.join(', ')}`;
       if (lossy.length) {
         const rounded = lossy.reduce((a, [, t]) => a + t.rounded, 0);

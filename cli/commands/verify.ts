@@ -24,6 +24,7 @@ export function registerVerify(program: Command): void {
             `MISMATCH: ${r.mismatches.length} tensors differ, ${r.corruptShards.length} delta shards fail their sha256`,
             ...r.mismatches.map((m) => `  ${m.tensor}: ${m.detail}`),
             ...r.corruptShards.map((f) => `  ${f}: sha256 differs from delta.json`),
+            ...(r.damage ? [`  ${r.damage}`] : []),
           ];
       print(o, lines.join('\n'), r);
       if (!r.ok) process.exitCode = EXIT.mismatch;

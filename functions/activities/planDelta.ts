@@ -20,7 +20,11 @@ export async function planDelta(input: ComputeDeltaInput & { runId: string }): P
       { label: 'base', ref: input.base },
       { label: 'post', ref: input.post },
     ]);
-    plan = await prepareCompute(p.env, input.base, input.post, { policy: input.deltaDtype, shardSize: p.settings.shardSize });
+    plan = await prepareCompute(p.env, input.base, input.post, {
+      policy: input.deltaDtype,
+      format: input.deltaFormat ?? 'safetensors',
+      shardSize: p.settings.shardSize,
+    });
     // Refused unless empty or an earlier delta output; then only its own files are cleared.
     await clearForRun(p.env.resolve(input.output), OUTPUT_KINDS.delta, plan.shards.map((s) => s.file), `output ${input.output}`);
   } catch (e) {

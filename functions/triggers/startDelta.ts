@@ -2,7 +2,7 @@ import { type HttpRequest, type HttpResponseInit, type InvocationContext } from 
 import * as df from 'durable-functions';
 import { z } from 'zod';
 import { DELTA_DTYPE_POLICIES } from '../../lib/ops/plan.js';
-import { DELTA_MANIFEST } from '../../lib/ops/manifest.js';
+import { DEFAULT_DELTA_FORMAT, DELTA_FORMATS, DELTA_MANIFEST } from '../../lib/ops/manifest.js';
 import type { ComputeDeltaInput } from '../contracts.js';
 import { runClient, startOnce } from '../client.js';
 import { accepted, badInput, problem, readBody, runId } from '../http.js';
@@ -18,6 +18,8 @@ const StartDelta = z
     base: z.string().min(1),
     post: z.string().min(1),
     deltaDtype: z.enum(DELTA_DTYPE_POLICIES as ['auto', 'f32', 'f64', 'bf16', 'f16']).default('auto'),
+    /** compact (chunked, compressed, lossless) or safetensors (plain tensors). */
+    deltaFormat: z.enum(DELTA_FORMATS).default(DEFAULT_DELTA_FORMAT),
     autoApply: z.boolean().default(true),
     /** Allow replacing a complete delta of the same name. */
     replace: z.boolean().default(false),
@@ -37,6 +39,7 @@ export async function startDelta(req: HttpRequest, ctx: InvocationContext): Prom
       base: p.ref('base', b.base),
       post: p.ref('post', b.post),
       deltaDtype: b.deltaDtype,
+      deltaFormat: b.deltaFormat,
       autoApply: b.autoApply,
       output: `${p.settings.containers.deltas}/${b.name}`,
     };
@@ -48,7 +51,7 @@ export async function startDelta(req: HttpRequest, ctx: InvocationContext): Prom
   } catch (e) {
     return badInput(e);
   }
-  const id = runId('delta', b.name, [input.base, input.post, input.deltaDtype, input.autoApply]);
+  const id = runId('delta', b.name, [input.base, input.post, input.deltaDtype, input.deltaFormat, input.autoApply]);
   const client = runClient(ctx);
   const running = await client.getStatus(id);
   const busy = running && (running.runtimeStatus === 'Pending' || running.runtimeStatus === 'Running');

@@ -42,9 +42,9 @@ export interface CheckpointLayout {
 export const MODEL_LAYOUT: CheckpointLayout = { single: SINGLE_FILE, index: MODEL_INDEX };
 
 /** Zero-padded HF shard names: model-00001-of-00004.safetensors. */
-export function shardFileName(stem: string, i: number, n: number): string {
+export function shardFileName(stem: string, i: number, n: number, extension = '.safetensors'): string {
   const w = Math.max(5, String(n).length);
-  return `${stem}-${String(i + 1).padStart(w, '0')}-of-${String(n).padStart(w, '0')}.safetensors`;
+  return `${stem}-${String(i + 1).padStart(w, '0')}-of-${String(n).padStart(w, '0')}${extension}`;
 }
 
 async function readJson(store: Store, file: string): Promise<unknown> {

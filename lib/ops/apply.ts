@@ -5,9 +5,14 @@ import type { Store } from '../storage/types.js';
 import { TOOL_VERSION } from '../version.js';
 import { MODEL_FORMAT, MODEL_MANIFEST, type ModelManifest } from './manifest.js';
 import { outputTags } from './outputs.js';
-import { planApply, SHARD_METADATA, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
+import { planApply, SHARD_METADATA, type ApplyDeltaSource, type ApplyPlan, type ApplyTensorPlan } from './plan.js';
+import { CompactShards, type Piece } from '../codec/reader.js';
+import { codecPool, sharedBytes, type CodecPool } from '../codec/pool.js';
+import { frameBound } from '../codec/chunk.js';
+import { InputError } from '../errors.js';
+import { withBuffers } from './buffers.js';
 import { openDelta } from './delta.js';
-import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { SourceCache, streamTensors, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 import type { Kernels } from '../kernels/index.js';
 
@@ -29,13 +34,20 @@ export async function prepareApply(
   return planApply(base, opened, { shardSize: opts.shardSize, baseFiles: await base.store.list() });
 }
 
-/** Reads one tensor chunk of the new base and of each delta, and combines them into `out`. */
+/** Reads one tensor chunk of the new base and of each delta (plain or compact), and combines them into `out`. */
 export class ApplyChunks {
+  private readonly compact: CompactShards;
+  /** Per slot and delta: how the chunk read last into that slot is laid out (compact deltas only). */
+  private readonly layouts = new WeakMap<Slot, (Piece[] | null)[]>();
+
   constructor(
     private readonly plan: Pick<ApplyPlan, 'base' | 'deltas'>,
     private readonly sources: SourceCache,
     private readonly kernels: Kernels,
-  ) {}
+    private readonly pool: CodecPool = codecPool(),
+  ) {
+    this.compact = new CompactShards((ref, file) => sources.get(ref, file));
+  }
 
   static inputsPerSlot(plan: Pick<ApplyPlan, 'deltas'>): number {
     return 1 + plan.deltas.length;
@@ -43,11 +55,23 @@ export class ApplyChunks {
 
   async read(t: ApplyTensorPlan, start: number, n: number, s: Slot): Promise<void> {
     const size = dtypeSize(t.dtype);
-    const reads = [this.sources.get(this.plan.base, t.base.file).then((src) => src.read(t.base.offset + start * size, n * size, s.inputs[0]))];
+    const layout: (Piece[] | null)[] = this.plan.deltas.map(() => null);
+    this.layouts.set(s, layout);
+    const reads: Promise<unknown>[] = [this.sources.get(this.plan.base, t.base.file).then((src) => src.read(t.base.offset + start * size, n * size, s.inputs[0]))];
     t.deltas.forEach((d, i) => {
+      const source = this.plan.deltas[d.delta];
+      if (source.layout === 'compact') {
+        reads.push(
+          this.compact.get(source.ref, d.ref.file).then(async (shard) => {
+            const ct = shard.tensor(t.name);
+            if (ct.dtype !== d.ref.dtype) throw new InputError(`${shard.source.name}: tensor "${t.name}" is ${ct.dtype} now, ${d.ref.dtype} when the run was planned; the delta changed, plan again`);
+            layout[i] = await shard.read(ct, start, n, s.aux![2 * i], s.aux![2 * i + 1], this.pool);
+          }),
+        );
+        return;
+      }
       const ds = dtypeSize(d.ref.dtype);
-      const ref = this.plan.deltas[d.delta].ref;
-      reads.push(this.sources.get(ref, d.ref.file).then((src) => src.read(d.ref.offset + start * ds, n * ds, s.inputs[1 + i])));
+      reads.push(this.sources.get(source.ref, d.ref.file).then((src) => src.read(d.ref.offset + start * ds, n * ds, s.inputs[1 + i])));
     });
     await Promise.all(reads);
   }
@@ -61,61 +85,113 @@ export class ApplyChunks {
       return out;
     }
     const dtype: FloatDType = t.dtype;
-    const deltas = t.deltas.map((d, i) => ({
-      dtype: d.ref.dtype as FloatDType,
-      data: s.inputs[1 + i],
-      scale: this.plan.deltas[d.delta].scale,
-    }));
-    this.kernels.apply(dtype, s.inputs[0], deltas, n, dtype, out);
+    const size = dtypeSize(dtype);
+    const layout = this.layouts.get(s) ?? [];
+    // Codec workers decoded into shared memory: one copy into the kernels' own memory lets them run in place.
+    layout.forEach((pieces, i) => {
+      const last = pieces?.[pieces.length - 1];
+      if (last) s.inputs[1 + i].set(s.aux![2 * i + 1].subarray(0, last.byteOffset + last.n * dtypeSize(last.dtype)));
+    });
+    // Compact deltas store each chunk in its own dtype: run the kernel once per stretch where no delta's dtype changes.
+    const cuts = new Set<number>([0]);
+    for (const pieces of layout) pieces?.forEach((p, j) => j > 0 && p.dtype !== pieces[j - 1].dtype && cuts.add(p.start));
+    const starts = [...cuts].sort((a, b) => a - b);
+    starts.forEach((a, k) => {
+      const b = k + 1 < starts.length ? starts[k + 1] : n;
+      const deltas = t.deltas.map((d, i) => {
+        const pieces = layout[i];
+        const scale = this.plan.deltas[d.delta].scale;
+        if (!pieces) {
+          const ds = dtypeSize(d.ref.dtype);
+          return { dtype: d.ref.dtype as FloatDType, data: s.inputs[1 + i].subarray(a * ds, b * ds), scale };
+        }
+        const p = pieces.findLast((q) => q.start <= a)!;
+        const ds = dtypeSize(p.dtype);
+        const at = p.byteOffset + (a - p.start) * ds;
+        return { dtype: p.dtype, data: s.inputs[1 + i].subarray(at, at + (b - a) * ds), scale };
+      });
+      this.kernels.apply(dtype, s.inputs[0].subarray(a * size, b * size), deltas, b - a, dtype, out.subarray(a * size, b * size));
+    });
     return out;
   }
 }
 
-/** Sizes chunk buffers for tensors with up to `inputs` operands of at most 8 bytes each. */
-export async function applySlots(env: ExecEnv, inputs: number, extraInputs = 0): Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> {
-  const perElement = 8 * (inputs + extraInputs + 1);
+/**
+ * Sizes chunk buffers for the given tensors, each input as wide as its widest dtype there, in the kernels'
+ * memory (`extraInputs` more, as wide as the base). A compact delta also gets, in memory shared with the
+ * codec workers, room for its frames and for its decoded chunks; a stream chunk then spans whole compact
+ * chunks of every delta.
+ */
+export function applySlots(
+  env: ExecEnv,
+  deltas: Pick<ApplyDeltaSource, 'layout' | 'chunkElements'>[],
+  tensors: readonly ApplyTensorPlan[],
+  extraInputs = 0,
+): { key: string; create: () => Promise<{ kernels: Kernels; slots: Slot[]; chunk: number }> } {
+  const baseSize = Math.max(1, ...tensors.map((t) => dtypeSize(t.dtype)));
+  const deltaSize = deltas.map((_, i) => Math.max(1, ...tensors.flatMap((t) => t.deltas.filter((d) => d.delta === i).map((d) => dtypeSize(d.ref.dtype)))));
+  const compact = (i: number) => deltas[i].layout === 'compact';
+  // Per element: base, each delta, the extra inputs and the output; a compact delta's frames and decoded chunk too.
+  const inArena = baseSize * (2 + extraInputs) + deltaSize.reduce((a, b) => a + b, 0);
+  const perElement = inArena + deltaSize.reduce((a, b, i) => a + (compact(i) ? 2 * b + 1 : 0), 0);
   const count = slotsFor(env);
-  const chunk = chunkElementsFor(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count);
-  const kernels = await kernelsFor(env, count * chunk * perElement);
-  const slot = (): Slot => ({
-    inputs: Array.from({ length: inputs + extraInputs }, () => kernels.alloc(chunk * 8)),
-    out: kernels.alloc(chunk * 8),
-  });
-  return { kernels, slots: Array.from({ length: count }, slot), chunk };
+  const unit = Math.max(1, ...deltas.filter((d) => d.layout === 'compact').map((d) => d.chunkElements!));
+  const chunk = alignedChunkElements(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, unit);
+  const key = JSON.stringify(['apply', env.kernels ?? 'wasm', count, chunk, baseSize, extraInputs, deltas.map((d, i) => [d.layout, d.chunkElements, deltaSize[i]])]);
+  const create = async () => {
+    const kernels = await kernelsFor(env, count * (chunk * inArena + 64 * (deltas.length + extraInputs + 2)));
+    const slot = (): Slot => ({
+      inputs: [
+        kernels.alloc(chunk * baseSize),
+        ...deltaSize.map((size) => kernels.alloc(chunk * size)),
+        ...Array.from({ length: extraInputs }, () => kernels.alloc(chunk * baseSize)),
+      ],
+      out: kernels.alloc(chunk * baseSize),
+      aux: deltas.flatMap((d, i) =>
+        compact(i)
+          ? [sharedBytes((chunk / d.chunkElements!) * deltaSize[i] * frameBound(d.chunkElements!)), sharedBytes(chunk * deltaSize[i])]
+          : [new Uint8Array(0), new Uint8Array(0)],
+      ),
+    });
+    return { kernels, slots: Array.from({ length: count }, slot), chunk };
+  };
+  return { key, create };
 }
 
 /** Writes one output shard. Safe to run again: same plan, same bytes. */
 export async function executeApplyShard(plan: ApplyPlan, index: number, env: ExecEnv, out: Store): Promise<ApplyShardResult> {
   const shard = plan.shards[index];
-  const { kernels, slots, chunk } = await applySlots(env, ApplyChunks.inputsPerSlot(plan));
-  const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
-  const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: outputTags('model', plan.hash) });
-  const sources = new SourceCache(env.resolve);
-  const chunks = new ApplyChunks(plan, sources, kernels);
-  try {
-    await streamTensors(
-      {
-        count: shard.tensors.length,
-        elements: (t) => shard.tensors[t].elements,
-        read: (t, start, n, s) => chunks.read(shard.tensors[t], start, n, s),
-        compute: (t, _start, n, s) => {
-          const tp = shard.tensors[t];
-          env.onProgress?.(n * (dtypeSize(tp.dtype) + tp.deltas.reduce((a, d) => a + dtypeSize(d.ref.dtype), 0)));
-          return chunks.compute(tp, n, s);
+  const buffers = applySlots(env, plan.deltas, shard.tensors);
+  return withBuffers(buffers.key, buffers.create, async ({ kernels, slots, chunk }) => {
+    const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
+    const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: outputTags('model', plan.hash) });
+    const sources = new SourceCache(env.resolve);
+    const chunks = new ApplyChunks(plan, sources, kernels);
+    try {
+      await streamTensors(
+        {
+          count: shard.tensors.length,
+          elements: (t) => shard.tensors[t].elements,
+          read: (t, start, n, s) => chunks.read(shard.tensors[t], start, n, s),
+          compute: (t, _start, n, s) => {
+            const tp = shard.tensors[t];
+            env.onProgress?.(n * (dtypeSize(tp.dtype) + tp.deltas.reduce((a, d) => a + dtypeSize(d.ref.dtype), 0)));
+            return chunks.compute(tp, n, s);
+          },
+          write: (bytes) => sink.write(bytes),
         },
-        write: (bytes) => sink.write(bytes),
-      },
-      slots,
-      chunk,
-    );
-    const r = await sink.commit(prefix);
-    return { file: shard.file, bytes: r.bytes };
-  } catch (e) {
-    await sink.abort().catch(() => undefined);
-    throw e;
-  } finally {
-    await sources.closeAll();
-  }
+        slots,
+        chunk,
+      );
+      const r = await sink.commit(prefix);
+      return { file: shard.file, bytes: r.bytes };
+    } catch (e) {
+      await sink.abort().catch(() => undefined);
+      throw e;
+    } finally {
+      await sources.closeAll();
+    }
+  });
 }
 
 /**

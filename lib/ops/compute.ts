@@ -2,15 +2,19 @@ import { createHash } from 'node:crypto';
 import { dtypeSize, type FloatDType } from '../format/dtype.js';
 import { encodeHeader } from '../format/safetensors.js';
 import { openCheckpoint, indexJson, MODEL_LAYOUT, type Checkpoint } from '../format/checkpoint.js';
-import { newSubtractStats, type SubtractStats } from '../kernels/index.js';
+import { newSubtractStats, type Kernels, type SubtractStats } from '../kernels/index.js';
+import { CODEC, COMPACT_FORMAT_VERSION, TRANSFORM, chunkBound } from '../codec/format.js';
+import { CompactShardWriter } from '../codec/writer.js';
+import { codecPool, sharedBytes, type CodecPool } from '../codec/pool.js';
 import type { Store } from '../storage/types.js';
 import { InputError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
-import { DELTA_FORMAT, DELTA_LAYOUT, DELTA_MANIFEST, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
+import { DEFAULT_DELTA_FORMAT, DELTA_FORMAT, DELTA_LAYOUT, DELTA_MANIFEST, type DeltaFormat, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
 import { outputTags } from './outputs.js';
-import { planCompute, SHARD_METADATA, type ComputePlan, type DeltaDtypePolicy } from './plan.js';
-import { SourceCache, streamTensors, chunkElementsFor, type Slot } from './stream.js';
+import { planCompute, SHARD_METADATA, type ComputePlan, type ComputeTensorPlan, type DeltaDtypePolicy, type ShardPlan } from './plan.js';
+import { SourceCache, streamTensors, chunkElementsFor, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
+import { withBuffers } from './buffers.js';
 
 export interface ComputeShardResult {
   file: string;
@@ -27,11 +31,17 @@ export async function prepareCompute(
   env: ExecEnv,
   baseRef: string,
   postRef: string,
-  opts: { policy?: DeltaDtypePolicy; shardSize: number },
+  opts: { policy?: DeltaDtypePolicy; shardSize: number; format?: DeltaFormat; chunkElements?: number },
 ): Promise<ComputePlan> {
   const base = await openCheckpoint(env.resolve(baseRef), MODEL_LAYOUT);
   const post = await openCheckpoint(env.resolve(postRef), MODEL_LAYOUT);
-  const plan = planCompute(base, post, { policy: opts.policy ?? 'auto', shardSize: opts.shardSize, postFiles: await post.store.list() });
+  const plan = planCompute(base, post, {
+    policy: opts.policy ?? 'auto',
+    shardSize: opts.shardSize,
+    postFiles: await post.store.list(),
+    format: opts.format ?? DEFAULT_DELTA_FORMAT,
+    chunkElements: opts.chunkElements,
+  });
   await checkNonFloatEqual(env, plan);
   return plan;
 }
@@ -84,6 +94,191 @@ function smallestExact(candidates: FloatDType[], current: FloatDType, st: Subtra
 
 /** Writes one delta shard. Safe to run again: it rewrites the same file with the same bytes. */
 export async function executeComputeShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
+  // Plans stored before the compact layout existed have no format: they were plain.
+  return (plan.format ?? 'safetensors') === 'compact' ? executeCompactShard(plan, index, env, out) : executePlainShard(plan, index, env, out);
+}
+
+/** Reads elements [start, start+n) of a tensor of base and of post into a slot's two inputs. */
+function chunkReader(plan: ComputePlan, shard: ShardPlan<ComputeTensorPlan>, sources: SourceCache) {
+  return async (t: number, start: number, n: number, s: Slot) => {
+    const tp = shard.tensors[t];
+    const size = dtypeSize(tp.modelDtype);
+    const [sb, sp] = await Promise.all([sources.get(plan.base, tp.base.file), sources.get(plan.post, tp.post.file)]);
+    await Promise.all([
+      sb.read(tp.base.offset + start * size, n * size, s.inputs[0]),
+      sp.read(tp.post.offset + start * size, n * size, s.inputs[1]),
+    ]);
+  };
+}
+
+function tensorEntry(t: ComputeTensorPlan, file: string, dtype: FloatDType, st: SubtractStats): DeltaTensorEntry {
+  return {
+    dtype,
+    modelDtype: t.modelDtype,
+    shape: t.shape,
+    file,
+    zero: st.sumSqDelta === 0 && st.rounded === 0,
+    rounded: st.rounded,
+    maxError: st.maxError,
+    relNorm: st.sumSqBase > 0 ? Math.sqrt(st.sumSqDelta / st.sumSqBase) : 0,
+  };
+}
+
+/**
+ * One compact chunk's delta (post − base) in the smallest candidate dtype that holds it exactly (the
+ * widest otherwise), starting from `hint` (what the tensor's previous chunk needed) and probing the next
+ * smaller one. A wrong guess recomputes the chunk from the inputs already in memory: nothing is read twice.
+ */
+function exactChunk(
+  kernels: Kernels, inDtype: FloatDType, candidates: FloatDType[], base: Uint8Array, post: Uint8Array, n: number, out: Uint8Array, hint: FloatDType,
+): { dtype: FloatDType; stats: SubtractStats } {
+  const c = candidates;
+  let i = Math.max(0, c.indexOf(hint));
+  for (;;) {
+    const probe = i > 0 ? c[i - 1] : undefined;
+    const stats = newSubtractStats();
+    kernels.subtract(inDtype, base, post, n, c[i], out, stats, probe);
+    if (stats.rounded > 0 && i < c.length - 1) i++;
+    else if (probe !== undefined && stats.probeMisses === 0 && stats.rounded === 0) i--;
+    else return { dtype: c[i], stats };
+  }
+}
+
+export function addStats(into: SubtractStats, st: SubtractStats): void {
+  into.elements += st.elements;
+  into.rounded += st.rounded;
+  into.maxError = Math.max(into.maxError, st.maxError);
+  into.probeMisses += st.probeMisses;
+  into.sumSqDelta += st.sumSqDelta;
+  into.sumSqBase += st.sumSqBase;
+}
+
+export interface EncodedChunk {
+  t: number;
+  dtype: FloatDType;
+  n: number;
+  frames: Uint8Array;
+  lengths: number[];
+}
+
+/** What encoding a stream chunk into compact chunks needs: kernels, codec workers, the chunk grid. */
+export interface CompactEncoder {
+  kernels: Kernels;
+  pool: CodecPool;
+  chunkElements: number;
+  /** Bytes reserved in slot.aux[0] per compact chunk's frames (slot.aux[1] holds the chunks to encode). */
+  frameBytes: number;
+}
+
+/**
+ * Computes post − base for the n elements in a slot's two inputs, compact chunk by compact chunk, each in
+ * its smallest exact dtype (into slot.out), and compresses them on codec workers (into slot.aux[0]).
+ * `tensor.hint` carries the dtype guess from chunk to chunk; `tensor.stats` accumulates.
+ */
+export function encodeCompactChunks(
+  e: CompactEncoder, t: number, inDtype: FloatDType, candidates: FloatDType[], n: number, s: Slot,
+  tensor: { hint: FloatDType; stats: SubtractStats },
+): Promise<EncodedChunk[]> {
+  const ch = e.chunkElements;
+  const size = dtypeSize(inDtype);
+  const encoded: Promise<EncodedChunk>[] = [];
+  for (let j = 0; j * ch < n; j++) {
+    const len = Math.min(ch, n - j * ch);
+    const r = exactChunk(e.kernels, inDtype, candidates, s.inputs[0].subarray(j * ch * size), s.inputs[1].subarray(j * ch * size), len, s.out.subarray(j * ch * 8), tensor.hint);
+    tensor.hint = r.dtype;
+    addStats(tensor.stats, r.stats);
+    // One copy into memory the codec workers share (the kernels write their own memory, in place).
+    const bytes = len * dtypeSize(r.dtype);
+    const raw = s.aux![1].subarray(j * ch * 8, j * ch * 8 + bytes);
+    raw.set(s.out.subarray(j * ch * 8, j * ch * 8 + bytes));
+    const frames = s.aux![0].subarray(j * e.frameBytes, (j + 1) * e.frameBytes);
+    encoded.push(e.pool.encode(raw, len, dtypeSize(r.dtype), frames).then((lengths) => ({ t, dtype: r.dtype, n: len, frames, lengths })));
+  }
+  return Promise.all(encoded);
+}
+
+/**
+ * Slots for encoding compact chunks: two inputs of up to `inBytes` per element in the kernels' memory;
+ * the delta and its frames shared with codec workers. Returns their shape's key and how to make them.
+ */
+export function compactSlots(env: ExecEnv, inBytes: number, ch: number): { key: string; create: () => Promise<{ encoder: CompactEncoder; slots: Slot[]; chunk: number }> } {
+  const count = slotsFor(env);
+  // Per element in flight: both inputs, the delta (up to F64) twice (kernels' and shared memory), its frames.
+  const chunk = alignedChunkElements(2 * inBytes + 24, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, ch);
+  const key = JSON.stringify(['compact', env.kernels ?? 'wasm', count, chunk, inBytes, ch]);
+  return { key, create: () => createCompactSlots(env, inBytes, ch, count, chunk) };
+}
+
+async function createCompactSlots(env: ExecEnv, inBytes: number, ch: number, count: number, chunk: number) {
+  const kernels = await kernelsFor(env, count * chunk * (2 * inBytes + 8));
+  const frameBytes = chunkBound(ch);
+  const slots: Slot[] = Array.from({ length: count }, () => ({
+    inputs: [kernels.alloc(chunk * inBytes), kernels.alloc(chunk * inBytes)],
+    out: kernels.alloc(chunk * 8),
+    aux: [sharedBytes((chunk / ch) * frameBytes), sharedBytes(chunk * 8)],
+  }));
+  return { encoder: { kernels, pool: codecPool(), chunkElements: ch, frameBytes }, slots, chunk };
+}
+
+/** Appends encoded chunks to a compact shard, in order. */
+export async function writeEncoded(w: CompactShardWriter, chunks: EncodedChunk[]): Promise<void> {
+  await Promise.all(chunks.map((c) => w.addChunk(c.t, c.dtype, c.n, c.frames, c.lengths)));
+}
+
+/**
+ * Writes one compact delta shard. Each stream chunk is a whole number of compact chunks: the kernel
+ * computes each in its smallest exact dtype on this thread, codec workers split and compress them while
+ * the next chunks are read and computed, and their frames are appended in order.
+ */
+async function executeCompactShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
+  const shard = plan.shards[index];
+  const ch = plan.chunkElements!;
+  const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
+  const buffers = compactSlots(env, maxIn, ch);
+  return withBuffers(buffers.key, buffers.create, async ({ encoder, slots, chunk }) => {
+    const sources = new SourceCache(env.resolve);
+    const state = shard.tensors.map((t) => ({ hint: speculate(t.candidates), stats: newSubtractStats() }));
+    let writer: CompactShardWriter | null = null;
+    try {
+      const w = (writer = await CompactShardWriter.create(
+        out,
+        shard.file,
+        shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.candidates[0] })),
+        ch,
+        outputTags('delta', plan.hash),
+      ));
+      await streamTensors<EncodedChunk[]>(
+        {
+          count: shard.tensors.length,
+          elements: (t) => shard.tensors[t].elements,
+          read: chunkReader(plan, shard, sources),
+          compute: (t, _start, n, s) => {
+            const tp = shard.tensors[t];
+            env.onProgress?.(2 * n * dtypeSize(tp.modelDtype));
+            return encodeCompactChunks(encoder, t, tp.modelDtype, tp.candidates, n, s, state[t]);
+          },
+          write: (chunks) => writeEncoded(w, chunks),
+        },
+        slots,
+        chunk,
+      );
+      const result = await w.commit();
+      const tensors: Record<string, DeltaTensorEntry> = {};
+      result.header.tensors.forEach((h, i) => {
+        tensors[h.name] = { ...tensorEntry(shard.tensors[i], shard.file, h.dtype, state[i].stats), compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
+      });
+      return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
+    } catch (e) {
+      await writer?.abort().catch(() => undefined);
+      throw e;
+    } finally {
+      await sources.closeAll();
+    }
+  });
+}
+
+/** Writes one plain (safetensors) delta shard: each tensor in one dtype, a tensor guessed wrong streamed again. */
+async function executePlainShard(plan: ComputePlan, index: number, env: ExecEnv, out: Store): Promise<ComputeShardResult> {
   const shard = plan.shards[index];
   const budget = env.bufferBytes ?? DEFAULT_BUFFER_BYTES;
   const maxIn = Math.max(1, ...shard.tensors.map((t) => dtypeSize(t.modelDtype)));
@@ -97,15 +292,7 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
   const dtypes: FloatDType[] = shard.tensors.map((t) => speculate(t.candidates));
   // A dtype is decided once the whole tensor has been seen (or the policy fixes it).
   const decided = shard.tensors.map((t) => t.candidates.length === 1);
-  const readChunk = async (t: number, start: number, n: number, s: Slot) => {
-    const tp = shard.tensors[t];
-    const size = dtypeSize(tp.modelDtype);
-    const [sb, sp] = await Promise.all([sources.get(plan.base, tp.base.file), sources.get(plan.post, tp.post.file)]);
-    await Promise.all([
-      sb.read(tp.base.offset + start * size, n * size, s.inputs[0]),
-      sp.read(tp.post.offset + start * size, n * size, s.inputs[1]),
-    ]);
-  };
+  const readChunk = chunkReader(plan, shard, sources);
   // The shard's sha256 streams only if the header hashed first stays true, so settle the dtypes
   // of tensors that fit in one chunk (norms, biases: cheap to read twice) before the header.
   try {
@@ -168,19 +355,7 @@ export async function executeComputeShard(plan: ComputePlan, index: number, env:
     );
     const result = await sink.commit(header());
     const tensors: Record<string, DeltaTensorEntry> = {};
-    shard.tensors.forEach((t, i) => {
-      const st = stats[i];
-      tensors[t.name] = {
-        dtype: dtypes[i],
-        modelDtype: t.modelDtype,
-        shape: t.shape,
-        file: shard.file,
-        zero: st.sumSqDelta === 0 && st.rounded === 0,
-        rounded: st.rounded,
-        maxError: st.maxError,
-        relNorm: st.sumSqBase > 0 ? Math.sqrt(st.sumSqDelta / st.sumSqBase) : 0,
-      };
-    });
+    shard.tensors.forEach((t, i) => (tensors[t.name] = tensorEntry(t, shard.file, dtypes[i], stats[i])));
     return { file: shard.file, sha256: result.sha256!, bytes: result.bytes, tensors };
   } catch (e) {
     await sink.abort().catch(() => undefined);
@@ -216,16 +391,21 @@ export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardRes
       total += t.shape.reduce((a, b) => a * b, 1) * dtypeSize(t.dtype);
     }
   }
-  await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total), { metadata: tags });
+  const compact = (plan.format ?? 'safetensors') === 'compact';
+  // Compact shards describe themselves; the plain layout keeps the index transformers reads.
+  if (!compact) await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total), { metadata: tags });
   const manifest: DeltaManifest = {
     format: DELTA_FORMAT,
-    formatVersion: 1,
+    formatVersion: compact ? 2 : 1,
+    layout: compact ? 'compact' : 'safetensors',
+    ...(compact
+      ? { compact: { formatVersion: COMPACT_FORMAT_VERSION, codec: CODEC, transform: TRANSFORM, chunkElements: plan.chunkElements! } }
+      : { index: DELTA_LAYOUT.index }),
     tool: { name: 'paramdelta', version: TOOL_VERSION },
     createdAt: new Date().toISOString(),
     base: plan.identity.base,
     post: plan.identity.post,
     dtypePolicy: plan.policy,
-    index: DELTA_LAYOUT.index,
     shards: shards.map((s) => ({ file: s.file, sha256: s.sha256, bytes: s.bytes })),
     tensors,
     unchangedNonFloat: plan.unchangedNonFloat,

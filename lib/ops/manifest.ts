@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { DTYPE_SIZES, FLOAT_DTYPES, type DType } from '../format/dtype.js';
 import type { Checkpoint, CheckpointLayout } from '../format/checkpoint.js';
 import { InputError } from '../errors.js';
+import { codecSchema } from '../codec/format.js';
 
 export const DELTA_MANIFEST = 'delta.json';
 /** paramdelta's own record in a model folder it wrote (apply), written just before the index. */
@@ -12,6 +13,11 @@ export const DELTA_FORMAT = 'paramdelta.delta';
 export const MODEL_FORMAT = 'paramdelta.model';
 export const DELTA_LAYOUT: CheckpointLayout = { single: 'delta.safetensors', index: 'delta.safetensors.index.json' };
 export const DELTA_SHARD_STEM = 'delta';
+
+/** How a delta's tensors are stored: compact (chunked, byte planes, zstd; the default) or plain safetensors. */
+export const DELTA_FORMATS = ['compact', 'safetensors'] as const;
+export type DeltaFormat = (typeof DELTA_FORMATS)[number];
+export const DEFAULT_DELTA_FORMAT: DeltaFormat = 'compact';
 
 /** Non-tensor files a chat model needs; copied from post into the delta, then into every applied model. */
 export const CHAT_FILES = [
@@ -53,6 +59,9 @@ const deltaTensorSchema = z.object({
   maxError: z.number().nonnegative(),
   /** ‖Δ‖ / ‖base‖ over finite elements (0 when base is all zero). */
   relNorm: z.number().nonnegative(),
+  /** Compact layout: the tensor's frames, and its chunks decoded (each chunk in the smallest exact dtype). */
+  compressedBytes: z.number().int().nonnegative().optional(),
+  rawBytes: z.number().int().nonnegative().optional(),
 });
 export type DeltaTensorEntry = z.infer<typeof deltaTensorSchema>;
 
@@ -60,13 +69,21 @@ const fileEntry = z.object({ file: z.string(), sha256: z.string().regex(/^[0-9a-
 
 export const deltaManifestSchema = z.object({
   format: z.literal(DELTA_FORMAT),
-  formatVersion: z.literal(1),
+  /** 1: plain safetensors shards (what every version reads); 2: compact shards (docs/compact-format.md). */
+  formatVersion: z.union([z.literal(1), z.literal(2)]),
+  /** Absent in deltas written before the compact layout existed: those are plain. */
+  layout: z.enum(DELTA_FORMATS).default('safetensors'),
+  /** Compact layout: the shard format, codec, transform and chunk size every shard uses. */
+  compact: z
+    .object({ formatVersion: z.number().int(), codec: codecSchema, transform: z.string(), chunkElements: z.number().int().positive() })
+    .optional(),
   tool: z.object({ name: z.literal('paramdelta'), version: z.string() }),
   createdAt: z.string(),
   base: identitySchema,
   post: identitySchema,
   dtypePolicy: z.enum(['auto', 'f32', 'f64', 'bf16', 'f16']),
-  index: z.string(),
+  /** The plain layout's delta.safetensors.index.json; compact shards describe themselves. */
+  index: z.string().optional(),
   shards: z.array(fileEntry),
   tensors: z.record(z.string(), deltaTensorSchema),
   /** Integer/bool/F8 tensors, checked equal in base and post and so not part of the delta. */
@@ -112,5 +129,10 @@ export function parseDeltaManifest(text: string, where: string): DeltaManifest {
     const issue = r.error.issues[0];
     throw new InputError(`${where}: field "${issue.path.join('.')}": ${issue.message}`);
   }
-  return r.data;
+  const m = r.data;
+  const compact = m.layout === 'compact';
+  if (compact !== (m.formatVersion === 2) || compact !== (m.compact !== undefined) || (!compact && m.index === undefined)) {
+    throw new InputError(`${where}: formatVersion ${m.formatVersion} does not match layout "${m.layout}"`);
+  }
+  return m;
 }

@@ -8,11 +8,12 @@ import {
   CHAT_FILES, DELTA_FORMAT, DELTA_LAYOUT, DELTA_MANIFEST, DELTA_SHARD_STEM, MODEL_FORMAT, MODEL_MANIFEST,
 } from './manifest.js';
 import { REGISTRATION_FILE } from './registry.js';
+import { COMPACT_EXTENSION } from '../codec/format.js';
 
 export type OutputKindName = 'delta' | 'model';
 
 /** A shard name as shardFileName writes it: STEM-00001-of-00004.safetensors. */
-const shardPattern = (stem: string) => new RegExp(`^${stem}-\\d{5,}-of-\\d{5,}\\.safetensors$`);
+const shardPattern = (stem: string, ext = '.safetensors') => new RegExp(`^${stem}-\\d{5,}-of-\\d{5,}\\${ext}$`);
 
 function kind(name: OutputKindName, def: Omit<OutputKind, 'name' | 'owns'>): OutputKind {
   const names = new Set(def.names);
@@ -25,7 +26,7 @@ export const OUTPUT_KINDS: Record<OutputKindName, OutputKind> = {
     marker: DELTA_MANIFEST,
     manifest: { file: DELTA_MANIFEST, format: DELTA_FORMAT },
     names: [DELTA_MANIFEST, DELTA_LAYOUT.index, REGISTRATION_FILE, ...CHAT_FILES],
-    patterns: [shardPattern(DELTA_SHARD_STEM)],
+    patterns: [shardPattern(DELTA_SHARD_STEM), shardPattern(DELTA_SHARD_STEM, COMPACT_EXTENSION)],
   }),
   /** `apply` and the pipeline's applyDeltas. */
   model: kind('model', {

@@ -3,9 +3,10 @@ import { dtypeSize, isFloatDType, type DType, type FloatDType } from '../format/
 import { encodeHeader, maxHeaderLength } from '../format/safetensors.js';
 import { shardFileName, tensorBytes, MODEL_LAYOUT, type Checkpoint, type CheckpointTensor } from '../format/checkpoint.js';
 import { PlanError } from '../errors.js';
+import { COMPACT_EXTENSION, DEFAULT_CHUNK_ELEMENTS } from '../codec/format.js';
 import {
   CHAT_FILES, DELTA_LAYOUT, DELTA_SHARD_STEM, modelIdentity,
-  type DeltaManifest, type ModelIdentity,
+  type DeltaFormat, type DeltaManifest, type ModelIdentity,
 } from './manifest.js';
 
 export type DeltaDtypePolicy = 'auto' | 'f32' | 'f64' | 'bf16' | 'f16';
@@ -45,6 +46,9 @@ export interface ComputePlan {
   base: string;
   post: string;
   policy: DeltaDtypePolicy;
+  format: DeltaFormat;
+  /** Compact layout: elements per chunk. */
+  chunkElements?: number;
   shards: ShardPlan<ComputeTensorPlan>[];
   /** Post-model chat files to copy into the delta. */
   files: string[];
@@ -58,6 +62,9 @@ export interface ComputePlan {
 export interface ApplyDeltaSource {
   ref: string;
   scale: number;
+  layout: DeltaFormat;
+  /** Compact layout: elements per chunk (chunk reads start on multiples of it). */
+  chunkElements?: number;
 }
 
 export interface ApplyTensorPlan {
@@ -122,7 +129,7 @@ function splitShards<T>(items: T[], bytes: (t: T) => number, maxBytes: number): 
 export function planCompute(
   base: Checkpoint,
   post: Checkpoint,
-  opts: { policy: DeltaDtypePolicy; shardSize: number; postFiles: readonly string[] },
+  opts: { policy: DeltaDtypePolicy; shardSize: number; postFiles: readonly string[]; format: DeltaFormat; chunkElements?: number },
 ): ComputePlan {
   const problems: string[] = [];
   const tensors: ComputeTensorPlan[] = [];
@@ -157,10 +164,16 @@ export function planCompute(
 
   // Size shards by the most likely dtype: F32 for 16-bit models, the model dtype otherwise.
   const likely = (t: ComputeTensorPlan) => tensorBytes(t.shape, t.candidates.length > 1 ? t.candidates[1] : t.candidates[0]);
+  const compact = opts.format === 'compact';
+  const chunkElements = opts.chunkElements ?? DEFAULT_CHUNK_ELEMENTS;
+  if (compact && !(Number.isSafeInteger(chunkElements) && chunkElements >= 64 && (chunkElements & (chunkElements - 1)) === 0)) {
+    throw new PlanError([`chunk size ${chunkElements}: must be a power of two of at least 64 elements`]);
+  }
   const groups = splitShards(tensors, likely, opts.shardSize);
   const shards = groups.map((g, i) => ({
-    file: shardFileName(DELTA_SHARD_STEM, i, groups.length),
-    prefixLength: 8 + maxHeaderLength(g.map((t) => ({ name: t.name, shape: t.shape, dtypes: t.candidates })), SHARD_METADATA),
+    file: shardFileName(DELTA_SHARD_STEM, i, groups.length, compact ? COMPACT_EXTENSION : undefined),
+    // A compact shard's header goes at its end: nothing is reserved at the front.
+    prefixLength: compact ? 0 : 8 + maxHeaderLength(g.map((t) => ({ name: t.name, shape: t.shape, dtypes: t.candidates })), SHARD_METADATA),
     tensors: g,
     inputBytes: g.reduce((s, t) => s + 2 * tensorBytes(t.shape, t.modelDtype), 0),
   }));
@@ -169,6 +182,8 @@ export function planCompute(
     base: base.store.ref,
     post: post.store.ref,
     policy: opts.policy,
+    format: opts.format,
+    ...(compact ? { chunkElements } : {}),
     shards,
     files: chatFilesIn(opts.postFiles),
     identity: { base: modelIdentity(base), post: modelIdentity(post) },
@@ -239,7 +254,12 @@ export function planApply(base: Checkpoint, deltas: OpenedDelta[], opts: { shard
   return withHash<ApplyPlan>({
     kind: 'apply',
     base: base.store.ref,
-    deltas: deltas.map((d) => ({ ref: d.ref, scale: d.scale })),
+    deltas: deltas.map((d) => ({
+      ref: d.ref,
+      scale: d.scale,
+      layout: d.manifest.layout,
+      ...(d.manifest.compact ? { chunkElements: d.manifest.compact.chunkElements } : {}),
+    })),
     shards,
     copied: tensors.filter((t) => t.deltas.length === 0).map((t) => t.name),
     files,

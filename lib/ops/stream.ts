@@ -29,16 +29,23 @@ export class SourceCache {
 export interface Slot {
   inputs: Uint8Array[];
   out: Uint8Array;
+  /** Further buffers an operation keeps per slot (compressed frames, in the compact layout). */
+  aux?: Uint8Array[];
 }
 
-export interface TensorStream {
+export interface TensorStream<R = Uint8Array> {
   count: number;
   elements(t: number): number;
   /** Fills the slot's inputs with elements [start, start+n) of tensor t. */
   read(t: number, start: number, n: number, slot: Slot): Promise<void>;
-  /** Processes a filled slot; returns the bytes to write, or null. Synchronous: it runs the kernel. */
-  compute(t: number, start: number, n: number, slot: Slot): Uint8Array | null;
-  write?(bytes: Uint8Array): Promise<void>;
+  /**
+   * Processes a filled slot and returns what to write, or null. It runs the kernel synchronously; it may
+   * return a promise for work that continues elsewhere (encoding on a codec worker), which overlaps with
+   * the next chunks. Either way the slot's inputs are free once it returns.
+   */
+  compute(t: number, start: number, n: number, slot: Slot): R | Promise<R> | null;
+  /** Writes a chunk's result; called in chunk order, whenever compute's results settle. */
+  write?(result: R): Promise<void>;
   /** Called after a tensor's last chunk; a tensor may ask to be streamed again (writes are drained first). */
   finish?(t: number): 'next' | 'redo';
   redo?(t: number): Promise<void>;
@@ -46,13 +53,15 @@ export interface TensorStream {
 
 /**
  * Streams tensors chunk by chunk through a ring of slots: while the kernel works on one chunk, the
- * next ones are being read and earlier ones written, so I/O and arithmetic overlap and memory stays
- * at a few chunks whatever the model size. A slot's input buffers are free once its chunk has been
- * computed; its output buffer once that chunk's write has settled.
+ * next ones are being read and earlier ones encoded and written, so I/O, arithmetic and compression
+ * overlap and memory stays at a few chunks whatever the model size. A slot's input buffers are free
+ * once its chunk has been computed; its output buffers once that chunk's write has settled.
  */
-export async function streamTensors(s: TensorStream, slots: Slot[], chunkElements: number): Promise<void> {
+export async function streamTensors<R = Uint8Array>(s: TensorStream<R>, slots: Slot[], chunkElements: number): Promise<void> {
   const k = slots.length;
   const writes: (Promise<void> | null)[] = slots.map(() => null);
+  // Settles once the previous chunk's write has been issued: writes start in chunk order.
+  let issued: Promise<void> = Promise.resolve();
   let job = 0;
   const drain = async () => {
     await Promise.all(writes);
@@ -79,10 +88,18 @@ export async function streamTensors(s: TensorStream, slots: Slot[], chunkElement
         reads.delete(i);
         await writes[job % k];
         const out = s.compute(t, starts[i], size(i), slots[job % k]);
-        if (out && s.write) {
-          const w = s.write(out);
-          w.catch(() => undefined);
-          writes[job % k] = w;
+        if (out !== null && s.write) {
+          const write = s.write.bind(s);
+          let w: Promise<void> = Promise.resolve();
+          const before = issued;
+          issued = (async () => {
+            const [, result] = await Promise.all([before, out]);
+            w = write(result);
+            w.catch(() => undefined);
+          })();
+          const settled = issued.then(() => w);
+          settled.catch(() => undefined);
+          writes[job % k] = settled;
         }
       }
       if (s.finish?.(t) === 'redo') {
@@ -102,4 +119,10 @@ export async function streamTensors(s: TensorStream, slots: Slot[], chunkElement
 export function chunkElementsFor(bytesPerElement: number, budget: number, slots: number): number {
   const n = Math.floor(budget / (slots * bytesPerElement));
   return Math.max(4096, Math.min(1 << 21, n - (n % 64)));
+}
+
+/** chunkElementsFor, rounded down to whole `unit`-element compact chunks (at least one), so reads start on chunk boundaries. */
+export function alignedChunkElements(bytesPerElement: number, budget: number, slots: number, unit: number): number {
+  const n = chunkElementsFor(bytesPerElement, budget, slots);
+  return Math.max(unit, n - (n % unit));
 }

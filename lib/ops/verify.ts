@@ -2,7 +2,8 @@ import { dtypeSize } from '../format/dtype.js';
 import { openCheckpoint, MODEL_LAYOUT } from '../format/checkpoint.js';
 import { sha256OfSource } from '../storage/digest.js';
 import { planApply } from './plan.js';
-import { openDelta } from './delta.js';
+import { openDelta, readDeltaManifest } from './delta.js';
+import { InputError } from '../errors.js';
 import { ApplyChunks, applySlots } from './apply.js';
 import { SourceCache, streamTensors } from './stream.js';
 import type { ExecEnv } from './env.js';
@@ -20,21 +21,35 @@ export interface VerifyResult {
   mismatches: VerifyMismatch[];
   /** Delta shards whose sha256 differs from delta.json. */
   corruptShards: string[];
+  /** Why the comparison stopped early: a damaged shard could not be read. */
+  damage?: string;
 }
 
 /** Applies the delta to the original base in memory and compares with post, byte for byte. Writes nothing. */
 export async function verify(env: ExecEnv, baseRef: string, postRef: string, deltaRef: string): Promise<VerifyResult> {
   const base = await openCheckpoint(env.resolve(baseRef), MODEL_LAYOUT);
   const post = await openCheckpoint(env.resolve(postRef), MODEL_LAYOUT);
-  const delta = await openDelta(env.resolve, deltaRef, 1);
+  const store = env.resolve(deltaRef);
+  const manifest = await readDeltaManifest(store, deltaRef);
   const corruptShards: string[] = [];
-  for (const s of delta.manifest.shards) {
-    const src = await delta.ckpt.store.openRead(s.file);
+  for (const s of manifest.shards) {
+    const src = await store.openRead(s.file);
     try {
       if ((await sha256OfSource(src)) !== s.sha256) corruptShards.push(s.file);
     } finally {
       await src.close();
     }
+  }
+  // A shard that fails its sha256 may not even open or decode: report it rather than fail.
+  const damaged = (e: unknown): VerifyResult => {
+    if (!corruptShards.length || !(e instanceof InputError)) throw e;
+    return { ok: false, tensors: 0, mismatches: [], corruptShards, damage: e.message };
+  };
+  let delta;
+  try {
+    delta = await openDelta(env.resolve, deltaRef, 1);
+  } catch (e) {
+    return damaged(e);
   }
 
   const plan = planApply(base, [delta], { shardSize: Number.MAX_SAFE_INTEGER, baseFiles: [] });
@@ -53,7 +68,7 @@ export async function verify(env: ExecEnv, baseRef: string, postRef: string, del
     return !problem;
   });
 
-  const { kernels, slots, chunk } = await applySlots(env, ApplyChunks.inputsPerSlot(plan), 1);
+  const { kernels, slots, chunk } = await applySlots(env, plan.deltas, tensors, 1).create();
   const sources = new SourceCache(env.resolve);
   const chunks = new ApplyChunks(plan, sources, kernels);
   const postSlot = ApplyChunks.inputsPerSlot(plan);
@@ -94,6 +109,8 @@ export async function verify(env: ExecEnv, baseRef: string, postRef: string, del
       slots,
       chunk,
     );
+  } catch (e) {
+    return damaged(e);
   } finally {
     await sources.closeAll();
   }
