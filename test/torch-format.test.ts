@@ -3,6 +3,7 @@ import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import fc from 'fast-check';
 import { fixturesDir } from './helpers/fixtures.js';
 import { loadTensors, type LoadedTensor } from './helpers/models.js';
@@ -104,6 +105,19 @@ describe('files written by real torch.save (test/data/torch, torch 1.13)', () =>
     expectSameTensors(tensors, want);
   });
 
+  it('reads the header by range: a few small reads, none of them inside tensor data', async () => {
+    const bytes = await readFile(path.join(dataDir, 'stories260K-f32', 'pytorch_model.bin'));
+    const reads: [number, number][] = [];
+    const src = new MemorySource(bytes);
+    const read = src.read.bind(src);
+    src.read = (offset, length, into) => (reads.push([offset, length]), read(offset, length, into));
+    const h = await readTorchHeader(src);
+    const total = reads.reduce((a, [, n]) => a + n, 0);
+    expect(total).toBeLessThan(bytes.length / 50); // the directory, data.pkl and local headers: ~11 KB of 1 MB
+    expect(reads.length).toBeLessThanOrEqual(6 + h.tensors.length);
+    for (const [o, n] of reads) for (const t of h.tensors) expect(o + n <= t.offset || o >= t.offset + t.byteLength, `read ${n}@${o} inside ${t.name}`).toBe(true);
+  });
+
   it('refuses a pickle that reduces os.system, naming the global, before any tensor is read', async () => {
     await expect(readRealFile('malicious', 'os-system.bin')).rejects.toThrow(/global posix\.system is not allowed/);
     await expect(readRealFile('malicious', 'os-system.bin')).rejects.toBeInstanceOf(PickleError);
@@ -159,6 +173,17 @@ describe('the torch.save layout, written by the test', () => {
     expect(h.byName.get('t10')!.offset).toBeLessThan(h.byName.get('t2')!.offset);
   });
 
+  it('finds the end record behind an archive comment (which torch never writes, but zip tools may)', async () => {
+    const plain = torchSave([f32('w', [2], 1, 2)]);
+    const comment = new TextEncoder().encode('PK\x05\x06 looks like a signature; re-zipped by hand');
+    const b = new Uint8Array(plain.length + comment.length);
+    b.set(plain);
+    b.set(comment, plain.length);
+    new DataView(b.buffer).setUint16(plain.length - 2, comment.length, true);
+    const src = new MemorySource(b);
+    expect(await tensorBytes(src, await readTorchHeader(src))).toEqual(new Map([['w', { dtype: 'F32', shape: [2], bytes: Buffer.from(bytesOf(1, 2)) }]]));
+  });
+
   it('refuses strides that are not contiguous row-major, naming the tensor', async () => {
     const t = [f32('w', [2, 2], 1, 2, 3, 4), { name: 'w.t', dtype: 'F32', shape: [2, 2], share: 'w', stride: [1, 2] }];
     await expect(header(torchSave(t))).rejects.toThrow(/tensor "w\.t": strides \(1,2\) are not contiguous/);
@@ -204,6 +229,35 @@ describe('the torch.save layout, written by the test', () => {
     await expect(header(short)).rejects.toThrow(/holds 4 bytes, but its storage is 2 × F32 = 8/);
     const missing = zipArchive([{ name: 'a/data.pkl', data: pickle }]);
     await expect(header(missing)).rejects.toThrow(/names storage "0", but there is no a\/data\/0 record/);
+  });
+
+  it('reads protocol-4 opcodes (FRAME, MEMOIZE, STACK_GLOBAL), torch.Size and _rebuild_parameter', () => {
+    const p = new PickleWriter().proto(4).raw(0x95, 0, 0, 0, 0, 0, 0, 0, 0).op('}').raw(0x94).mark();
+    const short = (s: string) => p.raw(0x8c, s.length).text(s);
+    short('w');
+    short('torch._utils').raw(0x94);
+    short('_rebuild_parameter').raw(0x93);
+    short('torch._utils');
+    short('_rebuild_tensor_v2').raw(0x93).raw(0x94).mark();
+    p.mark();
+    short('storage');
+    short('torch');
+    short('HalfStorage').raw(0x93);
+    short('7');
+    short('cuda:0').int(6).op('t').op('Q').int(2);
+    short('torch');
+    short('Size').raw(0x93).intTuple([2, 2]).raw(0x85).op('R').intTuple([2, 1]).op('\x88').op('}').op('t').op('R');
+    p.op('\x88').op('}').raw(0x87).op('R').op('u');
+    const entries = unpickleStateDict(p.stop().bytes(), 'p4.pkl');
+    expect(entries).toEqual([
+      {
+        name: 'w',
+        tensor: {
+          kind: 'tensor', dtype: 'F16', storageOffset: 2, shape: [2, 2], stride: [2, 1],
+          storage: { kind: 'storage', key: '7', dtype: 'F16', numel: 6, location: 'cuda:0' },
+        },
+      },
+    ]);
   });
 
   it('refuses a state dict with a non-tensor value, naming it', async () => {

@@ -67,7 +67,7 @@ type Value = Key | Uint8Array | Tuple | List | Dict | Float | Global | StorageRe
 
 type GlobalDef =
   | { kind: 'call'; call: (args: readonly Value[], fail: Fail) => Value }
-  | { kind: 'storage-type'; dtype: DType; untyped: boolean }
+  | { kind: 'storage-type'; dtype: DType }
   | { kind: 'dtype'; dtype: DType };
 
 type Fail = (detail: string) => never;
@@ -177,9 +177,9 @@ const GLOBALS = new Map<string, GlobalDef>([
       },
     },
   ],
-  ...Object.entries(STORAGE_TYPES).map(([n, dtype]) => [`torch.${n}`, { kind: 'storage-type', dtype, untyped: false }] as [string, GlobalDef]),
-  ['torch.UntypedStorage', { kind: 'storage-type', dtype: 'U8', untyped: true }],
-  ['torch.storage.UntypedStorage', { kind: 'storage-type', dtype: 'U8', untyped: true }],
+  ...Object.entries(STORAGE_TYPES).map(([n, dtype]) => [`torch.${n}`, { kind: 'storage-type', dtype }] as [string, GlobalDef]),
+  ['torch.UntypedStorage', { kind: 'storage-type', dtype: 'U8' }],
+  ['torch.storage.UntypedStorage', { kind: 'storage-type', dtype: 'U8' }],
   ...Object.entries(TORCH_DTYPES).map(([n, dtype]) => [`torch.${n}`, { kind: 'dtype', dtype }] as [string, GlobalDef]),
 ]);
 

@@ -30,6 +30,9 @@ export interface TorchFileHeader {
   byName: Map<string, TorchTensorInfo>;
 }
 
+/** data.pkl may not exceed this: a state dict's pickle takes ~150 bytes a tensor. */
+export const MAX_PICKLE_BYTES = 64 << 20;
+
 /** Local headers read at once while locating storages. */
 const CONCURRENT_READS = 8;
 
@@ -80,7 +83,7 @@ export async function readTorchHeader(src: ByteSource): Promise<TorchFileHeader>
   const pkl = record('data.pkl');
   if (!pkl) throw new ZipError(file, `has no ${archive}/data.pkl; is this a torch.save checkpoint?`);
 
-  const entries = unpickleStateDict(await readEntry(src, dir, pkl), `${file} (${pkl.name})`);
+  const entries = unpickleStateDict(await readEntry(src, dir, pkl, MAX_PICKLE_BYTES), `${file} (${pkl.name})`);
   const storageOffsets = await locateStorages(src, dir, archive, entries.map((e) => e.tensor.storage));
 
   const tensors: TorchTensorInfo[] = [];

@@ -86,15 +86,23 @@ export async function readZipDirectory(src: ByteSource): Promise<ZipDirectory> {
   const size = src.size;
   if (size < EOCD_SIZE) fail(`not a zip archive (${size} bytes, shorter than the end-of-directory record)`);
 
-  // The end record sits in the last 22 + comment bytes; scan back for the signature whose comment reaches EOF exactly.
-  const tailLength = Math.min(size, EOCD_SIZE + MAX_COMMENT);
-  const tailStart = size - tailLength;
-  const tail = await src.read(tailStart, tailLength);
-  let eocd = -1;
-  for (let i = tailLength - EOCD_SIZE; i >= 0; i--) {
-    if (u32(tail, i) === SIG_EOCD && i + EOCD_SIZE + u16(tail, i + 20) === tailLength) {
-      eocd = i;
-      break;
+  // The end record sits in the last 22 + comment bytes; torch writes no comment, so try that first and
+  // only then scan back for the signature whose comment reaches EOF exactly (never touching tensor data
+  // in the common case).
+  let tailLength = Math.min(size, EOCD_SIZE + LOCATOR_SIZE);
+  let tailStart = size - tailLength;
+  let tail = await src.read(tailStart, tailLength);
+  let eocd = tailLength - EOCD_SIZE;
+  if (u32(tail, eocd) !== SIG_EOCD || u16(tail, eocd + 20) !== 0) {
+    tailLength = Math.min(size, EOCD_SIZE + MAX_COMMENT);
+    tailStart = size - tailLength;
+    tail = await src.read(tailStart, tailLength);
+    eocd = -1;
+    for (let i = tailLength - EOCD_SIZE; i >= 0; i--) {
+      if (u32(tail, i) === SIG_EOCD && i + EOCD_SIZE + u16(tail, i + 20) === tailLength) {
+        eocd = i;
+        break;
+      }
     }
   }
   if (eocd < 0) fail('not a zip archive (no end-of-central-directory record)');
@@ -108,7 +116,8 @@ export async function readZipDirectory(src: ByteSource): Promise<ZipDirectory> {
   let directoryEnd = eocdAt;
 
   const locatorAt = eocdAt - LOCATOR_SIZE;
-  const locator = locatorAt >= 0 ? await src.read(locatorAt, LOCATOR_SIZE) : null;
+  const locator =
+    locatorAt < 0 ? null : locatorAt >= tailStart ? tail.subarray(locatorAt - tailStart, eocd) : await src.read(locatorAt, LOCATOR_SIZE);
   const zip64 = locator !== null && u32(locator, 0) === SIG_ZIP64_LOCATOR;
   if (zip64) {
     const at = u64(locator, 8);
