@@ -8,7 +8,7 @@ export function registerInspect(program: Command): void {
   program
     .command('inspect')
     .description('show tensors, dtypes, parameter count and sizes of a checkpoint, shard or delta')
-    .argument('<path>', 'a checkpoint folder, a .safetensors or .pdelta file, or a delta folder')
+    .argument('<path>', 'a checkpoint folder, a .safetensors, .pdelta or PyTorch (.bin, .pt, .pth) file, or a delta folder')
     .option('--json', 'print a machine-readable result')
     .addOption(storageOption())
     .action(async (p: string, o) => {

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { readHeader } from '../format/safetensors.js';
 import { elementCount } from '../format/safetensors.js';
 import { openCheckpoint, tensorBytes, MODEL_LAYOUT } from '../format/checkpoint.js';
+import { readTorchHeader, isTorchFile } from '../format/torch.js';
 import { LocalStore } from '../storage/local.js';
 import type { Store } from '../storage/types.js';
 import { DELTA_MANIFEST } from './manifest.js';
@@ -60,7 +61,7 @@ function summarize(kind: InspectResult['kind'], where: string, files: string[], 
   };
 }
 
-/** Describes a checkpoint folder, a delta folder or a single .safetensors file; reads headers and manifests only. */
+/** Describes a checkpoint folder, a delta folder or a single .safetensors or PyTorch file; reads headers and manifests only. */
 export async function inspect(target: string, resolve: (ref: string) => Store = (r) => new LocalStore(r)): Promise<InspectResult> {
   const isFile = !target.includes('://') && (await stat(target)).isFile();
   if (isFile) {
@@ -79,9 +80,11 @@ export async function inspect(target: string, resolve: (ref: string) => Store = 
       }
     }
     try {
-      const h = await readHeader(src);
-      const tensors = h.tensors.map((t) => ({
-        name: t.name, dtype: t.dtype, shape: t.shape, parameters: elementCount(t.shape), bytes: t.end - t.begin, file: path.basename(target),
+      const located = isTorchFile(target)
+        ? (await readTorchHeader(src)).tensors
+        : (await readHeader(src)).tensors.map((t) => ({ ...t, byteLength: t.end - t.begin }));
+      const tensors = located.map((t) => ({
+        name: t.name, dtype: t.dtype, shape: t.shape, parameters: elementCount(t.shape), bytes: t.byteLength, file: path.basename(target),
       }));
       return summarize('shard', target, [path.basename(target)], tensors, null);
     } finally {
