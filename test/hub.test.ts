@@ -327,6 +327,26 @@ describe('hf:// references', () => {
     await expect(gone.list()).rejects.toMatchObject({ code: 'ECONNREFUSED', message: `hf://x/y: cannot reach ${endpoint} (ECONNREFUSED)` });
   });
 
+  it('say when HF_ENDPOINT is not a Hub, and never print the token even if the server echoes it', async () => {
+    const plain = await import('node:http');
+    const server = plain.createServer((req, res) => {
+      if (req.url?.includes('/x/html/')) return void res.writeHead(200, { 'content-type': 'text/html' }).end('<html>sign in</html>');
+      res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `bad header ${req.headers.authorization}` }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    try {
+      const resolve = hubResolver({ env: { HF_ENDPOINT: endpoint, HF_TOKEN: TOKEN } });
+      await expect(resolve('hf://x/html').list()).rejects.toThrow(new RegExp(`^hf://x/html: ${endpoint} does not answer like a Hugging Face Hub .*check HF_ENDPOINT`));
+      const echoed = await resolve('hf://x/echo').list().catch((e: Error) => e);
+      expect(String((echoed as Error).message)).toMatch(/HTTP 400: bad header Bearer \[HF_TOKEN\]/);
+      expect(String((echoed as Error).message)).not.toContain(TOKEN);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
   it('refuse a server that ignores Range rather than download whole files', async () => {
     const plain = await import('node:http');
     const data = Buffer.alloc(100_000, 7);

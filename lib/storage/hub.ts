@@ -2,7 +2,7 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { downloadFile, getRepoFolderName, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
+import { InvalidApiResponseFormatError, downloadFile, getRepoFolderName, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
 import { InputError } from '../errors.js';
 import { LocalFileSource } from './local.js';
 import type { ByteSource, ShardSink, Store } from './types.js';
@@ -112,7 +112,6 @@ export interface HubOptions {
 interface HubContext {
   /** Normalized base URL without a trailing slash. */
   endpoint: string;
-  origin: string;
   hasToken: boolean;
   /** The Hub cache folder when it exists; null means no cache. */
   cache: string | null;
@@ -168,7 +167,7 @@ function networkCode(e: unknown): string | undefined {
   return typeof c === 'string' ? c : undefined;
 }
 
-async function errorFrom(res: Response, where: string): Promise<HubHttpError> {
+async function errorFrom(res: Response, where: string, token: string | undefined): Promise<HubHttpError> {
   let detail = '';
   try {
     const text = (await res.text()).slice(0, 2000);
@@ -181,6 +180,8 @@ async function errorFrom(res: Response, where: string): Promise<HubHttpError> {
   } catch {
     // The body is only for the message.
   }
+  // A server that echoes the request must not get the token printed.
+  if (token) detail = detail.split(token).join('[HF_TOKEN]');
   return new HubHttpError(res.status, res.headers.get('x-error-code'), detail.replace(/\s+/g, ' ').slice(0, 300), where);
 }
 
@@ -250,7 +251,7 @@ function hubFetch(endpointOrigin: string, token: string | undefined, retries: nu
         url = next;
         continue;
       }
-      if (!res.ok) throw await errorFrom(res, where);
+      if (!res.ok) throw await errorFrom(res, where, token);
       await checkRange(headers.get('range'), res, where);
       return res;
     }
@@ -268,7 +269,7 @@ function contextFrom(opts: HubOptions): () => Promise<HubContext> {
       const cache = (await stat(root).then((s) => s.isDirectory(), () => false)) ? root : null;
       const offline = /^(1|on|yes|true)$/i.test(envValue(env, 'HF_HUB_OFFLINE') ?? '');
       return {
-        endpoint, origin: new URL(endpoint).origin, hasToken: !!token, cache, offline,
+        endpoint, hasToken: !!token, cache, offline,
         fetch: hubFetch(new URL(endpoint).origin, token, opts.retries ?? 3),
         reread: new RereadCache(opts.rereadBytes ?? 32 << 20),
       };
@@ -480,6 +481,10 @@ export class HubStore implements Store {
       if (code && e instanceof Error && !(e instanceof InputError)) {
         // `code` makes the CLI report it as unreachable storage (exit 2), with this hint.
         return Object.assign(new Error(`${this.ref}: ${e.message}`), { code, hint: 'check HF_ENDPOINT and the network' });
+      }
+      // JSON that does not parse, or answers without the fields the Hub sends: not a Hub at all.
+      if (e instanceof SyntaxError || e instanceof InvalidApiResponseFormatError) {
+        return new InputError(`${this.ref}: ${hub.endpoint} does not answer like a Hugging Face Hub (${e.message}); check HF_ENDPOINT`);
       }
       return e;
     }
