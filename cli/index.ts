@@ -58,7 +58,8 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.input;
     }
     if (isUnreachable(e)) {
-      process.stderr.write(`paramdelta: error: storage unreachable (${msg}); check --storage or AzureWebJobsStorage\n`);
+      const hint = (e as { hint?: unknown }).hint;
+      process.stderr.write(`paramdelta: error: storage unreachable (${msg}); ${typeof hint === 'string' ? hint : 'check --storage or AzureWebJobsStorage'}\n`);
       return EXIT.input;
     }
     process.stderr.write(`paramdelta: internal error: ${msg}\n(a bug; please report it with the command you ran)\n`);

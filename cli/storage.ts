@@ -1,9 +1,11 @@
-// How the CLI resolves references: local paths, or az://container/prefix in the configured account.
+// How the CLI resolves references: local paths, az://container/prefix in the configured account, or hf://owner/name[@revision].
 import type { BlobServiceClient } from '@azure/storage-blob';
 import { LocalStore } from '../lib/storage/local.js';
 import { blobResolver } from '../lib/storage/blob.js';
 import { blobServiceFromConnectionString, blobServiceFromSettings } from '../lib/storage/azure.js';
 import { isBlobRef } from '../lib/storage/refs.js';
+import { hubResolver, isHubRef } from '../lib/storage/hub.js';
+import { InputError } from '../lib/errors.js';
 import { blobOutput, localOutput, type OutputKind, type OutputTarget } from '../lib/storage/output.js';
 import { assertCliOutputApart } from '../lib/storage/overlap.js';
 import type { Store } from '../lib/storage/types.js';
@@ -16,7 +18,9 @@ export interface StorageOptions {
 
 export function cliResolver(opts: StorageOptions): (ref: string) => Store {
   let blob: ((ref: string) => Store) | null = null;
+  let hub: ((ref: string) => Store) | null = null;
   return (ref) => {
+    if (isHubRef(ref)) return (hub ??= hubResolver())(ref);
     if (!isBlobRef(ref)) return new LocalStore(ref);
     if (!blob) {
       const settings = readSettings();
@@ -39,6 +43,7 @@ export async function cliOutput(
   kind: OutputKind,
   opts: { force?: boolean; inputs: { label: string; ref: string }[] },
 ): Promise<(plan: { shards: { file: string }[] }) => Promise<OutputTarget>> {
+  if (isHubRef(out)) throw new InputError(`--out ${out}: Hub references are inputs only; write to a local folder or az://container/prefix`);
   await assertCliOutputApart({ label: '--out', ref: out }, opts.inputs);
   return async (plan) =>
     isBlobRef(out)

@@ -1,5 +1,6 @@
 // App settings the pipeline reads, with their defaults; local.settings.example.json documents them.
 import { parseSize } from '../lib/ops/sizes.js';
+import { isValidHubName } from '../lib/storage/hub.js';
 
 export interface PipelineSettings {
   /** Name of the connection (`<name>` or `<name>__accountName` / `__blobServiceUri`) holding the models. */
@@ -16,6 +17,8 @@ export interface PipelineSettings {
   bufferBytes: number;
   /** Largest output shard in bytes (one shard activity each). */
   shardSize: number;
+  /** Hub owners whose repositories may be named as inputs (hf://owner/name); empty: none. */
+  hubOwners: string[];
 }
 
 export const SETTING_NAMES = {
@@ -27,6 +30,7 @@ export const SETTING_NAMES = {
   runs: 'PARAMDELTA_RUNS_CONTAINER',
   bufferBytes: 'PARAMDELTA_BUFFER_BYTES',
   shardSize: 'PARAMDELTA_SHARD_SIZE',
+  hubOwners: 'PARAMDELTA_HUB_OWNERS',
 } as const;
 
 export function readSettings(env: Record<string, string | undefined> = process.env): PipelineSettings {
@@ -42,7 +46,16 @@ export function readSettings(env: Record<string, string | undefined> = process.e
     },
     bufferBytes: Number(get('bufferBytes', String(64 << 20))),
     shardSize: parseSize(get('shardSize', '5GB'), SETTING_NAMES.shardSize),
+    hubOwners: hubOwners(get('hubOwners', '')),
   };
+}
+
+/** A comma-separated list of Hub owners, each checked, so a typo cannot widen the list. */
+function hubOwners(value: string): string[] {
+  const owners = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const bad = owners.find((o) => !isValidHubName(o));
+  if (bad !== undefined) throw new Error(`setting ${SETTING_NAMES.hubOwners}: ${JSON.stringify(bad)} is not a Hub owner name`);
+  return [...new Set(owners)];
 }
 
 /** Containers a user-supplied model reference may name. The runs container is internal only. */

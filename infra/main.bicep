@@ -39,6 +39,9 @@ param bufferBytes string = '67108864'
 @description('PARAMDELTA_SHARD_SIZE: largest output shard (one shard activity each).')
 param shardSize string = '5GB'
 
+@description('PARAMDELTA_HUB_OWNERS: comma-separated Hugging Face Hub owners whose repositories requests may name as inputs (hf://owner/name); empty allows none.')
+param hubOwners string = ''
+
 @description('Durable Task Scheduler task hub; becomes PARAMDELTA_TASK_HUB, which host.json uses as hubName.')
 param taskHubName string = 'paramdelta'
 
@@ -146,6 +149,7 @@ module app 'modules/containerapps.bicep' = {
     containers: containers
     bufferBytes: bufferBytes
     shardSize: shardSize
+    hubOwners: hubOwners
     schedulerEndpoint: scheduler.outputs.endpoint
     taskHubName: scheduler.outputs.taskHubName
   }

@@ -165,7 +165,9 @@ describe('app settings in the template', () => {
     const templateDefaults = readSettings({
       [SETTING_NAMES.bufferBytes]: paramDefault(main, 'bufferBytes'),
       [SETTING_NAMES.shardSize]: paramDefault(main, 'shardSize'),
+      [SETTING_NAMES.hubOwners]: paramDefault(main, 'hubOwners'),
     });
+    expect(settings.get(SETTING_NAMES.hubOwners)).toBe('hubOwners');
     expect(templateDefaults).toEqual(defaults);
   });
 

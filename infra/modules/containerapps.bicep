@@ -29,6 +29,7 @@ param storageAccountName string
 param containers object
 param bufferBytes string
 param shardSize string
+param hubOwners string
 param schedulerEndpoint string
 param taskHubName string
 
@@ -195,6 +196,10 @@ resource app 'Microsoft.App/containerApps@2025-07-01' = {
             {
               name: 'PARAMDELTA_SHARD_SIZE'
               value: shardSize
+            }
+            {
+              name: 'PARAMDELTA_HUB_OWNERS'
+              value: hubOwners
             }
             // host.json: "hubName": "%PARAMDELTA_TASK_HUB%".
             {
