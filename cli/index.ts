@@ -10,6 +10,7 @@ import { registerVerify } from './commands/verify.js';
 import { registerInspect } from './commands/inspect.js';
 import { registerServe } from './commands/serve.js';
 import { registerDemo } from './commands/demo.js';
+import { registerEval } from './commands/eval.js';
 
 export function buildProgram(): Command {
   const program = new Command('paramdelta')
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerInspect(program);
   registerServe(program);
   registerDemo(program, main);
+  registerEval(program);
   return program;
 }
 

@@ -25,6 +25,7 @@ export interface ModelFigures {
   ref: string;
   modelType: string;
   parameters: number;
+  vocab: number;
   /** Mean of −log p(token[t+1] | tokens[0..t]) over every scored position of every sequence, in nats. */
   meanLoss: number;
   perplexity: number;
@@ -54,6 +55,8 @@ export interface EvalOptions extends RuntimeOptions {
   positions?: boolean;
   /** After each layer of each model. */
   onLayer?: (model: string, layer: number, layers: number) => void;
+  /** Once every input is checked, with about how many weight bytes will be read (for a progress bar). */
+  onPlan?: (bytes: number) => void;
 }
 
 export interface EvalRequest {
@@ -98,6 +101,7 @@ export async function evaluate(env: ExecEnv, req: EvalRequest, opts: EvalOptions
   const specs = [await openEvalModel(env, req.model)];
   if (req.against !== undefined) specs.push(await openEvalModel(env, req.against));
   for (const s of specs) checkSequences(req.sequences, s);
+  opts.onPlan?.(specs.reduce((a, s) => a + s.checkpoint.tensors.reduce((b, t) => b + t.byteLength, 0) + (s.tied ? s.headTensor.byteLength : 0), 0));
 
   const rt = await EvalRuntime.create(opts);
   const limits: BatchLimits = {
@@ -174,5 +178,5 @@ function modelFigures(s: ModelSpec, st: HeadStats, lengths: number[], offsets: n
     return f;
   });
   const meanLoss = sum / count;
-  return { ref: s.ref, modelType: s.modelType, parameters: s.parameters, meanLoss, perplexity: Math.exp(meanLoss), tokens: count, sequences };
+  return { ref: s.ref, modelType: s.modelType, parameters: s.parameters, vocab: s.vocab, meanLoss, perplexity: Math.exp(meanLoss), tokens: count, sequences };
 }
