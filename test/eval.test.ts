@@ -244,7 +244,9 @@ describe('paramdelta eval (CLI)', () => {
     expect(j.perplexity).toBeCloseTo(Math.exp(j.meanLoss), 8);
     expect(j.agreement).toBeUndefined();
     const a = JSON.parse((await runCli(['eval', '--model', STORIES, '--tokens', tokens, '--against', STORIES, '--json'])).stdout);
-    expect(a).toMatchObject({ agreement: 1, kl: 0, meanLoss: j.meanLoss });
+    expect(a).toMatchObject({ agreement: 1, kl: 0 });
+    // Same figures; the pair head runs other chunk sizes, so float32 sums may differ in the last bits.
+    expect(Math.abs(a.meanLoss - j.meanLoss) / j.meanLoss).toBeLessThan(1e-6);
     const text = await runCli(['eval', '--model', STORIES, '--tokens', tokens]);
     expect(text.stdout).toMatch(/mean loss 10\.51\d\d nats, perplexity .* over 110 tokens in 3 sequences/);
   });

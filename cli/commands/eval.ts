@@ -64,7 +64,7 @@ export function registerEval(program: Command): void {
     .option('--json', 'print a machine-readable result')
     .addOption(new Option('--provider <name>', 'onnxruntime execution provider (default: PARAMDELTA_EVAL_PROVIDER, else cpu)').choices(EVAL_PROVIDERS))
     .addOption(new Option('--threads <n>', 'intra-op threads (default: every core)').argParser(positiveInt('--threads')))
-    .addOption(new Option('--batch-tokens <n>', 'padded tokens per layer call (default 1024 on CPU, 8192 on CUDA)').argParser(positiveInt('--batch-tokens')))
+    .addOption(new Option('--batch-tokens <n>', 'padded tokens per layer call (default 256 on CPU, 8192 on CUDA)').argParser(positiveInt('--batch-tokens')))
     .addOption(storageOption())
     .action(async (o) => {
       if (o.tokens !== undefined && o.text !== undefined) throw new InputError('give --tokens or --text, not both');

@@ -4,7 +4,7 @@ import { openCheckpoint } from '../format/checkpoint.js';
 import type { ExecEnv } from '../ops/env.js';
 import { InputError } from '../errors.js';
 import { layerElements, modelSpec, type ModelSpec } from './arch.js';
-import { DEFAULT_LIMITS, forwardHidden, headPass, positionOffsets, type BatchLimits, type HeadStats } from './forward.js';
+import { DEFAULT_LIMITS, forwardHidden, headPass, planBatches, rowLayout, weightArenaElements, type BatchLimits, type HeadStats, type RowLayout } from './forward.js';
 import { EvalRuntime, type RuntimeOptions } from './runtime.js';
 
 export interface SequenceFigures {
@@ -111,18 +111,20 @@ export async function evaluate(env: ExecEnv, req: EvalRequest, opts: EvalOptions
   };
   try {
     const lengths = req.sequences.map((q) => q.length);
-    const { offsets, total } = positionOffsets(lengths);
-    const targets = new Int32Array(total);
-    req.sequences.forEach((q, i) => targets.set(q.slice(1), offsets[i]));
-    const fopts = { limits, onBytes: env.onProgress };
-    const hidden: Float32Array[] = [];
+    // One batch plan for every model, so their rows line up in the head.
+    const layout = rowLayout(planBatches(lengths, Math.max(...specs.map((s) => s.heads)), limits), lengths.length);
+    // The target of each row: the next token, or −1 where nothing is scored (last position, padding).
+    const targets = new Int32Array(layout.total).fill(-1);
+    req.sequences.forEach((q, i) => targets.set(q.slice(1), layout.rowOf(i, 0)));
+    const total = lengths.reduce((a, n) => a + n - 1, 0);
+    const fopts = { limits, onBytes: env.onProgress, arena: new Float32Array(weightArenaElements(specs, layerElements)) };
+    const hidden: Float32Array[][] = [];
     for (const s of specs) {
-      hidden.push(await forwardHidden(rt, s, req.sequences, { ...fopts, onLayer: (l, n) => opts.onLayer?.(s.ref, l, n) }));
+      hidden.push(await forwardHidden(rt, s, req.sequences, layout.batches, { ...fopts, onLayer: (l, n) => opts.onLayer?.(s.ref, l, n) }));
     }
-    const layerBytes = Math.max(...specs.map((s) => layerElements(s) * 4));
-    const head = await headPass(rt, specs.map((spec, i) => ({ spec, hidden: hidden[i] })), targets, { ...fopts, layerBytes });
+    const head = await headPass(rt, specs.map((spec, i) => ({ spec, hidden: hidden[i] })), layout, targets, fopts);
 
-    const figures = specs.map((s, i) => modelFigures(s, head.stats[i], lengths, offsets, !!opts.positions));
+    const figures = specs.map((s, i) => modelFigures(s, head.stats[i], lengths, layout, !!opts.positions));
     const result: EvalResult = {
       model: figures[0],
       engine: { provider: rt.provider, threads: rt.threads, seconds: 0, batchTokens: limits.batchTokens },
@@ -135,7 +137,7 @@ export async function evaluate(env: ExecEnv, req: EvalRequest, opts: EvalOptions
       req.sequences.forEach((_, i) => {
         let a = 0;
         let k = 0;
-        for (let p = offsets[i]; p < offsets[i] + lengths[i] - 1; p++) {
+        for (let p = layout.rowOf(i, 0); p < layout.rowOf(i, 0) + lengths[i] - 1; p++) {
           a += agree(p);
           k += head.shared!.kl[p];
         }
@@ -156,14 +158,14 @@ export async function evaluate(env: ExecEnv, req: EvalRequest, opts: EvalOptions
   }
 }
 
-function modelFigures(s: ModelSpec, st: HeadStats, lengths: number[], offsets: number[], positions: boolean): ModelFigures {
+function modelFigures(s: ModelSpec, st: HeadStats, lengths: number[], layout: RowLayout, positions: boolean): ModelFigures {
   let sum = 0;
   let count = 0;
   const sequences = lengths.map((n, i): SequenceFigures => {
     let seqSum = 0;
     const lp: number[] = [];
     const am: number[] = [];
-    for (let p = offsets[i]; p < offsets[i] + n - 1; p++) {
+    for (let p = layout.rowOf(i, 0); p < layout.rowOf(i, 0) + n - 1; p++) {
       const logprob = st.target[p] - st.lse[p];
       seqSum -= logprob;
       if (positions) {

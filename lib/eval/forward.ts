@@ -2,24 +2,24 @@
 // sequence's hidden states carried through it, then the head in blocks of vocabulary rows.
 import type * as Ort from 'onnxruntime-node';
 import { layerTensorName, projectionPrefix, ropeInvFreq, type ModelSpec, type Projection } from './arch.js';
-import { decoderLayerGraph, headGraph, type LayerShape } from './graphs.js';
+import { decoderLayerGraph, headGraph, normGraph, type LayerShape } from './graphs.js';
 import type { EvalRuntime, Feeds } from './runtime.js';
 import { WeightReader } from './weights.js';
 
 /** How much work one kernel call gets; memory for activations follows from these. */
 export interface BatchLimits {
-  /** Padded tokens per decoder-layer call (default 1024 on CPU, 8192 on CUDA). */
+  /** Padded tokens per decoder-layer call (default 256 on CPU, 8192 on CUDA). */
   batchTokens: number;
   /** Bytes of attention scores per call: batch × heads × T² × 4 (a single longer sequence still runs, alone). */
   attentionBytes: number;
   /** Bytes of logits per head call: positions × vocabulary rows × 4. */
   logitBytes: number;
-  /** Bytes of head rows widened at a time (default: one layer's weights in F32, at least 64 MiB). */
+  /** Bytes of head rows widened at a time (default and most: the weight arena, one layer's weights in F32). */
   headBlockBytes?: number;
 }
 
 export const DEFAULT_LIMITS: Record<'cpu' | 'cuda', BatchLimits> = {
-  cpu: { batchTokens: 1024, attentionBytes: 64 << 20, logitBytes: 64 << 20 },
+  cpu: { batchTokens: 256, attentionBytes: 64 << 20, logitBytes: 16 << 20 },
   cuda: { batchTokens: 8192, attentionBytes: 1 << 30, logitBytes: 1 << 30 },
 };
 
@@ -43,15 +43,34 @@ export function planBatches(lengths: number[], heads: number, limits: BatchLimit
   return batches;
 }
 
-/** Row offsets of each sequence's scored positions (t = 0 … T−2) in the packed arrays, in input order. */
-export function positionOffsets(lengths: number[]): { offsets: number[]; total: number } {
+/**
+ * Rows of the head's work: every batch's padded positions, batch after batch (B·T rows each). The
+ * hidden states stay in this layout from the embedding to the head, so nothing is copied to pack them.
+ */
+export interface RowLayout {
+  batches: Batch[];
+  /** First row of each batch. */
+  offsets: number[];
+  total: number;
+  /** The row of sequence `seq`, position `t`. */
+  rowOf(seq: number, t: number): number;
+}
+
+export function rowLayout(batches: Batch[], sequences: number): RowLayout {
   const offsets: number[] = [];
+  const where: { batch: number; row: number }[] = new Array(sequences);
   let total = 0;
-  for (const n of lengths) {
+  batches.forEach((b, bi) => {
     offsets.push(total);
-    total += n - 1;
-  }
-  return { offsets, total };
+    b.seqs.forEach((si, row) => (where[si] = { batch: bi, row }));
+    total += b.seqs.length * b.T;
+  });
+  return {
+    batches,
+    offsets,
+    total,
+    rowOf: (seq, t) => offsets[where[seq].batch] + where[seq].row * batches[where[seq].batch].T + t,
+  };
 }
 
 function layerShape(s: ModelSpec): LayerShape {
@@ -77,13 +96,17 @@ class LayerWeights {
   private readonly parts: { buffer: string; part: string; at: number; projection?: Projection }[] = [];
   readonly bytes: number;
 
-  constructor(private readonly s: ModelSpec, shape: LayerShape) {
+  /** Buffers are views into `arena`, which outlives the layers (the head's row blocks reuse it). */
+  constructor(private readonly s: ModelSpec, shape: LayerShape, arena: Float32Array) {
     const q = s.heads * s.headDim;
     const kv = s.kvHeads * s.headDim;
     const H = s.hidden;
     const I = s.intermediate;
+    let used = 0;
     const add = (buffer: string, elements: number, parts: { part: string; at: number; projection?: Projection }[]) => {
-      this.buffers[buffer] = new Float32Array(elements);
+      if (used + elements > arena.length) throw new Error(`weight arena of ${arena.length} elements is too small for layer buffer ${buffer}`);
+      this.buffers[buffer] = arena.subarray(used, used + elements);
+      used += elements;
       for (const p of parts) this.parts.push({ buffer, ...p });
     };
     const w = (p: Projection) => `${projectionPrefix(p)}.weight`;
@@ -156,18 +179,17 @@ export function attentionMask(T: number, rep: number, window: number | null): Fl
 }
 
 /** Writes each token's embedding row into the batches' hidden states, reading embed_tokens in row blocks. */
-async function embed(s: ModelSpec, reader: WeightReader, sequences: number[][], batches: Batch[], xs: Float32Array[]): Promise<void> {
+async function embed(s: ModelSpec, reader: WeightReader, sequences: number[][], batches: Batch[], xs: Float32Array[], block: Float32Array): Promise<void> {
   const H = s.hidden;
   // Every (token, where) pair, by token id, so each block of rows is read once and only if needed.
   const uses: { token: number; x: Float32Array; at: number }[] = [];
   batches.forEach((b, bi) => b.seqs.forEach((si, row) => sequences[si].forEach((token, t) => uses.push({ token, x: xs[bi], at: (row * b.T + t) * H }))));
   uses.sort((a, b) => a.token - b.token);
-  const rowsPerBlock = Math.max(1, Math.floor((16 << 20) / (H * 4)));
-  const block = new Float32Array(Math.min(rowsPerBlock, s.vocab) * H);
+  const rowsPerBlock = Math.max(1, Math.floor(block.length / H));
   for (let u = 0; u < uses.length; ) {
     const r0 = uses[u].token;
     const rows = Math.min(rowsPerBlock, s.vocab - r0);
-    await reader.readRows(s.embedTensor, r0, rows, block);
+    await reader.readRows(s.embedTensor, r0, rows, block.subarray(0, rows * H));
     for (; u < uses.length && uses[u].token < r0 + rows; u++) {
       const off = (uses[u].token - r0) * H;
       uses[u].x.set(block.subarray(off, off + H), uses[u].at);
@@ -177,6 +199,11 @@ async function embed(s: ModelSpec, reader: WeightReader, sequences: number[][], 
 
 export interface ForwardOptions {
   limits: BatchLimits;
+  /**
+   * The one float32 buffer weights are widened into: a layer's at a time, then the head's row
+   * blocks (at least weightArenaElements()). Allocated once, so memory does not wait on the GC.
+   */
+  arena: Float32Array;
   onBytes?: (n: number) => void;
   /** Called after each layer, for progress. */
   onLayer?: (layer: number, layers: number) => void;
@@ -184,24 +211,19 @@ export interface ForwardOptions {
 
 /**
  * Runs every sequence through the model's decoder layers, one layer's weights at a time, and
- * returns the last hidden states (before the final norm) of the scored positions, packed in
- * input order as positionOffsets() lays them out: [P, hidden].
+ * returns the last hidden states after the final norm, per batch ([B·T, hidden] each, as
+ * rowLayout() numbers the rows).
  */
-export async function forwardHidden(rt: EvalRuntime, s: ModelSpec, sequences: number[][], opts: ForwardOptions): Promise<Float32Array> {
+export async function forwardHidden(rt: EvalRuntime, s: ModelSpec, sequences: number[][], batches: Batch[], opts: ForwardOptions): Promise<Float32Array[]> {
   const H = s.hidden;
   const rep = s.heads / s.kvHeads;
-  const batches = planBatches(
-    sequences.map((q) => q.length),
-    s.heads,
-    opts.limits,
-  );
   const reader = new WeightReader(s.checkpoint, opts.onBytes);
   try {
     let xs: Float32Array[] = batches.map((b) => new Float32Array(b.seqs.length * b.T * H));
-    await embed(s, reader, sequences, batches, xs);
+    await embed(s, reader, sequences, batches, xs, opts.arena);
     const shape = layerShape(s);
     const session = await rt.session(`layer:${JSON.stringify(shape)}`, () => decoderLayerGraph(shape));
-    const weights = new LayerWeights(s, shape);
+    const weights = new LayerWeights(s, shape, opts.arena);
     const weightFeeds: Feeds = {};
     for (const [name, buf] of Object.entries(weights.buffers)) weightFeeds[name] = rt.tensor(buf, weightDims(name, s));
     // Rotary tables and masks depend only on T (and the window), so they are shared by batches and layers.
@@ -228,14 +250,15 @@ export async function forwardHidden(rt: EvalRuntime, s: ModelSpec, sequences: nu
       xs = next;
       opts.onLayer?.(l + 1, s.layers);
     }
-    // Pack the scored positions in input order.
-    const lengths = sequences.map((q) => q.length);
-    const { offsets, total } = positionOffsets(lengths);
-    const packed = new Float32Array(total * H);
-    batches.forEach((b, bi) =>
-      b.seqs.forEach((si, row) => packed.set(xs[bi].subarray(row * b.T * H, (row * b.T + lengths[si] - 1) * H), offsets[si] * H)),
-    );
-    return packed;
+    // The final norm, batch by batch.
+    const norm = opts.arena.subarray(0, H);
+    await reader.readTensor(s.normTensor, norm);
+    const normSession = await rt.session(`norm:${H}:${s.eps}`, () => normGraph(H, s.eps));
+    for (let bi = 0; bi < batches.length; bi++) {
+      const b = batches[bi];
+      xs[bi] = (await normSession.run({ x: rt.tensor(xs[bi], [b.seqs.length, b.T, H]), w: rt.tensor(norm, [H]) })).y.data as Float32Array;
+    }
+    return xs;
   } finally {
     await reader.close();
   }
@@ -291,10 +314,18 @@ export function logAddExp(a: number, b: number): number {
   return m + Math.log(Math.exp(a - m) + Math.exp(b - m));
 }
 
-/** A model's last hidden states, packed as forwardHidden returns them, with what its head needs. */
+/** The head is read in blocks of at least this many rows. */
+const HEAD_MIN_ROWS = 64;
+
+/** Elements the weight arena needs for these models: a layer's weights, or the head's smallest row blocks side by side. */
+export function weightArenaElements(specs: ModelSpec[], layerElements: (s: ModelSpec) => number): number {
+  return Math.max(...specs.map(layerElements), HEAD_MIN_ROWS * specs.reduce((a, s) => a + s.hidden, 0));
+}
+
+/** A model's normed last hidden states, per batch as forwardHidden returns them. */
 export interface HeadInput {
   spec: ModelSpec;
-  hidden: Float32Array;
+  hidden: Float32Array[];
 }
 
 export interface HeadResult {
@@ -305,34 +336,30 @@ export interface HeadResult {
 }
 
 /**
- * The final norm and output head of one model, or of a model and its reference together, over the
- * packed positions, reading the head's rows in blocks (the clarifications allow row blocks) so its
+ * The output head of one model, or of a model and its reference together, over every row of the
+ * layout (rows whose target is −1, the last position and padding, are computed and ignored), reading the head's rows in blocks (the clarifications allow row blocks) so its
  * memory is bounded like a layer's. With a reference, KL(reference ‖ model) and the top-1 tokens are
  * computed over the shared rows [0, min(V_model, V_ref)), each distribution renormalized there.
  */
-export async function headPass(rt: EvalRuntime, inputs: HeadInput[], targets: Int32Array, opts: ForwardOptions & { layerBytes: number }): Promise<HeadResult> {
-  const P = targets.length;
+export async function headPass(rt: EvalRuntime, inputs: HeadInput[], layout: RowLayout, targets: Int32Array, opts: ForwardOptions): Promise<HeadResult> {
+  const P = layout.total;
   const stats = inputs.map(() => new HeadStats(P));
   const readers = inputs.map((m) => new WeightReader(m.spec.checkpoint, opts.onBytes));
-  const norms: Float32Array[] = [];
   try {
-    for (let i = 0; i < inputs.length; i++) {
-      norms.push(new Float32Array(inputs[i].spec.hidden));
-      await readers[i].readTensor(inputs[i].spec.normTensor, norms[i]);
-    }
-    const blockBytes = opts.limits.headBlockBytes ?? Math.max(opts.layerBytes, 64 << 20);
+    const blockElements = Math.min(opts.arena.length, (opts.limits.headBlockBytes ?? Infinity) / 4);
     const sharedRows = Math.min(...inputs.map((m) => m.spec.vocab));
-    const rowsFor = (members: number[]) => Math.max(64, Math.floor(blockBytes / members.reduce((a, m) => a + inputs[m].spec.hidden * 4, 0)));
+    const rowsFor = (members: number[]) => Math.max(HEAD_MIN_ROWS, Math.floor(blockElements / members.reduce((a, m) => a + inputs[m].spec.hidden, 0)));
 
     // Runs blocks of rows [from, to) for the given models (one alone, or model and reference together).
     const pass = async (members: number[], from: number, to: number, kl?: { acc: Float64Array; refLse: Float64Array }) => {
       if (from >= to) return;
       const pair = members.length === 2;
       const [a, b] = members.map((m) => inputs[m].spec);
-      const key = pair ? `head2:${a.hidden}:${a.eps}:${b.hidden}:${b.eps}` : `head:${a.hidden}:${a.eps}`;
-      const session = await rt.session(key, () => headGraph(a.hidden, a.eps, pair ? { hidden: b.hidden, eps: b.eps } : undefined));
+      const key = pair ? `head2:${a.hidden}:${b.hidden}` : `head:${a.hidden}`;
+      const session = await rt.session(key, () => headGraph(a.hidden, pair ? b.hidden : undefined));
       const rows = Math.min(rowsFor(members), to - from);
-      const blocks = members.map((m) => new Float32Array(rows * inputs[m].spec.hidden));
+      let carved = 0;
+      const blocks = members.map((m) => opts.arena.subarray(carved, (carved += rows * inputs[m].spec.hidden)));
       const chunk = Math.max(16, Math.min(P, Math.floor(opts.limits.logitBytes / (rows * 4 * members.length))));
       const index = new BigInt64Array(chunk);
       for (let v0 = from; v0 < to; v0 += rows) {
@@ -345,31 +372,34 @@ export async function headPass(rt: EvalRuntime, inputs: HeadInput[], targets: In
           await readers[members[k]].readRows(spec.headTensor, v0, n, view);
           w.push(rt.tensor(view, [n, spec.hidden]));
         }
-        for (let p0 = 0; p0 < P; p0 += chunk) {
-          const c = Math.min(chunk, P - p0);
-          for (let i = 0; i < c; i++) index[i] = BigInt(Math.min(n - 1, Math.max(0, targets[p0 + i] - v0)));
-          const feeds: Feeds = { index: rt.int64(index.subarray(0, c), [c, 1]) };
-          members.forEach((m, k) => {
-            const sfx = k === 0 ? '' : '_r';
-            const H = inputs[m].spec.hidden;
-            feeds[`h${sfx}`] = rt.tensor(inputs[m].hidden.subarray(p0 * H, (p0 + c) * H), [c, H]);
-            feeds[`norm${sfx}`] = rt.tensor(norms[m], [H]);
-            feeds[`w${sfx}`] = w[k];
-          });
-          const out = await session.run(feeds);
-          if (kl) {
-            // Σ_v p_ref(v)(ref_v − model_v) over rows seen so far, kept relative to the running log-sum-exp.
-            const part = out.klpart.data as Float32Array;
-            const lseBlock = out.lse_r.data as Float32Array;
-            for (let i = 0; i < c; i++) {
-              const p = p0 + i;
-              const before = kl.refLse[p];
-              const after = logAddExp(before, lseBlock[i]);
-              kl.acc[p] = (before === -Infinity ? 0 : kl.acc[p] * Math.exp(before - after)) + Math.exp(lseBlock[i] - after) * part[i];
-              kl.refLse[p] = after;
+        for (let bi = 0; bi < layout.batches.length; bi++) {
+          const batchRows = layout.batches[bi].seqs.length * layout.batches[bi].T;
+          for (let r0 = 0; r0 < batchRows; r0 += chunk) {
+            const c = Math.min(chunk, batchRows - r0);
+            const p0 = layout.offsets[bi] + r0;
+            for (let i = 0; i < c; i++) index[i] = BigInt(Math.min(n - 1, Math.max(0, targets[p0 + i] - v0)));
+            const feeds: Feeds = { index: rt.int64(index.subarray(0, c), [c, 1]) };
+            members.forEach((m, k) => {
+              const sfx = k === 0 ? '' : '_r';
+              const H = inputs[m].spec.hidden;
+              feeds[`h${sfx}`] = rt.tensor(inputs[m].hidden[bi].subarray(r0 * H, (r0 + c) * H), [c, H]);
+              feeds[`w${sfx}`] = w[k];
+            });
+            const out = await session.run(feeds);
+            if (kl) {
+              // Σ_v p_ref(v)(ref_v − model_v) over rows seen so far, kept relative to the running log-sum-exp.
+              const part = out.klpart.data as Float32Array;
+              const lseBlock = out.lse_r.data as Float32Array;
+              for (let i = 0; i < c; i++) {
+                const p = p0 + i;
+                const before = kl.refLse[p];
+                const after = logAddExp(before, lseBlock[i]);
+                kl.acc[p] = (before === -Infinity ? 0 : kl.acc[p] * Math.exp(before - after)) + Math.exp(lseBlock[i] - after) * part[i];
+                kl.refLse[p] = after;
+              }
             }
+            members.forEach((m, k) => stats[m].fold(out, k === 0 ? '' : '_r', p0, v0, v1, targets));
           }
-          members.forEach((m, k) => stats[m].fold(out, k === 0 ? '' : '_r', p0, v0, v1, targets));
         }
       }
     };

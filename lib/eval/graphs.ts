@@ -160,35 +160,43 @@ export function decoderLayerGraph(s: LayerShape): Uint8Array {
   return g.build('decoder_layer');
 }
 
+/** The final RMSNorm over a batch, x [B, T, H] → [B, T, H]. */
+export function normGraph(hidden: number, eps: number): Uint8Array {
+  const g = new GraphBuilder();
+  const x = g.input('x', ['B', 'T', hidden]);
+  const w = g.input('w', [hidden]);
+  g.output(g.rmsNorm(x, w, eps), 'y', ['B', 'T', hidden]);
+  return g.build('final_norm');
+}
+
 /**
- * The head over one block of vocabulary rows, for a chunk of positions: final RMSNorm, logits
- * h · Wᵀ [n, rows], and per position the block's max, argmax, log-sum-exp and the logit at `index`
- * (the target's row within the block, clamped; the caller keeps it only when the target is inside).
+ * The head over one block of vocabulary rows, for a chunk of positions (already through the final
+ * norm): logits h · Wᵀ [n, rows], and per position the block's max, argmax, log-sum-exp and the
+ * logit at `index` (the target's row within the block, clamped; the caller keeps it only when the
+ * target is inside the block).
  *
- * With `pair`, a second model's inputs (suffix `_r`, the reference) come too, over the same rows,
- * and `klpart` = Σ softmax(ref)·(ref − model) over the block, from which KL(ref ‖ model) is assembled.
+ * With `pairHidden`, a second model's inputs (suffix `_r`, the reference) come too, over the same
+ * rows, and `klpart` = Σ softmax(ref)·(ref − model) over the block, from which KL(reference ‖ model)
+ * is assembled.
  */
-export function headGraph(hidden: number, eps: number, pair?: { hidden: number; eps: number }): Uint8Array {
+export function headGraph(hidden: number, pairHidden?: number): Uint8Array {
   const g = new GraphBuilder();
   const index = g.input('index', ['N', 1], T.INT64);
-  const logitsOf = (suffix: string, H: number, e: number) => {
-    const h = g.input(`h${suffix}`, ['N', H]);
-    const norm = g.input(`norm${suffix}`, [H]);
-    const w = g.input(`w${suffix}`, ['V', H]);
-    const logits = g.linear(g.rmsNorm(h, norm, e), w);
+  const logitsOf = (suffix: string, H: number) => {
+    const logits = g.linear(g.input(`h${suffix}`, ['N', H]), g.input(`w${suffix}`, ['V', H]));
     g.output(g.o('ReduceMax', [logits], { axes: [-1], keepdims: 0 }), `max${suffix}`, ['N']);
     g.output(g.o('ArgMax', [logits], { axis: -1, keepdims: 0 }), `argmax${suffix}`, ['N'], T.INT64);
     g.output(g.o('ReduceLogSumExp', [logits], { axes: [-1], keepdims: 0 }), `lse${suffix}`, ['N']);
     g.output(g.o('GatherElements', [logits, index], { axis: 1 }), `target${suffix}`, ['N', 1]);
     return logits;
   };
-  const m = logitsOf('', hidden, eps);
-  if (pair) {
-    const r = logitsOf('_r', pair.hidden, pair.eps);
+  const m = logitsOf('', hidden);
+  if (pairHidden !== undefined) {
+    const r = logitsOf('_r', pairHidden);
     const part = g.o('ReduceSum', [g.o('Mul', [g.o('Softmax', [r], { axis: -1 }), g.o('Sub', [r, m])]), g.ints([-1])], { keepdims: 0 });
     g.output(part, 'klpart', ['N']);
   }
-  return g.build(pair ? 'head_pair' : 'head');
+  return g.build(pairHidden !== undefined ? 'head_pair' : 'head');
 }
 
 /** x [N, K] · w [K, M], nothing else: the plain GEMM the benchmark's ceiling is measured with. */

@@ -62,14 +62,15 @@ export class EvalRuntime {
 
   private async open(model: Uint8Array): Promise<Ort.InferenceSession> {
     const options: Ort.InferenceSession.SessionOptions = {
-      executionProviders: this.provider === 'cuda' ? [{ name: 'cuda', deviceId: 0 }] : [{ name: 'cpu', useArena: false }],
+      executionProviders: this.provider === 'cuda' ? [{ name: 'cuda', deviceId: 0 }] : [{ name: 'cpu', useArena: true }],
       intraOpNumThreads: this.threads,
       interOpNumThreads: 1,
       executionMode: 'sequential',
       graphOptimizationLevel: 'all',
-      // Shapes change from batch to batch and layer weights are inputs: an arena would only keep
-      // the largest batch's buffers alive between runs, outside the memory bound.
-      enableCpuMemArena: false,
+      // The arena reuses one call's activation buffers for the next; without it glibc keeps the
+      // freed ones in a fragmented heap (measured: about 80 MiB more peak RSS). Memory patterns
+      // (one planned block per input shape) only added to the peak.
+      enableCpuMemArena: true,
       enableMemPattern: false,
     };
     try {

@@ -6,7 +6,7 @@ import type { ByteSource } from '../storage/types.js';
 import { InputError } from '../errors.js';
 
 /** Raw bytes read per request; the only buffer beside the float32 weights themselves. */
-export const READ_CHUNK_BYTES = 16 << 20;
+export const READ_CHUNK_BYTES = 8 << 20;
 
 let f16Table: Float32Array | null = null;
 /** Every binary16 value as float32 (exact); a table, since Node 22 has no Float16Array. */
