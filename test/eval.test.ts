@@ -164,6 +164,21 @@ describe('eval: weights and attention variants (float64 reference)', () => {
       }
     }));
 
+  it('a bias on some fused projections only (q, not k or v), across layers', () =>
+    withTempDir(async (tmp) => {
+      const tensors = await loadTensors(QWEN);
+      const dir = path.join(tmp, 'qbias');
+      await writeCheckpoint(
+        dir,
+        [...tensors].filter(([n]) => !/(k|v)_proj\.bias$/.test(n)).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, bytes: t.bytes })),
+        { 'config.json': await readFile(path.join(QWEN, 'config.json'), 'utf8') },
+      );
+      const seq = (await tokensOf('eval/tokens-260.json'))[1];
+      const r = await evaluate(localEnv, { model: dir, sequences: [seq] });
+      const want = await referenceLoss(dir, seq);
+      expect(Math.abs(r.model.meanLoss - want) / want).toBeLessThan(1e-4);
+    }));
+
   it('Mistral: a sliding window shorter than the sequence', () =>
     withTempDir(async (tmp) => {
       const dir = await copyModel(STORIES, path.join(tmp, 'mistral'));

@@ -202,11 +202,30 @@ export function modelSpec(ref: string, ck: Checkpoint): ModelSpec {
   };
 }
 
-/** Elements of one decoder layer's weights (what the kernels hold in F32 at a time). */
+/** Elements of one decoder layer's weights, biases included (what a layer holds in F32). */
 export function layerElements(s: ModelSpec): number {
-  const qDim = s.heads * s.headDim;
-  const kvDim = s.kvHeads * s.headDim;
-  return 2 * s.hidden + (qDim + 2 * kvDim) * s.hidden + s.hidden * qDim + 3 * s.intermediate * s.hidden + (qDim + 2 * kvDim + 2 * s.intermediate + s.hidden);
+  const { attention, mlp } = halfElements(s);
+  return attention + mlp;
+}
+
+/** Elements of the larger half of a layer (attention or MLP): what the kernels hold in F32 at a time. */
+export function halfLayerElements(s: ModelSpec): number {
+  const { attention, mlp } = halfElements(s);
+  return Math.max(attention, mlp);
+}
+
+function halfElements(s: ModelSpec): { attention: number; mlp: number } {
+  const q = s.heads * s.headDim;
+  const kv = s.kvHeads * s.headDim;
+  const H = s.hidden;
+  const I = s.intermediate;
+  const b = (p: Projection, n: number) => (s.biases.has(p) ? n : 0);
+  const qkvBias = s.biases.has('q_proj') || s.biases.has('k_proj') || s.biases.has('v_proj') ? q + 2 * kv : 0;
+  const guBias = s.biases.has('gate_proj') || s.biases.has('up_proj') ? 2 * I : 0;
+  return {
+    attention: H + (q + 2 * kv) * H + qkvBias + H * q + b('o_proj', H),
+    mlp: H + 2 * I * H + guBias + H * I + b('down_proj', H),
+  };
 }
 
 /**

@@ -3,7 +3,7 @@
 import { openCheckpoint } from '../format/checkpoint.js';
 import type { ExecEnv } from '../ops/env.js';
 import { InputError } from '../errors.js';
-import { layerElements, modelSpec, type ModelSpec } from './arch.js';
+import { modelSpec, type ModelSpec } from './arch.js';
 import { DEFAULT_LIMITS, forwardHidden, headPass, planBatches, rowLayout, weightArenaElements, type BatchLimits, type HeadStats, type RowLayout } from './forward.js';
 import { EvalRuntime, type RuntimeOptions } from './runtime.js';
 
@@ -117,7 +117,7 @@ export async function evaluate(env: ExecEnv, req: EvalRequest, opts: EvalOptions
     const targets = new Int32Array(layout.total).fill(-1);
     req.sequences.forEach((q, i) => targets.set(q.slice(1), layout.rowOf(i, 0)));
     const total = lengths.reduce((a, n) => a + n - 1, 0);
-    const fopts = { limits, onBytes: env.onProgress, arena: new Float32Array(weightArenaElements(specs, layerElements)) };
+    const fopts = { limits, onBytes: env.onProgress, arena: new Float32Array(weightArenaElements(specs)) };
     const hidden: Float32Array[][] = [];
     for (const s of specs) {
       hidden.push(await forwardHidden(rt, s, req.sequences, layout.batches, { ...fopts, onLayer: (l, n) => opts.onLayer?.(s.ref, l, n) }));

@@ -1,8 +1,8 @@
 // The layer-streamed forward pass: one decoder layer's weights in memory at a time, every
 // sequence's hidden states carried through it, then the head in blocks of vocabulary rows.
 import type * as Ort from 'onnxruntime-node';
-import { layerTensorName, projectionPrefix, ropeInvFreq, type ModelSpec, type Projection } from './arch.js';
-import { decoderLayerGraph, headGraph, normGraph, type LayerShape } from './graphs.js';
+import { halfLayerElements, layerTensorName, projectionPrefix, ropeInvFreq, type ModelSpec, type Projection } from './arch.js';
+import { attentionGraph, headGraph, mlpGraph, normGraph, type LayerShape } from './graphs.js';
 import type { EvalRuntime, Feeds } from './runtime.js';
 import { WeightReader } from './weights.js';
 
@@ -89,15 +89,18 @@ function layerShape(s: ModelSpec): LayerShape {
   };
 }
 
-/** One layer's weights in float32, laid out as the layer graph takes them; reused for every layer. */
-class LayerWeights {
+export type LayerHalf = 'attention' | 'mlp';
+
+/**
+ * Half a layer's weights in float32, laid out as its graph takes them: views into the weight arena,
+ * which each half (and later the head's row blocks) fills from the start.
+ */
+class HalfLayerWeights {
   readonly buffers: Record<string, Float32Array> = {};
   /** Which checkpoint tensors fill which buffer, at which element offset. */
   private readonly parts: { buffer: string; part: string; at: number; projection?: Projection }[] = [];
-  readonly bytes: number;
 
-  /** Buffers are views into `arena`, which outlives the layers (the head's row blocks reuse it). */
-  constructor(private readonly s: ModelSpec, shape: LayerShape, arena: Float32Array) {
+  constructor(private readonly s: ModelSpec, shape: LayerShape, half: LayerHalf, arena: Float32Array) {
     const q = s.heads * s.headDim;
     const kv = s.kvHeads * s.headDim;
     const H = s.hidden;
@@ -111,33 +114,37 @@ class LayerWeights {
     };
     const w = (p: Projection) => `${projectionPrefix(p)}.weight`;
     const bias = (p: Projection) => `${projectionPrefix(p)}.bias`;
-    add('ln1', H, [{ part: 'input_layernorm.weight', at: 0 }]);
-    add('wqkv', (q + 2 * kv) * H, [{ part: w('q_proj'), at: 0 }, { part: w('k_proj'), at: q * H }, { part: w('v_proj'), at: (q + kv) * H }]);
-    if (shape.qkvBias) {
-      add('bqkv', q + 2 * kv, [
-        { part: bias('q_proj'), at: 0, projection: 'q_proj' },
-        { part: bias('k_proj'), at: q, projection: 'k_proj' },
-        { part: bias('v_proj'), at: q + kv, projection: 'v_proj' },
-      ]);
+    if (half === 'attention') {
+      add('ln1', H, [{ part: 'input_layernorm.weight', at: 0 }]);
+      add('wqkv', (q + 2 * kv) * H, [{ part: w('q_proj'), at: 0 }, { part: w('k_proj'), at: q * H }, { part: w('v_proj'), at: (q + kv) * H }]);
+      if (shape.qkvBias) {
+        add('bqkv', q + 2 * kv, [
+          { part: bias('q_proj'), at: 0, projection: 'q_proj' },
+          { part: bias('k_proj'), at: q, projection: 'k_proj' },
+          { part: bias('v_proj'), at: q + kv, projection: 'v_proj' },
+        ]);
+      }
+      add('wo', H * q, [{ part: w('o_proj'), at: 0 }]);
+      if (shape.oBias) add('bo', H, [{ part: bias('o_proj'), at: 0 }]);
+    } else {
+      add('ln2', H, [{ part: 'post_attention_layernorm.weight', at: 0 }]);
+      add('wgu', 2 * I * H, [{ part: w('gate_proj'), at: 0 }, { part: w('up_proj'), at: I * H }]);
+      if (shape.gateUpBias) {
+        add('bgu', 2 * I, [
+          { part: bias('gate_proj'), at: 0, projection: 'gate_proj' },
+          { part: bias('up_proj'), at: I, projection: 'up_proj' },
+        ]);
+      }
+      add('wdown', H * I, [{ part: w('down_proj'), at: 0 }]);
+      if (shape.downBias) add('bdown', H, [{ part: bias('down_proj'), at: 0 }]);
     }
-    add('wo', H * q, [{ part: w('o_proj'), at: 0 }]);
-    if (shape.oBias) add('bo', H, [{ part: bias('o_proj'), at: 0 }]);
-    add('ln2', H, [{ part: 'post_attention_layernorm.weight', at: 0 }]);
-    add('wgu', 2 * I * H, [{ part: w('gate_proj'), at: 0 }, { part: w('up_proj'), at: I * H }]);
-    if (shape.gateUpBias) {
-      add('bgu', 2 * I, [
-        { part: bias('gate_proj'), at: 0, projection: 'gate_proj' },
-        { part: bias('up_proj'), at: I, projection: 'up_proj' },
-      ]);
-    }
-    add('wdown', H * I, [{ part: w('down_proj'), at: 0 }]);
-    if (shape.downBias) add('bdown', H, [{ part: bias('down_proj'), at: 0 }]);
-    this.bytes = Object.values(this.buffers).reduce((a, b) => a + b.byteLength, 0);
   }
 
   async load(reader: WeightReader, layer: number): Promise<void> {
+    // A fused bias is zero where its projection has none (say q with a bias, k without); the arena
+    // held other weights a moment ago.
+    for (const b of ['bqkv', 'bgu']) this.buffers[b]?.fill(0);
     for (const p of this.parts) {
-      // A fused bias whose projection has none (say q with bias, k without) stays zero.
       if (p.projection && !this.s.biases.has(p.projection)) continue;
       const t = this.s.checkpoint.byName.get(layerTensorName(layer, p.part))!;
       await reader.readTensor(t, this.buffers[p.buffer], p.at);
@@ -222,32 +229,35 @@ export async function forwardHidden(rt: EvalRuntime, s: ModelSpec, sequences: nu
     let xs: Float32Array[] = batches.map((b) => new Float32Array(b.seqs.length * b.T * H));
     await embed(s, reader, sequences, batches, xs, opts.arena);
     const shape = layerShape(s);
-    const session = await rt.session(`layer:${JSON.stringify(shape)}`, () => decoderLayerGraph(shape));
-    const weights = new LayerWeights(s, shape, opts.arena);
-    const weightFeeds: Feeds = {};
-    for (const [name, buf] of Object.entries(weights.buffers)) weightFeeds[name] = rt.tensor(buf, weightDims(name, s));
+    const key = JSON.stringify(shape);
+    const halves = (['attention', 'mlp'] as const).map((half) => {
+      const weights = new HalfLayerWeights(s, shape, half, opts.arena);
+      const feeds: Feeds = {};
+      for (const [name, buf] of Object.entries(weights.buffers)) feeds[name] = rt.tensor(buf, weightDims(name, s));
+      const session = rt.session(`${half}:${key}`, () => (half === 'attention' ? attentionGraph(shape) : mlpGraph(shape)));
+      return { half, weights, feeds, session };
+    });
     // Rotary tables and masks depend only on T (and the window), so they are shared by batches and layers.
     const tables = new Map<string, Ort.Tensor>();
-    const table = (key: string, make: () => Ort.Tensor) => tables.get(key) ?? (tables.set(key, make()), tables.get(key)!);
+    const table = (k: string, make: () => Ort.Tensor) => tables.get(k) ?? (tables.set(k, make()), tables.get(k)!);
     for (let l = 0; l < s.layers; l++) {
-      await weights.load(reader, l);
       const window = s.slidingWindow[l];
-      const next: Float32Array[] = [];
-      for (let bi = 0; bi < batches.length; bi++) {
-        const { T, seqs } = batches[bi];
-        const rot = () => rotaryTables(s, T);
-        const feeds: Feeds = {
-          ...weightFeeds,
-          x: rt.tensor(xs[bi], [seqs.length, T, H]),
-          cos: table(`cos${T}`, () => rt.tensor(rot().cos, [T, 1, s.headDim])),
-          sin: table(`sin${T}`, () => rt.tensor(rot().sin, [T, 1, s.headDim])),
-          mask: table(`mask${T}:${window}`, () => rt.tensor(attentionMask(T, rep, window), [rep * T, T])),
-        };
-        const out = await session.run(feeds);
-        next.push(out.y.data as Float32Array);
-        xs[bi] = new Float32Array(0); // drop the input as soon as its output exists
+      for (const h of halves) {
+        // Each half's weights overwrite the other's in the arena: memory holds the larger half only.
+        await h.weights.load(reader, l);
+        const session = await h.session;
+        for (let bi = 0; bi < batches.length; bi++) {
+          const { T, seqs } = batches[bi];
+          const feeds: Feeds = { ...h.feeds, x: rt.tensor(xs[bi], [seqs.length, T, H]) };
+          if (h.half === 'attention') {
+            const rot = () => rotaryTables(s, T);
+            feeds.cos = table(`cos${T}`, () => rt.tensor(rot().cos, [T, 1, s.headDim]));
+            feeds.sin = table(`sin${T}`, () => rt.tensor(rot().sin, [T, 1, s.headDim]));
+            feeds.mask = table(`mask${T}:${window}`, () => rt.tensor(attentionMask(T, rep, window), [rep * T, T]));
+          }
+          xs[bi] = (await session.run(feeds)).y.data as Float32Array;
+        }
       }
-      xs = next;
       opts.onLayer?.(l + 1, s.layers);
     }
     // The final norm, batch by batch.
@@ -317,9 +327,9 @@ export function logAddExp(a: number, b: number): number {
 /** The head is read in blocks of at least this many rows. */
 const HEAD_MIN_ROWS = 64;
 
-/** Elements the weight arena needs for these models: a layer's weights, or the head's smallest row blocks side by side. */
-export function weightArenaElements(specs: ModelSpec[], layerElements: (s: ModelSpec) => number): number {
-  return Math.max(...specs.map(layerElements), HEAD_MIN_ROWS * specs.reduce((a, s) => a + s.hidden, 0));
+/** Elements the weight arena needs for these models: the larger half of a layer, or the head's smallest row blocks side by side. */
+export function weightArenaElements(specs: ModelSpec[]): number {
+  return Math.max(...specs.map(halfLayerElements), HEAD_MIN_ROWS * specs.reduce((a, s) => a + s.hidden, 0));
 }
 
 /** A model's normed last hidden states, per batch as forwardHidden returns them. */

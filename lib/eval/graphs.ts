@@ -100,18 +100,21 @@ export interface LayerShape {
 }
 
 /**
- * One decoder layer over a batch of right-padded sequences, x [B, T, H] → [B, T, H]:
- * pre-norm attention (fused q/k/v projection, rotate-half rotary, grouped-query attention with an
- * additive mask) and a pre-norm SwiGLU MLP (fused gate/up projection), each with its residual.
+ * The two halves of a decoder layer over a batch of right-padded sequences, x [B, T, H] → [B, T, H],
+ * each its own graph so that only one half's weights need be in memory at a time:
  *
- * Inputs beside x: cos and sin [T, 1, hd] (sin already signed for rotate-half: [-sin, sin]), the
- * additive mask [rep·T, T] (causal, optionally windowed; rep = heads / kvHeads, stacked rep times),
- * and the weights in checkpoint layout ([out, in]), q/k/v and gate/up concatenated by rows.
- * Right padding needs no mask of its own: a causal mask never lets a real position see a later one.
+ * - attention: pre-norm, fused q/k/v projection, rotate-half rotary, grouped-query attention with an
+ *   additive mask, output projection, residual. Inputs beside x: cos and sin [T, 1, hd] (sin already
+ *   signed for rotate-half: [-sin, sin]) and the mask [rep·T, T] (causal, optionally windowed;
+ *   rep = heads / kvHeads, stacked rep times). Right padding needs no mask of its own: a causal mask
+ *   never lets a real position see a later one.
+ * - mlp: pre-norm SwiGLU with a fused gate/up projection, residual.
+ *
+ * Weights come in checkpoint layout ([out, in]), q/k/v and gate/up concatenated by rows.
  */
-export function decoderLayerGraph(s: LayerShape): Uint8Array {
+export function attentionGraph(s: LayerShape): Uint8Array {
   const g = new GraphBuilder();
-  const { hidden: H, heads, kvHeads, headDim: hd, intermediate: I } = s;
+  const { hidden: H, heads, kvHeads, headDim: hd } = s;
   const rep = heads / kvHeads;
   const Q = heads * hd;
   const K = kvHeads * hd;
@@ -124,13 +127,7 @@ export function decoderLayerGraph(s: LayerShape): Uint8Array {
   const bqkv = s.qkvBias ? g.input('bqkv', [Q + 2 * K]) : undefined;
   const wo = g.input('wo', [H, Q]);
   const bo = s.oBias ? g.input('bo', [H]) : undefined;
-  const ln2 = g.input('ln2', [H]);
-  const wgu = g.input('wgu', [2 * I, H]);
-  const bgu = s.gateUpBias ? g.input('bgu', [2 * I]) : undefined;
-  const wd = g.input('wdown', [H, I]);
-  const bd = s.downBias ? g.input('bdown', [H]) : undefined;
 
-  // Attention.
   const qkv = g.linear(g.rmsNorm(x, ln1, s.eps), wqkv, bqkv);
   const [q, k, v] = g.op('Split', [qkv, g.ints([Q, K, K])], { axis: -1 }, 3);
   const rotary = (t: string, n: number) => {
@@ -150,14 +147,24 @@ export function decoderLayerGraph(s: LayerShape): Uint8Array {
     g.o('Transpose', [g.o('Reshape', [ctx, g.ints([0, 0, rep, -1, hd])])], { perm: [0, 3, 1, 2, 4] }),
     g.ints([0, 0, Q]),
   ]);
-  const h = g.o('Add', [x, g.linear(merged, wo, bo)]);
+  g.output(g.o('Add', [x, g.linear(merged, wo, bo)]), 'y', ['B', 'T', H]);
+  return g.build('attention');
+}
 
-  // SwiGLU MLP.
-  const gu = g.linear(g.rmsNorm(h, ln2, s.eps), wgu, bgu);
+export function mlpGraph(s: LayerShape): Uint8Array {
+  const g = new GraphBuilder();
+  const { hidden: H, intermediate: I } = s;
+  const x = g.input('x', ['B', 'T', H]);
+  const ln2 = g.input('ln2', [H]);
+  const wgu = g.input('wgu', [2 * I, H]);
+  const bgu = s.gateUpBias ? g.input('bgu', [2 * I]) : undefined;
+  const wd = g.input('wdown', [H, I]);
+  const bd = s.downBias ? g.input('bdown', [H]) : undefined;
+  const gu = g.linear(g.rmsNorm(x, ln2, s.eps), wgu, bgu);
   const [gate, up] = g.op('Split', [gu, g.ints([I, I])], { axis: -1 }, 2);
   const act = g.o('Mul', [g.o('Mul', [gate, g.o('Sigmoid', [gate])]), up]);
-  g.output(g.o('Add', [h, g.linear(act, wd, bd)]), 'y', ['B', 'T', H]);
-  return g.build('decoder_layer');
+  g.output(g.o('Add', [x, g.linear(act, wd, bd)]), 'y', ['B', 'T', H]);
+  return g.build('mlp');
 }
 
 /** The final RMSNorm over a batch, x [B, T, H] → [B, T, H]. */
