@@ -6,6 +6,8 @@ import { localEnv, loadTensors, withTempDir, writeCheckpoint } from './helpers/m
 import { runCli } from './helpers/cli.js';
 import { argmax, logSoftmax, referenceLogits } from './helpers/reference-lm.js';
 import { evaluate, type EvalOptions } from '../lib/eval/evaluate.js';
+import { evaluateWithProbes, BUILTIN_CONVERSATIONS, EVAL_REPORT_FORMAT } from '../lib/eval/index.js';
+import { createHash } from 'node:crypto';
 import { InputError } from '../lib/errors.js';
 
 interface Expected {
@@ -347,3 +349,43 @@ function toHalf(x: Float32Array): Uint16Array {
   }
   return out;
 }
+
+describe('probe sets and the report', () => {
+  it('the built-in set: rendered with the chat template when there is one, stand-in tokens when there is no tokenizer', () =>
+    withTempDir(async (tmp) => {
+      const model = await copyModel(STORIES, path.join(tmp, 'model'));
+      await writeFile(path.join(model, 'tokenizer.json'), tokenizerJson());
+      await writeFile(path.join(model, 'chat_template.jinja'), '{% for m in messages %}<{{ m.role }}>{{ m.content | lower }}|{% endfor %}');
+      const e = await evaluateWithProbes(localEnv, { model, against: STORIES, probes: { builtin: true }, referenceRole: 'old post' });
+      expect(e.probes.source).toBe('builtin-chat');
+      // Rendered by hand: lower-cased (the template says so), characters outside the toy vocabulary become <unk>.
+      const want = BUILTIN_CONVERSATIONS.map((c) => [...c.map((m) => `<${m.role}>${m.content.toLowerCase()}|`).join('')].map((ch) => (CHARS.includes(ch) ? charId(ch) : 0)));
+      expect(e.probes.sequences).toEqual(want);
+      expect(e.probes.sha256).toBe(createHash('sha256').update(JSON.stringify(want)).digest('hex'));
+      // The report: both models' figures on the same probes, the ratio a gate bounds, the hash.
+      const r = e.report;
+      expect(r).toMatchObject({ format: EVAL_REPORT_FORMAT, probes: { source: 'builtin-chat', sequences: want.length, sha256: e.probes.sha256 }, reference: { ref: STORIES, role: 'old post' } });
+      expect(r.model.tokens).toBe(want.reduce((a, q) => a + q.length - 1, 0));
+      expect(r.lossRatio).toBeCloseTo(r.model.meanLoss / r.reference!.meanLoss, 12);
+      expect(r.agreement).toBe(1); // same weights: only the files beside them differ
+      expect(r.kl).toBe(0);
+
+      const bare = await evaluateWithProbes(localEnv, { model: STORIES, against: QWEN, probes: { builtin: true } });
+      expect(bare.probes.source).toBe('builtin-tokens');
+      expect(bare.probes.sequences.flat().every((t) => t < 260)).toBe(true); // inside both vocabularies
+      expect(bare.report.sharedVocab).toBe(260);
+    }));
+
+  it('a probe file of either kind is told apart by its content', () =>
+    withTempDir(async (tmp) => {
+      const model = await copyModel(STORIES, path.join(tmp, 'model'));
+      await writeFile(path.join(model, 'tokenizer.json'), tokenizerJson());
+      await writeFile(path.join(tmp, 'p.json'), JSON.stringify([[1, 20, 30], [4, 5]]));
+      await writeFile(path.join(tmp, 'p.txt'), 'abc');
+      const t = await evaluateWithProbes(localEnv, { model, probes: { file: path.join(tmp, 'p.json') } });
+      expect(t.probes).toMatchObject({ source: 'tokens', sequences: [[1, 20, 30], [4, 5]] });
+      const x = await evaluateWithProbes(localEnv, { model, probes: { file: path.join(tmp, 'p.txt') } });
+      expect(x.probes).toMatchObject({ source: 'text', sequences: [[BOS, ...byHand('abc')]] });
+      await expect(evaluateWithProbes(localEnv, { model, probes: { file: path.join(tmp, 'none.txt') } })).rejects.toThrow(/none\.txt: no such file/);
+    }));
+});
