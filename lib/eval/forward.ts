@@ -1,4 +1,4 @@
-// The layer-streamed forward pass: one decoder layer's weights in memory at a time, every
+// The layer-streamed forward pass: half a decoder layer's weights in memory at a time, every
 // sequence's hidden states carried through it, then the head in blocks of vocabulary rows.
 import type * as Ort from 'onnxruntime-node';
 import { halfLayerElements, layerTensorName, projectionPrefix, ropeInvFreq, type ModelSpec, type Projection } from './arch.js';
@@ -14,7 +14,7 @@ export interface BatchLimits {
   attentionBytes: number;
   /** Bytes of logits per head call: positions × vocabulary rows × 4. */
   logitBytes: number;
-  /** Bytes of head rows widened at a time (default and most: the weight arena, one layer's weights in F32). */
+  /** Bytes of head rows widened at a time (default and most: the weight arena, the larger half-layer in F32). */
   headBlockBytes?: number;
 }
 
@@ -207,7 +207,7 @@ async function embed(s: ModelSpec, reader: WeightReader, sequences: number[][], 
 export interface ForwardOptions {
   limits: BatchLimits;
   /**
-   * The one float32 buffer weights are widened into: a layer's at a time, then the head's row
+   * The one float32 buffer weights are widened into: half a layer's at a time, then the head's row
    * blocks (at least weightArenaElements()). Allocated once, so memory does not wait on the GC.
    */
   arena: Float32Array;
@@ -217,7 +217,7 @@ export interface ForwardOptions {
 }
 
 /**
- * Runs every sequence through the model's decoder layers, one layer's weights at a time, and
+ * Runs every sequence through the model's decoder layers, half a layer's weights at a time, and
  * returns the last hidden states after the final norm, per batch ([B·T, hidden] each, as
  * rowLayout() numbers the rows).
  */
@@ -226,7 +226,7 @@ export async function forwardHidden(rt: EvalRuntime, s: ModelSpec, sequences: nu
   const rep = s.heads / s.kvHeads;
   const reader = new WeightReader(s.checkpoint, opts.onBytes);
   try {
-    let xs: Float32Array[] = batches.map((b) => new Float32Array(b.seqs.length * b.T * H));
+    const xs: Float32Array[] = batches.map((b) => new Float32Array(b.seqs.length * b.T * H));
     await embed(s, reader, sequences, batches, xs, opts.arena);
     const shape = layerShape(s);
     const key = JSON.stringify(shape);
@@ -250,9 +250,13 @@ export async function forwardHidden(rt: EvalRuntime, s: ModelSpec, sequences: nu
           const { T, seqs } = batches[bi];
           const feeds: Feeds = { ...h.feeds, x: rt.tensor(xs[bi], [seqs.length, T, H]) };
           if (h.half === 'attention') {
-            const rot = () => rotaryTables(s, T);
-            feeds.cos = table(`cos${T}`, () => rt.tensor(rot().cos, [T, 1, s.headDim]));
-            feeds.sin = table(`sin${T}`, () => rt.tensor(rot().sin, [T, 1, s.headDim]));
+            if (!tables.has(`cos${T}`)) {
+              const { cos, sin } = rotaryTables(s, T);
+              tables.set(`cos${T}`, rt.tensor(cos, [T, 1, s.headDim]));
+              tables.set(`sin${T}`, rt.tensor(sin, [T, 1, s.headDim]));
+            }
+            feeds.cos = tables.get(`cos${T}`)!;
+            feeds.sin = tables.get(`sin${T}`)!;
             feeds.mask = table(`mask${T}:${window}`, () => rt.tensor(attentionMask(T, rep, window), [rep * T, T]));
           }
           xs[bi] = (await session.run(feeds)).y.data as Float32Array;
