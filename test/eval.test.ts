@@ -387,5 +387,13 @@ describe('probe sets and the report', () => {
       const x = await evaluateWithProbes(localEnv, { model, probes: { file: path.join(tmp, 'p.txt') } });
       expect(x.probes).toMatchObject({ source: 'text', sequences: [[BOS, ...byHand('abc')]] });
       await expect(evaluateWithProbes(localEnv, { model, probes: { file: path.join(tmp, 'none.txt') } })).rejects.toThrow(/none\.txt: no such file/);
+      // A model whose index is not written yet (a posted model waiting on its gate), read through another index name.
+      const pending = await copyModel(path.join(fixturesDir, 'eval/llama3-rope'), path.join(tmp, 'pending'));
+      const { rename } = await import('node:fs/promises');
+      await rename(path.join(pending, 'model.safetensors.index.json'), path.join(pending, 'pending.index.json'));
+      const seqs = await tokensOf('eval/tokens-300.json');
+      const p = await evaluateWithProbes(localEnv, { model: pending, modelLayout: { single: 'model.safetensors', index: 'pending.index.json' }, probes: { tokens: path.join(fixturesDir, 'eval/tokens-300.json') } });
+      p.result.model.sequences.forEach((sq, i) => expect(Math.abs(sq.meanLoss - expected['llama3-rope'].sequences[i].mean_loss) / expected['llama3-rope'].sequences[i].mean_loss).toBeLessThan(1e-4));
+      expect(p.probes.sequences).toEqual(seqs);
     }));
 });

@@ -1,6 +1,6 @@
 // Evaluation of a causal LM on token sequences: mean next-token cross-entropy and perplexity, and,
 // against a reference model, top-1 agreement and KL(reference ‖ model) on the same positions.
-import { openCheckpoint } from '../format/checkpoint.js';
+import { MODEL_LAYOUT, openCheckpoint, type CheckpointLayout } from '../format/checkpoint.js';
 import type { ExecEnv } from '../ops/env.js';
 import { InputError } from '../errors.js';
 import { modelSpec, type ModelSpec } from './arch.js';
@@ -61,13 +61,19 @@ export interface EvalOptions extends RuntimeOptions {
 
 export interface EvalRequest {
   model: string;
+  /** Where the model's index is, when not at model.safetensors.index.json (see openEvalModel). */
+  modelLayout?: CheckpointLayout;
   against?: string;
   sequences: number[][];
 }
 
-/** Opens a model for evaluation: its checkpoint, architecture and every tensor checked. */
-export async function openEvalModel(env: Pick<ExecEnv, 'resolve'>, ref: string): Promise<ModelSpec> {
-  return modelSpec(ref, await openCheckpoint(env.resolve(ref)));
+/**
+ * Opens a model for evaluation: its checkpoint, architecture and every tensor checked. `layout`
+ * names the index to read, for a model whose model.safetensors.index.json is not written yet (a
+ * posted model waiting on its gate).
+ */
+export async function openEvalModel(env: Pick<ExecEnv, 'resolve'>, ref: string, layout: CheckpointLayout = MODEL_LAYOUT): Promise<ModelSpec> {
+  return modelSpec(ref, await openCheckpoint(env.resolve(ref), layout));
 }
 
 /** Checks token sequences against a model: at least 2 tokens each, ids inside its vocabulary, within its positions. */
@@ -98,7 +104,7 @@ function batchTokensFrom(env: NodeJS.ProcessEnv = process.env): number | undefin
  */
 export async function evaluate(env: ExecEnv, req: EvalRequest, opts: EvalOptions = {}): Promise<EvalResult> {
   const t0 = performance.now();
-  const specs = [await openEvalModel(env, req.model)];
+  const specs = [await openEvalModel(env, req.model, req.modelLayout)];
   if (req.against !== undefined) specs.push(await openEvalModel(env, req.against));
   for (const s of specs) checkSequences(req.sequences, s);
   opts.onPlan?.(specs.reduce((a, s) => a + s.checkpoint.tensors.reduce((b, t) => b + t.byteLength, 0) + (s.tied ? s.headTensor.byteLength : 0), 0));

@@ -1,5 +1,6 @@
 // Evaluation, as the CLI and the pipeline call it: probes from a file or built in, then the figures.
 import type { ExecEnv } from '../ops/env.js';
+import type { CheckpointLayout } from '../format/checkpoint.js';
 import { InputError } from '../errors.js';
 import { evaluate, openEvalModel, type EvalOptions, type EvalResult } from './evaluate.js';
 import { builtinProbes, parseTokenFile, probeSet, probesFromText, type ProbeSet } from './probes.js';
@@ -33,8 +34,8 @@ function looksLikeTokens(text: string): boolean {
  * The probe set for evaluating `model` (text goes through its tokenizer and chat template). With a
  * reference, built-in stand-in tokens stay inside both vocabularies.
  */
-export async function loadProbes(env: Pick<ExecEnv, 'resolve'>, model: string, input: ProbeInput, against?: string): Promise<ProbeSet> {
-  const spec = await openEvalModel(env, model);
+export async function loadProbes(env: Pick<ExecEnv, 'resolve'>, model: string, input: ProbeInput, against?: string, modelLayout?: CheckpointLayout): Promise<ProbeSet> {
+  const spec = await openEvalModel(env, model, modelLayout);
   const ref = against === undefined ? null : await openEvalModel(env, against);
   const maxPositions = ref?.maxPositions != null && spec.maxPositions != null ? Math.min(ref.maxPositions, spec.maxPositions) : (spec.maxPositions ?? ref?.maxPositions ?? null);
   if ('builtin' in input) return builtinProbes(env.resolve(model), Math.min(spec.vocab, ref?.vocab ?? Infinity), maxPositions);
@@ -54,10 +55,10 @@ export interface Evaluation {
 /** Loads the probes, evaluates, and builds the report: the whole of `paramdelta eval` and of the pipeline's evaluateModel activity. */
 export async function evaluateWithProbes(
   env: ExecEnv,
-  req: { model: string; against?: string; probes: ProbeInput; referenceRole?: string },
+  req: { model: string; modelLayout?: CheckpointLayout; against?: string; probes: ProbeInput; referenceRole?: string },
   opts: EvalOptions = {},
 ): Promise<Evaluation> {
-  const probes = await loadProbes(env, req.model, req.probes, req.against);
-  const result = await evaluate(env, { model: req.model, against: req.against, sequences: probes.sequences }, opts);
+  const probes = await loadProbes(env, req.model, req.probes, req.against, req.modelLayout);
+  const result = await evaluate(env, { model: req.model, modelLayout: req.modelLayout, against: req.against, sequences: probes.sequences }, opts);
   return { result, probes, report: evalReport(result, probes, req.referenceRole) };
 }
