@@ -12,6 +12,7 @@ import { registerConvert } from './commands/convert.js';
 import { registerServe } from './commands/serve.js';
 import { registerDemo } from './commands/demo.js';
 import { registerTransfer } from './commands/transfer.js';
+import { registerEval } from './commands/eval.js';
 
 export function buildProgram(): Command {
   const program = new Command('paramdelta')
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerConvert(program);
   registerServe(program);
   registerDemo(program, main);
+  registerEval(program);
   return program;
 }
 

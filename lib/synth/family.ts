@@ -92,25 +92,68 @@ async function writeModel(
   for (const [f, text] of Object.entries(extraFiles)) await writeFile(path.join(dir, f), text);
 }
 
-export async function writeSyntheticFamily(root: string, opts: FamilyOptions): Promise<{ base: string; post: string; newbase: string; bytes: number }> {
-  const hidden = opts.hidden ?? (opts.bytes < 256 * 2 ** 20 ? 512 : 1024);
-  const tensors = llamaTensors(opts.bytes, hidden, 2);
+/** A complete Llama config.json for the synthetic tensors (heads of 128, or of 64 below hidden 1024; no GQA). */
+function llamaConfig(tensors: PlannedTensor[], hidden: number, torchDtype: string): string {
+  const shape = (name: string) => tensors.find((t) => t.name === name)!.shape;
+  const layers = tensors.filter((t) => t.name.endsWith('.input_layernorm.weight')).length;
+  const heads = hidden / (hidden >= 1024 ? 128 : 64);
+  return JSON.stringify(
+    {
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      hidden_size: hidden,
+      intermediate_size: shape('model.layers.0.mlp.gate_proj.weight')[0],
+      num_hidden_layers: layers,
+      num_attention_heads: heads,
+      num_key_value_heads: heads,
+      vocab_size: shape('model.embed_tokens.weight')[0],
+      max_position_embeddings: 4096,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      tie_word_embeddings: false,
+      torch_dtype: torchDtype,
+    },
+    null,
+    2,
+  );
+}
+
+/** 16-bit patterns for the synthetic weights of one tensor. */
+function baseValues(opts: FamilyOptions): (name: string, out: Uint16Array, start: number) => void {
   // Exponent field range for magnitudes 2^-9 .. 2^-2 (norm weights sit near 1).
   const [expShift, expLo, expSpan, one] = opts.dtype === 'BF16' ? [7, 118, 8, 0x3f80] : [10, 6, 8, 0x3c00];
-  const seedOf = (name: string) => [...name].reduce((h, c) => Math.imul(h ^ c.charCodeAt(0), 16777619), opts.seed ?? 2166136261);
-  const baseValue = (name: string, out: Uint16Array, start: number) => {
-    const r = rng(seedOf(name) + start);
+  return (name, out, start) => {
+    const r = rng(seedOf(opts, name) + start);
     const norm = name.endsWith('norm.weight');
     for (let i = 0; i < out.length; i++) {
       const x = r();
       out[i] = norm ? one + (x & 0x1f) : ((x >>> 31) << 15) | ((expLo + ((x >>> 8) % expSpan)) << expShift) | (x & ((1 << expShift) - 1));
     }
   };
+}
+
+const seedOf = (opts: FamilyOptions, name: string) => [...name].reduce((h, c) => Math.imul(h ^ c.charCodeAt(0), 16777619), opts.seed ?? 2166136261);
+const hiddenOf = (opts: FamilyOptions) => opts.hidden ?? (opts.bytes < 256 * 2 ** 20 ? 512 : 1024);
+const torchDtypeOf = (opts: FamilyOptions) => (opts.dtype === 'BF16' ? 'bfloat16' : 'float16');
+
+/** One synthetic Llama-shaped model (the family's base), with a complete config.json: for evaluation benchmarks. */
+export async function writeSyntheticModel(dir: string, opts: FamilyOptions): Promise<{ dir: string; bytes: number; parameters: number }> {
+  const hidden = hiddenOf(opts);
+  const tensors = llamaTensors(opts.bytes, hidden, 2);
+  await writeModel(dir, tensors, opts.shards, opts.dtype, baseValues(opts), { 'config.json': llamaConfig(tensors, hidden, torchDtypeOf(opts)) });
+  const parameters = tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+  return { dir, bytes: 2 * parameters, parameters };
+}
+
+export async function writeSyntheticFamily(root: string, opts: FamilyOptions): Promise<{ base: string; post: string; newbase: string; bytes: number }> {
+  const hidden = hiddenOf(opts);
+  const tensors = llamaTensors(opts.bytes, hidden, 2);
+  const baseValue = baseValues(opts);
   // A variant moves each element a few units in the last place, and about 1 in 64 by a large amount
   // (a sign flip), as fine-tuning does; those large moves are why BF16 deltas usually need F32.
   const variant = (salt: number, spread: number) => (name: string, out: Uint16Array, start: number) => {
     baseValue(name, out, start);
-    const r = rng(seedOf(name) ^ salt ^ start);
+    const r = rng(seedOf(opts, name) ^ salt ^ start);
     const norm = name.endsWith('norm.weight');
     for (let i = 0; i < out.length; i++) {
       const x = r();
@@ -118,16 +161,14 @@ export async function writeSyntheticFamily(root: string, opts: FamilyOptions): P
       if (!norm && (x >>> 26) === 0) out[i] ^= 0x8000;
     }
   };
-  const config = (t: string) =>
-    JSON.stringify({ architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: hidden, torch_dtype: t }, null, 2);
-  const torchDtype = opts.dtype === 'BF16' ? 'bfloat16' : 'float16';
+  const config = llamaConfig(tensors, hidden, torchDtypeOf(opts));
   const chat = JSON.stringify({ chat_template: "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}" });
   const dirs = { base: path.join(root, 'base'), post: path.join(root, 'post'), newbase: path.join(root, 'newbase') };
-  await writeModel(dirs.base, tensors, opts.shards, opts.dtype, baseValue, { 'config.json': config(torchDtype) });
+  await writeModel(dirs.base, tensors, opts.shards, opts.dtype, baseValue, { 'config.json': config });
   await writeModel(dirs.post, tensors, opts.shards + 1, opts.dtype, variant(0x5eed, 3), {
-    'config.json': config(torchDtype),
+    'config.json': config,
     'tokenizer_config.json': chat,
   });
-  await writeModel(dirs.newbase, tensors, opts.shards, opts.dtype, variant(0xba5e, 2), { 'config.json': config(torchDtype) });
+  await writeModel(dirs.newbase, tensors, opts.shards, opts.dtype, variant(0xba5e, 2), { 'config.json': config });
   return { ...dirs, bytes: tensors.reduce((a, t) => a + 2 * t.shape.reduce((x, y) => x * y, 1), 0) };
 }
