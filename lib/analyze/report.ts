@@ -1,0 +1,80 @@
+// The analysis report: figures about one delta (and its similarity to others), as `paramdelta analyze
+// --json` prints them, as the pipeline stores them beside each delta (`analysis.json`), and as the
+// dashboard and `analyze --html` draw them. One schema for all four, so they cannot drift apart.
+import { z } from 'zod';
+
+export const ANALYSIS_FILE = 'analysis.json';
+export const ANALYSIS_FORMAT = 'paramdelta.analysis';
+
+/** What a tensor does, from its name: the groups the charts show. */
+export const TENSOR_KINDS = ['attention', 'mlp', 'norm', 'embedding', 'head', 'other'] as const;
+export type TensorKind = (typeof TENSOR_KINDS)[number];
+
+/** ‖Δ‖ and ‖W‖ (W: the base weights the delta was taken from) over a group, and their ratio. */
+const normsSchema = z.object({
+  deltaNorm: z.number().nonnegative(),
+  weightNorm: z.number().nonnegative(),
+  /** ‖Δ‖ / ‖W‖; 0 when ‖W‖ is 0. */
+  relative: z.number().nonnegative(),
+});
+export type Norms = z.infer<typeof normsSchema>;
+
+const tensorSchema = normsSchema.extend({
+  name: z.string(),
+  /** Decoder layer index, or null for tensors outside the layers (embeddings, final norm, head). */
+  layer: z.number().int().nonnegative().nullable(),
+  kind: z.enum(TENSOR_KINDS),
+  dtype: z.string(),
+  modelDtype: z.string(),
+  elements: z.number().int().nonnegative(),
+  /** Elements the delta's dtype could not hold exactly (lossy --delta-dtype), and the largest error. */
+  rounded: z.number().int().nonnegative(),
+  maxError: z.number().nonnegative(),
+});
+export type TensorAnalysis = z.infer<typeof tensorSchema>;
+
+const layerSchema = normsSchema.extend({
+  layer: z.number().int().nonnegative(),
+  /** The same figures per kind within the layer (kinds absent from the layer are left out). */
+  kinds: z.partialRecord(z.enum(TENSOR_KINDS), normsSchema),
+});
+
+const similaritySchema = z.object({
+  /** The other delta's reference, as given (`--against`) or its registered name in the pipeline. */
+  against: z.string(),
+  /** Σ Δ₁Δ₂ / (‖Δ₁‖‖Δ₂‖) over the tensors both deltas hold with the same shape; 0 where a norm is 0. */
+  cosine: z.number(),
+  sharedTensors: z.number().int().nonnegative(),
+  layers: z.array(z.object({ layer: z.number().int().nonnegative(), cosine: z.number() })),
+  kinds: z.partialRecord(z.enum(TENSOR_KINDS), z.number()),
+});
+export type Similarity = z.infer<typeof similaritySchema>;
+
+export const analysisSchema = z.object({
+  format: z.literal(ANALYSIS_FORMAT),
+  formatVersion: z.literal(1),
+  tool: z.object({ name: z.literal('paramdelta'), version: z.string() }),
+  createdAt: z.string(),
+  delta: z.object({
+    ref: z.string(),
+    layout: z.string(),
+    /** The base and post model types and signatures, from delta.json. */
+    base: z.object({ modelType: z.string().nullable(), signature: z.string() }),
+    post: z.object({ modelType: z.string().nullable(), signature: z.string() }),
+    tensors: z.number().int().nonnegative(),
+    parameters: z.number().int().nonnegative(),
+    /** Every tensor in its plain dtype, and the bytes the delta's shards take as stored. */
+    rawBytes: z.number().int().nonnegative(),
+    storedBytes: z.number().int().nonnegative(),
+    /** Elements per delta dtype. */
+    dtypes: z.record(z.string(), z.number().int().nonnegative()),
+  }),
+  totals: normsSchema,
+  layers: z.array(layerSchema),
+  kinds: z.partialRecord(z.enum(TENSOR_KINDS), normsSchema.extend({ tensors: z.number().int().nonnegative() })),
+  tensors: z.array(tensorSchema),
+  /** True when any tensor was rounded (a lossy delta dtype): the charts then show rounding counts. */
+  lossy: z.boolean(),
+  similarity: z.array(similaritySchema),
+});
+export type DeltaAnalysis = z.infer<typeof analysisSchema>;
