@@ -80,7 +80,7 @@ describe('durability', () => {
       ).rejects.toThrow(/simulated I\/O failure/);
       // When the read failed, the first shard was in the staging folder, non-empty, and nothing marked the output complete.
       expect(atFailure).not.toBeNull();
-      const staged = atFailure!.filter((f) => /^\.delta\.partial-[0-9a-f]+\/delta-00001-of-\d+\.safetensors$/.test(f.file));
+      const staged = atFailure!.filter((f) => /^\.delta\.partial-[0-9a-f]+\/delta-00001-of-\d+\.(safetensors|pdelta)$/.test(f.file));
       expect(staged).toHaveLength(1);
       expect(staged[0].bytes).toBeGreaterThan(0);
       expect(atFailure!.some((f) => f.file.endsWith('delta.json') || f.file.endsWith('.index.json'))).toBe(false);

@@ -30,7 +30,8 @@ const editJson = (edit: (j: any) => unknown) => (text: string) => JSON.stringify
 beforeAll(async () => {
   tmp = await mkdtemp(path.join(tmpdir(), 'paramdelta-malformed-'));
   goodDelta = path.join(tmp, 'good-delta');
-  const r = await runCli(['compute', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--out', goodDelta]);
+  // The plain layout: these cases edit its index and shards (compact shards have their own damage tests).
+  const r = await runCli(['compute', '--base', `${BF16}/base`, '--post', `${BF16}/post`, '--out', goodDelta, '--delta-format', 'safetensors']);
   expect(r.code).toBe(0);
   vi.restoreAllMocks();
 });

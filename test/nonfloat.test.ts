@@ -38,7 +38,8 @@ describe('non-float tensors', () => {
     withTempDir(async (tmp) => {
       for (const [name, m] of Object.entries({ base, post, newbase })) await writeCheckpoint(path.join(tmp, name), tensors(m));
       const d = path.join(tmp, 'delta');
-      const c = await runCli(['compute', '--base', path.join(tmp, 'base'), '--post', path.join(tmp, 'post'), '--out', d]);
+      // The plain layout, so the test reads the delta's tensors as safetensors.
+      const c = await runCli(['compute', '--base', path.join(tmp, 'base'), '--post', path.join(tmp, 'post'), '--out', d, '--delta-format', 'safetensors']);
       expect(c.stderr).toBe('');
       expect(c.code).toBe(0);
       expect(c.stdout).toContain('non-float tensors checked equal and left out: ids, mask, flag');

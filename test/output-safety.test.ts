@@ -23,7 +23,8 @@ import { planDelta } from '../functions/activities/planDelta.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 const USER_CONTAINERS = ['models', 'deltas', 'base-models', 'posted-models'];
-const DELTA_FILES = ['delta-00001-of-00001.safetensors', 'delta.json', 'delta.safetensors.index.json', 'tokenizer_config.json'];
+// compute writes the compact layout by default: shards and delta.json, no index.
+const DELTA_FILES = ['delta-00001-of-00001.pdelta', 'delta.json', 'tokenizer_config.json'];
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
@@ -153,7 +154,7 @@ describe('local folders, through the CLI', () => {
       const d2 = path.join(tmp, 'd2');
       await cp(d, d2, { recursive: true });
       const snapshot2 = await hashTree(tmp);
-      await expectRefused(await runCli(['apply', '--base', c, '--delta', d, '--out', d2, '--force']), /holds delta-00001-of-00001\.safetensors, delta\.json.*which paramdelta does not write into a model folder/);
+      await expectRefused(await runCli(['apply', '--base', c, '--delta', d, '--out', d2, '--force']), /holds delta-00001-of-00001\.pdelta, delta\.json.*which paramdelta does not write into a model folder/);
       expect(await hashTree(tmp)).toEqual(snapshot2);
       expect(Object.fromEntries(Object.entries(snapshot2).filter(([f]) => !f.startsWith('d2')))).toEqual(snapshot);
 
@@ -200,7 +201,7 @@ describe('local folders, through the CLI', () => {
         spy.mockRestore();
       }
       const files = (await readdir(d)).sort();
-      const shards = files.filter((f) => f.endsWith('.safetensors'));
+      const shards = files.filter((f) => f.endsWith('.pdelta'));
       expect(shards.length).toBeGreaterThan(1);
       const staging = path.dirname(synced[0]);
       expect(path.basename(staging)).toMatch(/^\.d\.partial-[0-9a-f]{8}$/);
@@ -213,7 +214,6 @@ describe('local folders, through the CLI', () => {
       }
       const marker = at('delta.json');
       for (const s of shards) expect(at(s)).toBeLessThan(marker);
-      expect(at('delta.safetensors.index.json')).toBeLessThan(marker);
       // The rename of the staging folder into place, then its parent.
       expect(synced.slice(marker + 2)).toEqual([tmp]);
       expect(synced).toHaveLength(2 * files.length + 1);

@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { InvocationContext, type EventGridEvent } from '@azure/functions';
 import { fixturesDir } from './helpers/fixtures.js';
-import { loadTensors, withTempDir, writeCheckpoint, type LoadedTensor } from './helpers/models.js';
+import { loadDelta, loadTensors, withTempDir, writeCheckpoint, type LoadedTensor } from './helpers/models.js';
 import { downloadFolder, listNames, uploadFolder } from './helpers/blob.js';
 import { decodeFloats, encodeFloats, roundTo } from './helpers/floats.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
@@ -12,7 +12,6 @@ import { startServe, type ServeHandle } from '../cli/host/serve.js';
 import type { ActivityFn, InstanceStatus } from '../cli/host/runtime.js';
 import { baseModelUploaded } from '../functions/triggers/baseModelUploaded.js';
 import type { ShardDone, ShardTask } from '../functions/contracts.js';
-import { DELTA_LAYOUT } from '../lib/ops/manifest.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 const F32 = path.join(fixturesDir, 'tiny-llama-f32');
@@ -147,7 +146,7 @@ describe('pipeline paths (paramdelta serve on Azurite)', () => {
     await withTempDir(async (tmp) => {
       await download('deltas/chat', tmp);
       const want = await loadTensors(path.join(BF16, 'expected/delta-post'));
-      await expectTensors(await loadTensors(tmp, DELTA_LAYOUT), new Map([...want].map(([n, t]) => [n, t])));
+      await expectTensors(await loadDelta(tmp), new Map([...want].map(([n, t]) => [n, t])));
     });
     await expectModel('posted-models/twice', await loadTensors(path.join(BF16, 'expected/apply-post-1.0')));
   });

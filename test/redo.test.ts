@@ -86,7 +86,7 @@ async function computeInto(tmp: string, out: Store): Promise<{ truncates: { to: 
   await writeCheckpoint(path.join(tmp, 'post'), post);
   const env = { ...localEnv, bufferBytes: CHUNK_BUFFER };
   const truncates: { to: number; written: number }[] = [];
-  const plan = await prepareCompute(env, path.join(tmp, 'base'), path.join(tmp, 'post'), { shardSize: 5e9 });
+  const plan = await prepareCompute(env, path.join(tmp, 'base'), path.join(tmp, 'post'), { shardSize: 5e9, format: 'safetensors' } /* the plain layout's redo: compact recomputes chunks in memory */);
   const sink = recordTruncates(out, truncates);
   const results = [];
   for (let i = 0; i < plan.shards.length; i++) results.push(await executeComputeShard(plan, i, env, sink));
