@@ -236,11 +236,18 @@ export async function removePrefix(service: BlobServiceClient, container: string
 /** Files written by the pipeline but not by the CLI, which an uninterrupted CLI run cannot be compared with. */
 const PIPELINE_ONLY = new Set(['registration.json']);
 
-/** delta.json records its creation time; "byte for byte" leaves timestamps out. */
+/**
+ * delta.json and paramdelta.json record their creation time, and paramdelta.json the references of
+ * its inputs (which differ from run to run here): "byte for byte" leaves those out.
+ */
 function comparable(file: string, bytes: Buffer): Buffer {
-  if (file !== 'delta.json') return bytes;
+  if (file !== 'delta.json' && file !== 'paramdelta.json') return bytes;
   const j = JSON.parse(bytes.toString('utf8'));
   delete j.createdAt;
+  if (file === 'paramdelta.json') {
+    delete j.base;
+    j.deltas = j.deltas.map((d: { scale: number }) => d.scale);
+  }
   return Buffer.from(JSON.stringify(j));
 }
 
