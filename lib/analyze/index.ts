@@ -2,3 +2,4 @@
 export { analyzeDelta, type AnalyzeOptions } from './analyze.js';
 export { kindOf, layerOf } from './kinds.js';
 export * from './report.js';
+export { writeAnalysis } from './write.js';
