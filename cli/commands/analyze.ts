@@ -3,7 +3,7 @@ import { analyzeDelta, TENSOR_KINDS, type DeltaAnalysis, type Norms } from '../.
 import { InputError } from '../../lib/errors.js';
 import { formatBytes } from '../../lib/ops/sizes.js';
 import { Progress } from '../progress.js';
-import { commandEnv, kernelsOption, print, storageOption } from '../common.js';
+import { commandEnv, print, storageOption } from '../common.js';
 
 const num = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4 ? x.toFixed(4) : x.toExponential(3));
 const ratio = (n: Norms) => num(n.relative);
@@ -63,7 +63,6 @@ export function registerAnalyze(program: Command): void {
     .option('--top <n>', 'tensors listed in the text output', '10')
     .option('--json', 'print the analysis report (the analysis.json schema)')
     .addOption(storageOption())
-    .addOption(kernelsOption())
     .action(async (deltaRef: string, o) => {
       const top = Number(o.top);
       if (!Number.isInteger(top) || top < 0) throw new InputError(`--top must be a whole number, not ${JSON.stringify(o.top)}`);
