@@ -16,7 +16,7 @@ export function analysisText(a: DeltaAnalysis, top = 10): string {
   lines.push(`delta ${d.ref}: ${d.layout} layout, ${d.tensors} tensors, ${d.parameters} parameters`);
   lines.push(
     `stored ${formatBytes(d.storedBytes)} (${(d.storedBytes / Math.max(1, d.rawBytes)).toFixed(3)}× the raw delta, ${formatBytes(d.rawBytes)}); dtypes ${Object.entries(d.dtypes)
-      .map(([t, n]) => `${t} ${((100 * n) / elements).toFixed(1)}%`)
+      .map(([t, n]) => `${t} ${n > 0 && n < elements / 1000 ? '<0.1' : ((100 * n) / elements).toFixed(1)}%`)
       .join(', ')}`,
   );
   lines.push(`‖Δ‖ ${num(a.totals.deltaNorm)}, ‖W‖ ${num(a.totals.weightNorm)}, ‖Δ‖/‖W‖ ${ratio(a.totals)}`);
