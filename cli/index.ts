@@ -13,6 +13,7 @@ import { registerServe } from './commands/serve.js';
 import { registerDemo } from './commands/demo.js';
 import { registerTransfer } from './commands/transfer.js';
 import { registerEval } from './commands/eval.js';
+import { registerAnalyze } from './commands/analyze.js';
 
 export function buildProgram(): Command {
   const program = new Command('paramdelta')
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   registerServe(program);
   registerDemo(program, main);
   registerEval(program);
+  registerAnalyze(program);
   return program;
 }
 

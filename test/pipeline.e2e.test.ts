@@ -11,6 +11,9 @@ import { historyEventNames, type ActivityFn } from '../cli/host/runtime.js';
 import { InvocationContext, type EventGridEvent } from '@azure/functions';
 import { baseModelUploaded } from '../functions/triggers/baseModelUploaded.js';
 import { DELTA_LAYOUT, DELTA_MANIFEST } from '../lib/ops/manifest.js';
+import { ANALYSIS_FILE, analysisSchema, type DeltaAnalysis } from '../lib/analyze/report.js';
+import { KIND_TAG } from '../lib/storage/types.js';
+import { decodeFloats } from './helpers/floats.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 let azurite: Azurite;
@@ -60,6 +63,41 @@ async function expectDelta(ref: string, expected: string, layout: 'compact' | 's
   });
 }
 
+/** Values of a fixture checkpoint's tensors, widened to float64 by the test's own decoder. */
+async function values(dir: string): Promise<Map<string, number[]>> {
+  const out = new Map<string, number[]>();
+  for (const [name, t] of await loadTensors(dir)) out.set(name, decodeFloats(t.dtype, t.bytes));
+  return out;
+}
+
+/**
+ * Each delta has its analysis.json, tagged as part of the delta, with ‖Δ‖ and ‖W‖ computed here from the
+ * fixtures; the later of the two to finish lists the other, with their cosine.
+ */
+async function expectAnalyses() {
+  const deltas = service.getContainerClient('deltas');
+  const read = async (name: string): Promise<DeltaAnalysis> => {
+    const blob = deltas.getBlobClient(`${name}/${ANALYSIS_FILE}`);
+    expect((await blob.getProperties()).metadata?.[KIND_TAG]).toBe('delta');
+    return analysisSchema.parse(JSON.parse((await blob.downloadToBuffer()).toString('utf8')));
+  };
+  const [chat, chat2] = [await read('chat'), await read('chat2')];
+  const [base, d1, d2] = await Promise.all(['base', 'expected/delta-post', 'expected/delta-post2'].map((d) => values(path.join(BF16, d))));
+  const sq = (m: Map<string, number[]>) => [...m.values()].flat().reduce((a, x) => a + x * x, 0);
+  const near = (got: number, want: number) => expect(Math.abs(got - want)).toBeLessThanOrEqual(1e-12 * want);
+  near(chat.totals.deltaNorm, Math.sqrt(sq(d1)));
+  near(chat2.totals.deltaNorm, Math.sqrt(sq(d2)));
+  near(chat.totals.weightNorm, Math.sqrt(sq(base)));
+  let dot = 0;
+  for (const [name, a] of d1) a.forEach((x, i) => (dot += x * d2.get(name)![i]));
+  const pair = [...chat.similarity.filter((s) => s.against === 'chat2'), ...chat2.similarity.filter((s) => s.against === 'chat')];
+  expect(pair.length).toBeGreaterThanOrEqual(1);
+  for (const s of pair) {
+    expect(s.sharedTensors).toBe(d1.size);
+    expect(Math.abs(s.cosine - dot / Math.sqrt(sq(d1) * sq(d2)))).toBeLessThan(1e-12);
+  }
+}
+
 async function expectModel(ref: string, expectedDir: string) {
   await withTempDir(async (tmp) => {
     const [container, ...rest] = ref.split('/');
@@ -106,6 +144,7 @@ describe('pipeline through the local host (paramdelta serve) on Azurite', () => 
     expect(callsOf('finalizeDelta', (i) => i.output === 'deltas/chat')).toHaveLength(1);
     await expectDelta('deltas/chat', path.join(BF16, 'expected/delta-post'), 'compact');
     await expectDelta('deltas/chat2', path.join(BF16, 'expected/delta-post2'), 'safetensors');
+    await expectAnalyses();
 
     const list = await api('GET', 'deltas');
     expect(list.json.deltas.map((d: any) => [d.name, d.autoApply])).toEqual([['chat', true], ['chat2', false]]);

@@ -1,12 +1,17 @@
 import { finalizeCompute, type ComputeShardResult } from '../../lib/ops/compute.js';
 import type { ComputePlan } from '../../lib/ops/plan.js';
-import { REGISTRATION_FILE, type Registration } from '../../lib/ops/registry.js';
+import { REGISTRATION_FILE, listDeltas, type Registration } from '../../lib/ops/registry.js';
+import { ANALYSIS_FILE, writeAnalysis } from '../../lib/analyze/index.js';
 import { outputTags } from '../../lib/ops/outputs.js';
 import type { ComputeDeltaInput } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
 import * as register from '../app.js';
 
-/** Writes the delta index, the chat files, the registration, and delta.json last. */
+/**
+ * Writes the delta index, the chat files, the registration, and delta.json last; then analysis.json, with
+ * the similarity to every other delta registered on the same base. The delta is complete without its
+ * analysis: a failed analysis is reported in the result, not as a failed run.
+ */
 export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; planHash: string }) {
   const p = pipeline();
   const run = p.run<ComputePlan, ComputeShardResult>(input.runId);
@@ -21,12 +26,24 @@ export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; 
   const registration: Registration = { autoApply: input.autoApply };
   await out.writeFile(REGISTRATION_FILE, JSON.stringify(registration) + '\n', { metadata: outputTags('delta') });
   const manifest = await finalizeCompute(plan, results, p.env, out);
+  let analysis: string;
+  try {
+    const { deltas } = await listDeltas(p.deltas(), p.env.resolve);
+    const against = deltas
+      .filter((d) => d.name !== input.name && d.manifest.base.signature === manifest.base.signature)
+      .map((d) => ({ ref: d.ref, label: d.name }));
+    await writeAnalysis(p.env, input.output, { against });
+    analysis = ANALYSIS_FILE;
+  } catch (e) {
+    analysis = `not written: ${(e as Error).message}`;
+  }
   return {
     delta: input.output,
     shards: manifest.shards.length,
     tensors: Object.keys(manifest.tensors).length,
     bytes: manifest.shards.reduce((a, s) => a + s.bytes, 0),
     rounded: Object.values(manifest.tensors).reduce((a, t) => a + t.rounded, 0),
+    analysis,
   };
 }
 

@@ -68,6 +68,12 @@ export const analysisSchema = z.object({
     storedBytes: z.number().int().nonnegative(),
     /** Elements per delta dtype. */
     dtypes: z.record(z.string(), z.number().int().nonnegative()),
+    /**
+     * Optional (added by analyze): tensors per source of ‖W‖: streamed from the base (`base`), recorded in
+     * delta.json (`recorded`), derived as ‖Δ‖/relNorm from an older delta.json (`relNorm`), or not knowable
+     * without the base (`unknown`: a zero delta in an older delta.json; counted as 0).
+     */
+    weightNormSources: z.partialRecord(z.enum(['base', 'recorded', 'relNorm', 'unknown']), z.number().int().nonnegative()).optional(),
   }),
   totals: normsSchema,
   layers: z.array(layerSchema),

@@ -121,6 +121,8 @@ function tensorEntry(t: ComputeTensorPlan, file: string, dtype: FloatDType, st: 
     rounded: st.rounded,
     maxError: st.maxError,
     relNorm: st.sumSqBase > 0 ? Math.sqrt(st.sumSqDelta / st.sumSqBase) : 0,
+    deltaNorm: Math.sqrt(st.sumSqDelta),
+    baseNorm: Math.sqrt(st.sumSqBase),
   };
 }
 

@@ -59,6 +59,9 @@ const deltaTensorSchema = z.object({
   maxError: z.number().nonnegative(),
   /** ‖Δ‖ / ‖base‖ over finite elements (0 when base is all zero). */
   relNorm: z.number().nonnegative(),
+  /** ‖Δ‖ and ‖base‖ over finite elements, in float64 (absent in deltas written before analysis existed). */
+  deltaNorm: z.number().nonnegative().optional(),
+  baseNorm: z.number().nonnegative().optional(),
   /** Compact layout: the tensor's frames, and its chunks decoded (each chunk in the smallest exact dtype). */
   compressedBytes: z.number().int().nonnegative().optional(),
   rawBytes: z.number().int().nonnegative().optional(),

@@ -9,6 +9,7 @@ import {
 } from './manifest.js';
 import { REGISTRATION_FILE } from './registry.js';
 import { COMPACT_EXTENSION } from '../codec/format.js';
+import { ANALYSIS_FILE } from '../analyze/report.js';
 
 export type OutputKindName = 'delta' | 'model';
 
@@ -25,7 +26,7 @@ export const OUTPUT_KINDS: Record<OutputKindName, OutputKind> = {
   delta: kind('delta', {
     marker: DELTA_MANIFEST,
     manifest: { file: DELTA_MANIFEST, format: DELTA_FORMAT },
-    names: [DELTA_MANIFEST, DELTA_LAYOUT.index, REGISTRATION_FILE, ...CHAT_FILES],
+    names: [DELTA_MANIFEST, DELTA_LAYOUT.index, REGISTRATION_FILE, ANALYSIS_FILE, ...CHAT_FILES],
     patterns: [shardPattern(DELTA_SHARD_STEM), shardPattern(DELTA_SHARD_STEM, COMPACT_EXTENSION)],
   }),
   /** `apply` and the pipeline's applyDeltas. */

@@ -1,0 +1,80 @@
+import type { Command } from 'commander';
+import { analyzeDelta, TENSOR_KINDS, type DeltaAnalysis, type Norms } from '../../lib/analyze/index.js';
+import { InputError } from '../../lib/errors.js';
+import { formatBytes } from '../../lib/ops/sizes.js';
+import { Progress } from '../progress.js';
+import { commandEnv, print, storageOption } from '../common.js';
+
+const num = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4 ? x.toFixed(4) : x.toExponential(3));
+const ratio = (n: Norms) => num(n.relative);
+
+/** The analysis as a few short tables: totals, by layer and kind, the top tensors, and similarity. */
+export function analysisText(a: DeltaAnalysis, top = 10): string {
+  const d = a.delta;
+  const lines: string[] = [];
+  const elements = Object.values(d.dtypes).reduce((x, y) => x + y, 0) || 1;
+  lines.push(`delta ${d.ref}: ${d.layout} layout, ${d.tensors} tensors, ${d.parameters} parameters`);
+  lines.push(
+    `stored ${formatBytes(d.storedBytes)} (${(d.storedBytes / Math.max(1, d.rawBytes)).toFixed(3)}× the raw delta, ${formatBytes(d.rawBytes)}); dtypes ${Object.entries(d.dtypes)
+      .map(([t, n]) => `${t} ${n > 0 && n < elements / 1000 ? '<0.1' : ((100 * n) / elements).toFixed(1)}%`)
+      .join(', ')}`,
+  );
+  lines.push(`‖Δ‖ ${num(a.totals.deltaNorm)}, ‖W‖ ${num(a.totals.weightNorm)}, ‖Δ‖/‖W‖ ${ratio(a.totals)}`);
+  const rounded = a.tensors.filter((t) => t.rounded > 0);
+  if (a.lossy) lines.push(`lossy: ${rounded.reduce((x, t) => x + t.rounded, 0)} elements rounded in ${rounded.length} tensors (largest error ${num(Math.max(...rounded.map((t) => t.maxError)))})`);
+  const src = d.weightNormSources ?? {};
+  if (src.unknown) lines.push(`note: ‖W‖ of ${src.unknown} tensors is unknown (an older delta.json without base norms, and a zero delta there); pass --base for exact figures`);
+
+  const kinds = TENSOR_KINDS.filter((k) => a.layers.some((l) => l.kinds[k]));
+  if (a.layers.length) {
+    lines.push('', `‖Δ‖/‖W‖ by layer`, ['layer'.padStart(5), 'all'.padStart(10), ...kinds.map((k) => k.padStart(10))].join('  '));
+    for (const l of a.layers) lines.push([String(l.layer).padStart(5), ratio(l).padStart(10), ...kinds.map((k) => (l.kinds[k] ? ratio(l.kinds[k]) : '-').padStart(10))].join('  '));
+  }
+  lines.push('', 'by kind', `${'kind'.padEnd(10)}  ${'tensors'.padStart(7)}  ${'‖Δ‖'.padStart(10)}  ${'‖W‖'.padStart(10)}  ${'‖Δ‖/‖W‖'.padStart(10)}`);
+  for (const k of TENSOR_KINDS) {
+    const g = a.kinds[k];
+    if (g) lines.push(`${k.padEnd(10)}  ${String(g.tensors).padStart(7)}  ${num(g.deltaNorm).padStart(10)}  ${num(g.weightNorm).padStart(10)}  ${ratio(g).padStart(10)}`);
+  }
+  const ranked = [...a.tensors].sort((x, y) => y.relative - x.relative).slice(0, top);
+  if (ranked.length) {
+    const w = Math.min(60, Math.max(4, ...ranked.map((t) => t.name.length)));
+    lines.push('', `top ${ranked.length} tensors by ‖Δ‖/‖W‖`, `${'name'.padEnd(w)}  ${'kind'.padEnd(9)}  ${'‖Δ‖/‖W‖'.padStart(10)}  ${'‖Δ‖'.padStart(10)}${a.lossy ? '  rounded' : ''}`);
+    for (const t of ranked) lines.push(`${t.name.padEnd(w)}  ${t.kind.padEnd(9)}  ${ratio(t).padStart(10)}  ${num(t.deltaNorm).padStart(10)}${a.lossy ? `  ${String(t.rounded).padStart(7)}` : ''}`);
+  }
+  if (a.similarity.length) {
+    lines.push('', 'cosine similarity');
+    for (const s of a.similarity) {
+      lines.push(`  ${s.against}: ${num(s.cosine)} over ${s.sharedTensors} shared tensors`);
+      const byKind = TENSOR_KINDS.filter((k) => s.kinds[k] !== undefined).map((k) => `${k} ${num(s.kinds[k]!)}`);
+      if (byKind.length) lines.push(`    by kind: ${byKind.join(', ')}`);
+      if (s.layers.length) lines.push(`    by layer: ${s.layers.map((l) => `${l.layer} ${num(l.cosine)}`).join(', ')}`);
+    }
+  }
+  return lines.join('\n');
+}
+
+export function registerAnalyze(program: Command): void {
+  program
+    .command('analyze')
+    .description('norms of a delta (‖Δ‖/‖W‖ by tensor, layer and kind), rounding, sizes, and cosine similarity with other deltas')
+    .argument('<delta>', 'a delta folder (either layout): a path, az://container/prefix or hf://owner/name')
+    .option('--against <delta>', 'another delta to compare with (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option('--base <dir>', "the delta's original base, streamed for ‖W‖ when delta.json does not record base norms (older deltas)")
+    .option('--top <n>', 'tensors listed in the text output', '10')
+    .option('--json', 'print the analysis report (the analysis.json schema)')
+    .addOption(storageOption())
+    .action(async (deltaRef: string, o) => {
+      const top = Number(o.top);
+      if (!Number.isInteger(top) || top < 0) throw new InputError(`--top must be a whole number, not ${JSON.stringify(o.top)}`);
+      const progress = new Progress(process.stderr.isTTY && !o.json);
+      const refs = [deltaRef, ...o.against, ...(o.base ? [o.base] : [])];
+      const env = commandEnv(o, progress, refs);
+      try {
+        const a = await analyzeDelta(env, deltaRef, { against: o.against, base: o.base, onStart: (bytes) => bytes > 0 && progress.start('analyze', bytes) });
+        progress.stop();
+        print(o, analysisText(a, top), a);
+      } finally {
+        progress.stop();
+      }
+    });
+}
