@@ -51,7 +51,7 @@ async function freePorts(n: number): Promise<number[]> {
 export const STANDARD_PORTS = [10000, 10001, 10002] as const;
 
 /** Whether nothing listens on `port` on the loopback address (binding it succeeds). */
-function isFree(port: number): Promise<boolean> {
+export function isPortFree(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = createServer();
     s.once('error', () => resolve(false));
@@ -78,7 +78,7 @@ export function parseAzuritePorts(text: string, flag = '--azurite-ports'): Azuri
 async function choosePorts(want: AzuritePorts): Promise<{ ports: number[]; standard: boolean }> {
   if (Array.isArray(want)) return { ports: [...want], standard: STANDARD_PORTS.every((p, i) => want[i] === p) };
   if (want === 'standard') {
-    const free = await Promise.all(STANDARD_PORTS.map(isFree));
+    const free = await Promise.all(STANDARD_PORTS.map(isPortFree));
     if (free.every(Boolean)) return { ports: [...STANDARD_PORTS], standard: true };
   }
   return { ports: await freePorts(3), standard: false };
