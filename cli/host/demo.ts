@@ -62,8 +62,9 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
   const rel = (p: string) => path.relative(process.cwd(), p) || '.';
   const abort = new AbortController();
   const onSignal = () => abort.abort();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  // Held until the end, so a second Ctrl-C does not cut the clean-up short.
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const sleep = (ms: number) =>
     new Promise<void>((resolve, reject) => {
       if (abort.signal.aborted) return reject(new Interrupted());
@@ -190,7 +191,8 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
     }
     return { same: differences.length === 0, differences, interrupted: false };
   } catch (e) {
-    if (e instanceof Interrupted) {
+    // A terminal's Ctrl-C reaches Azurite too, so what fails after it is the interruption.
+    if (e instanceof Interrupted || abort.signal.aborted) {
       say('\ninterrupted');
       return { same: false, differences: [], interrupted: true };
     }
