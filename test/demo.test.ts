@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { withTempDir } from './helpers/models.js';
 import { runCli } from './helpers/cli.js';
-import { isAlive } from '../cli/host/azurite.js';
+import { isAlive, portsNote, startAzurite, STANDARD_PORTS } from '../cli/host/azurite.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const CLI = path.join(root, 'dist/cli/index.js');
@@ -119,5 +119,32 @@ describe('npm run demo: the pipeline demo', () => {
       expect(r.stderr).toMatch(/--dir .*mine: holds notes\.txt, which the demo did not write/);
       expect((await readdir(dir)).sort()).toEqual(['family', 'notes.txt']);
       expect(await readdir(path.join(dir, 'family'))).toEqual([]);
+      const ports = await runCli(['demo', '--dir', path.join(tmp, 'other'), '--azurite-ports', '1,2']);
+      expect(ports.code).toBe(2);
+      expect(ports.stderr).toMatch(/--azurite-ports: "1,2" is not "standard", "free" or three different ports/);
     }));
+});
+
+describe("serve's Azurite ports", () => {
+  it('takes free ports when a standard one is taken, and says so', async () => {
+    // Hold 10000 (when nobody else does) so the standard ports are not all free, whoever runs this.
+    const holder = createServer();
+    await new Promise<void>((r) => {
+      holder.once('error', () => r());
+      holder.listen(STANDARD_PORTS[0], '127.0.0.1', () => r());
+    });
+    try {
+      const a = await startAzurite({ ports: 'standard' });
+      try {
+        expect(a.standardPorts).toBe(false);
+        expect([a.blobPort, a.queuePort, a.tablePort].some((p) => (STANDARD_PORTS as readonly number[]).includes(p))).toBe(false);
+        expect(a.connectionString).toContain(`BlobEndpoint=http://127.0.0.1:${a.blobPort}/devstoreaccount1`);
+        expect(portsNote(a, 'standard')).toBe(`blob ${a.blobPort}, queue ${a.queuePort}, table ${a.tablePort}: the standard ports 10000, 10001, 10002 were taken`);
+      } finally {
+        await a.stop();
+      }
+    } finally {
+      await new Promise<void>((r) => (holder.listening ? holder.close(() => r()) : r()));
+    }
+  });
 });
