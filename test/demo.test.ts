@@ -55,6 +55,12 @@ describe('npm run demo: the pipeline demo', () => {
   it('runs the event-driven flow, ends with the byte-for-byte check, and stops what it started', () =>
     withTempDir(async (tmp) => {
       const [servePort, blob, queue, table] = await freePorts(4);
+      // An earlier run of another size left a longer posted model: none of it may linger into this run's check.
+      await mkdir(path.join(tmp, 'out', 'posted'), { recursive: true });
+      await writeFile(path.join(tmp, 'out', '.paramdelta-demo.json'), JSON.stringify({ format: 'paramdelta.demo' }));
+      const stale = 'model-00009-of-00009.safetensors';
+      await writeFile(path.join(tmp, 'out', 'posted', '.paramdelta-download.json'), JSON.stringify({ format: 'paramdelta.download', source: 'az://posted-models/demo-next/demo-chat', files: [stale] }));
+      await writeFile(path.join(tmp, 'out', 'posted', stale), 'old');
       const r = await demo(tmp, ['--size', '1MiB', '--dir', 'out', '--port', String(servePort), '--azurite-ports', `${blob},${queue},${table}`]);
       expect(r.code, r.out).toBe(0);
       const out = r.out;
@@ -84,6 +90,7 @@ describe('npm run demo: the pipeline demo', () => {
       const names = (await readdir(expected)).filter((f) => f !== 'paramdelta.json').sort();
       expect(names.filter((f) => f.endsWith('.safetensors')).length).toBeGreaterThan(1);
       for (const f of names) expect((await readFile(path.join(posted, f))).equals(await readFile(path.join(expected, f))), f).toBe(true);
+      expect((await readdir(posted)).filter((f) => !f.startsWith('.')).sort()).toEqual([...names, 'paramdelta.json'].sort());
       const strip = async (d: string) => {
         const { createdAt, base, deltas, ...rest } = JSON.parse(await readFile(path.join(d, 'paramdelta.json'), 'utf8'));
         return { ...rest, scales: deltas.map((x: { scale: number }) => x.scale), stamped: typeof createdAt === 'string' && typeof base === 'string' };

@@ -127,7 +127,9 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
     // 2. A generated family: base and post go into `models`, the new base waits locally.
     step(2, `write a generated model family into ${c.models}`);
     const familyDir = path.join(dir, 'family');
-    await rm(familyDir, { recursive: true, force: true });
+    // The demo's folder is its own (checked and tagged): an earlier run's family and downloads go,
+    // so files of another size cannot linger beside this run's (a download never deletes).
+    for (const d of ['family', 'posted', 'delta']) await rm(path.join(dir, d), { recursive: true, force: true });
     const fam = await writeSyntheticFamily(familyDir, { dtype: 'BF16', bytes: o.bytes, shards: 2, hidden: hiddenFor(o.bytes) });
     say(`   base, post and newbase, ${formatBytes(fam.bytes)} each, under ${rel(familyDir)}`);
     await send(new LocalStore(fam.base), resolve(`az://${c.models}/demo/base`));
@@ -216,6 +218,7 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
     let lastChild = '';
     const unit = childId ? 'deltas' : 'shards';
     let firstSeen = 0;
+    let childSeen = 0;
     const get = async (runIdOf: string): Promise<RunStatus | null> => {
       const res = await fetch(`${serve!.url}/api/runs/${encodeURIComponent(runIdOf)}`);
       if (res.status === 404) {
@@ -225,10 +228,10 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
       if (!res.ok) throw new Error(`GET /api/runs/${runIdOf} answered ${res.status}: ${await res.text()}`);
       return (await res.json()) as RunStatus;
     };
-    const line = (name: string, s: RunStatus, unit: string) => {
+    const line = (name: string, s: RunStatus, unit: string, since: number) => {
       const p = s.progress;
       if (!p) return `${name}: ${s.status}`;
-      const rate = p.bytesDone > 0 && firstSeen ? `, ${formatBytes(p.bytesDone / Math.max(1e-3, (Date.now() - firstSeen) / 1000))}/s` : '';
+      const rate = p.bytesDone > 0 ? `, ${formatBytes(p.bytesDone / Math.max(1e-3, (Date.now() - since) / 1000))}/s` : '';
       const bytes = p.bytesTotal > 0 ? `, ${formatBytes(p.bytesDone)} of ${formatBytes(p.bytesTotal)}${rate}` : '';
       return `${name}: ${s.status}, ${p.phase}, ${unit} ${p.shardsDone}/${p.shardsTotal}${bytes}`;
     };
@@ -239,14 +242,15 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
         // A line each time a run's status or progress moves (the rate alone does not count); the child's first.
         const child = childId ? await get(childId) : null;
         const childKey = child ? JSON.stringify([child.status, child.progress]) : '';
+        if (child && !childSeen) childSeen = Date.now();
         if (child && childKey !== lastChild) {
           lastChild = childKey;
-          say(`     ${line(`applyDeltas (${DELTA})`, child, 'shards')}`);
+          say(`     ${line(`applyDeltas (${DELTA})`, child, 'shards', childSeen)}`);
         }
         const key = JSON.stringify([s.status, s.progress]);
         if (key !== last) {
           last = key;
-          say(`   ${line(label, s, unit)}`);
+          say(`   ${line(label, s, unit, firstSeen)}`);
         }
         if (FINAL.includes(s.status)) {
           if (s.status !== 'Completed') throw new Error(`${label} run ${id} ${s.status}: ${s.error ?? ''}`);
