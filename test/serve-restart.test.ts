@@ -34,7 +34,7 @@ const folders: string[] = [];
 
 /** Starts `paramdelta serve` from dist/ and waits for it to print its address and storage. */
 async function startServe(dataDir: string): Promise<Serve> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data-dir', dataDir], {
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data-dir', dataDir, '--azurite-ports', 'free'], {
     // Small shards make a re-post many activities long, so a kill lands in the middle of it.
     env: { ...process.env, AzureWebJobsStorage: '', PARAMDELTA_SHARD_SIZE: '30000', PARAMDELTA_BUFFER_BYTES: '65536' },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -198,7 +198,7 @@ describe('paramdelta serve killed with SIGKILL in the middle of a re-post', () =
 
     // A second serve on a folder in use is refused, without starting anything.
     const record = await readRecord(dataDir);
-    const second = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data-dir', dataDir], { env: { ...process.env, AzureWebJobsStorage: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const second = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data-dir', dataDir, '--azurite-ports', 'free'], { env: { ...process.env, AzureWebJobsStorage: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
     spawned.push(second);
     let err = '';
     second.stderr!.on('data', (d) => (err += d));

@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import path from 'node:path';
-import { cp, readdir, readFile, rm } from 'node:fs/promises';
+import { cp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { fixturesDir } from './helpers/fixtures.js';
@@ -10,7 +10,7 @@ import { runCli } from './helpers/cli.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
 import { LocalStore } from '../lib/storage/local.js';
 import { BlobStore } from '../lib/storage/blob.js';
-import { planTransfer, transfer } from '../lib/storage/transfer.js';
+import { DOWNLOAD_TAG, planTransfer, transfer } from '../lib/storage/transfer.js';
 import type { ByteSource, ShardOptions, ShardSink, Store } from '../lib/storage/types.js';
 
 const BASE = path.join(fixturesDir, 'tiny-llama-bf16', 'base');
@@ -128,4 +128,58 @@ describe('upload and download', () => {
       expect(notModel.stderr).toMatch(/not a checkpoint or delta folder/);
       expect((await run(['upload', 'az://models/x', 'az://models/y'])).code).toBe(2);
     }));
+
+  it('download writes only into a new or empty folder, or an earlier download of the same source; --force writes into another, deleting nothing', () =>
+    withTempDir(async (tmp) => {
+      expect((await run(['upload', POST, 'az://models/dl/post'])).code).toBe(0);
+      expect((await run(['upload', BASE, 'az://models/dl/base'])).code).toBe(0);
+      const postFiles = (await readdir(POST)).sort();
+
+      // A new folder: the tag first, then the files; a rerun into it is an earlier download of the same source.
+      const fresh = path.join(tmp, 'fresh');
+      expect((await run(['download', 'az://models/dl/post', fresh])).code).toBe(0);
+      expect((await readdir(fresh)).sort()).toEqual([DOWNLOAD_TAG, ...postFiles].sort());
+      expect(JSON.parse(await readFile(path.join(fresh, DOWNLOAD_TAG), 'utf8'))).toMatchObject({ source: 'az://models/dl/post' });
+      const again = JSON.parse((await run(['download', 'az://models/dl/post', fresh, '--json'])).stdout);
+      expect(again.sent).toEqual([]);
+      // Another model into the same folder: refused, nothing written.
+      const other = await run(['download', 'az://models/dl/base', fresh]);
+      expect(other.code).toBe(2);
+      expect(other.stderr).toContain(`holds ${DOWNLOAD_TAG}, `);
+      expect(other.stderr).toContain('and is not an earlier download of az://models/dl/base');
+      for (const f of postFiles) expect((await readFile(path.join(fresh, f))).equals(await readFile(path.join(POST, f))), f).toBe(true);
+
+      // A folder of the user's own: refused without --force, and left as it was.
+      const mine = path.join(tmp, 'mine');
+      await mkdir(mine);
+      await writeFile(path.join(mine, 'notes.txt'), 'mine');
+      const refused = await run(['download', 'az://models/dl/post', mine]);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toMatch(/mine: holds notes\.txt, and is not an earlier download of az:\/\/models\/dl\/post; .*--force/);
+      expect(await readdir(mine)).toEqual(['notes.txt']);
+      // With --force the files arrive beside it; nothing is deleted, and no tag claims the folder.
+      expect((await run(['download', 'az://models/dl/post', mine, '--force'])).code).toBe(0);
+      expect((await readdir(mine)).sort()).toEqual(['notes.txt', ...postFiles].sort());
+      expect(await readFile(path.join(mine, 'notes.txt'), 'utf8')).toBe('mine');
+    }));
+
+  it('upload refuses a whole container and a prefix holding files the folder does not have, before sending anything', async () => {
+    const root = await run(['upload', POST, 'az://models']);
+    expect(root.code).toBe(2);
+    expect(root.stderr).toMatch(/<ref>: az:\/\/models is a whole container/);
+
+    expect((await run(['upload', BASE, 'az://models/mixed'])).code).toBe(0);
+    const before = await listNames(models, 'mixed');
+    // post has three shards and a tokenizer_config.json; base's two shards would stay beside them, a mixed folder.
+    const mixed = await run(['upload', POST, 'az://models/mixed']);
+    expect(mixed.code).toBe(2);
+    expect(mixed.stderr).toMatch(/az:\/\/models\/mixed: holds .*which .*post does not have/);
+    expect(await listNames(models, 'mixed')).toEqual(before);
+    // A subfolder under the prefix is another model's: refused too.
+    expect((await run(['upload', BASE, 'az://models/outer/inner'])).code).toBe(0);
+    const around = await run(['upload', BASE, 'az://models/outer']);
+    expect(around.code).toBe(2);
+    expect(around.stderr).toMatch(/holds inner\//);
+    expect(await listNames(models, 'outer')).toEqual((await readdir(BASE)).map((f) => `inner/${f}`).sort());
+  });
 });

@@ -7,13 +7,17 @@ export function registerServe(program: Command): void {
     .option('--port <port>', 'port on 127.0.0.1', '7071')
     .addOption(new Option('--storage <connection-string>', 'use this storage account instead of starting Azurite'))
     .option('--data-dir <dir>', 'where the started Azurite keeps its data', '.azurite')
+    .option('--azurite-ports <ports>', 'ports of the started Azurite: standard (10000-10002 when free, else free ones), free, or BLOB,QUEUE,TABLE', 'standard')
     .action(async (o) => {
       const { startServe } = await import('../host/serve.js');
-      const handle = await startServe({ port: Number(o.port), storage: o.storage, dataDir: o.dataDir });
+      const { parseAzuritePorts, portsNote } = await import('../host/azurite.js');
+      const azuritePorts = parseAzuritePorts(o.azuritePorts);
+      const handle = await startServe({ port: Number(o.port), storage: o.storage, dataDir: o.dataDir, azuritePorts });
       const say = (s: string) => process.stdout.write(s + '\n');
       say(`paramdelta serve: ${handle.url}/api (POST deltas, POST models, GET deltas, GET runs/{id})`);
       // Only Azurite's public development key is ever printed; a connection string given by the user is not.
-      if (handle.azurite) say(`storage (Azurite${handle.azurite.reused ? `, pid ${handle.azurite.pid}, reused from a serve that was stopped without closing it` : `, pid ${handle.azurite.pid}`}): ${handle.connectionString}`);
+      const a = handle.azurite;
+      if (a) say(`storage (Azurite, pid ${a.pid}${a.reused ? ', reused from a serve that was stopped without closing it' : ''}, ${portsNote(a, azuritePorts)}): ${handle.connectionString}`);
       if (handle.resumed > 0) say(`resumed ${handle.resumed} unfinished orchestration instance(s)`);
       say('watching base-models for uploads; Ctrl-C stops');
       await new Promise<void>((resolve) => {

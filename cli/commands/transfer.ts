@@ -1,17 +1,22 @@
 import type { Command } from 'commander';
 import { InputError } from '../../lib/errors.js';
 import { isBlobRef } from '../../lib/storage/refs.js';
-import { planTransfer, transfer } from '../../lib/storage/transfer.js';
+import { planTransfer, prepareDestination, transfer } from '../../lib/storage/transfer.js';
+import { assertCliOutputApart } from '../../lib/storage/overlap.js';
 import { formatBytes } from '../../lib/ops/sizes.js';
 import { cliResolver } from '../storage.js';
 import { Progress } from '../progress.js';
 import { print, storageOption, type Common } from '../common.js';
 
 async function run(fromRef: string, toRef: string, o: Common & { force?: boolean }, verb: 'uploaded' | 'downloaded'): Promise<void> {
+  const [fromLabel, toLabel] = verb === 'uploaded' ? ['<dir>', '<ref>'] : ['<ref>', '<dir>'];
+  // The same rule as every output: not onto, into or around the source, and never a container root.
+  await assertCliOutputApart({ label: toLabel, ref: toRef }, [{ label: fromLabel, ref: fromRef }]);
   const resolve = cliResolver(o);
   const from = resolve(fromRef);
   const to = resolve(toRef);
   const plan = await planTransfer(from, to);
+  await prepareDestination(plan, to, { force: o.force, label: `${toLabel} ${toRef}` });
   const progress = new Progress(process.stderr.isTTY && !o.json);
   progress.start(verb === 'uploaded' ? 'upload' : 'download', plan.bytes);
   try {
@@ -32,7 +37,7 @@ export function registerTransfer(program: Command): void {
     .description('send a checkpoint or delta folder to blob storage, completion marker last (skips files already there)')
     .argument('<dir>', 'a local checkpoint or delta folder')
     .argument('<ref>', 'az://container/prefix')
-    .option('--force', 'send every file, even those already there with the same size and MD5')
+    .option('--force', 'send every file, even those already there with the same size and MD5, and into a prefix holding other files')
     .option('--json', 'print a machine-readable result')
     .addOption(storageOption())
     .action(async (dir: string, ref: string, o) => {
@@ -45,7 +50,7 @@ export function registerTransfer(program: Command): void {
     .description('fetch a checkpoint or delta folder from blob storage, completion marker last (skips files already here)')
     .argument('<ref>', 'az://container/prefix')
     .argument('<dir>', 'a local folder')
-    .option('--force', 'fetch every file, even those already here with the same size and MD5')
+    .option('--force', 'fetch every file, even those already here with the same size and MD5, and into a folder that is not an earlier download of it')
     .option('--json', 'print a machine-readable result')
     .addOption(storageOption())
     .action(async (ref: string, dir: string, o) => {

@@ -22,6 +22,8 @@ export interface Azurite {
   pid: number;
   /** True when this is an Azurite an earlier (killed) serve left running on the same data folder. */
   reused: boolean;
+  /** True when it listens on the standard ports 10000-10002. */
+  standardPorts: boolean;
   stop(): Promise<void>;
 }
 
@@ -45,6 +47,50 @@ async function freePorts(n: number): Promise<number[]> {
   }
 }
 
+/** Azurite's standard ports (blob, queue, table): the defaults of Azure Storage Explorer and the Azure CLI. */
+export const STANDARD_PORTS = [10000, 10001, 10002] as const;
+
+/** Whether nothing listens on `port` on the loopback address (binding it succeeds). */
+export function isPortFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+/**
+ * Which ports Azurite listens on: 'standard' takes 10000-10002 when all three are free and free
+ * ports otherwise; 'free' always takes free ports; three numbers are taken as given.
+ */
+export type AzuritePorts = 'standard' | 'free' | readonly [number, number, number];
+
+/** Parses --azurite-ports: "standard", "free", or "BLOB,QUEUE,TABLE". */
+export function parseAzuritePorts(text: string, flag = '--azurite-ports'): AzuritePorts {
+  if (text === 'standard' || text === 'free') return text;
+  const ports = text.split(',').map((p) => Number(p.trim()));
+  if (ports.length !== 3 || ports.some((p) => !Number.isInteger(p) || p < 1 || p > 65535) || new Set(ports).size !== 3) {
+    throw new InputError(`${flag}: "${text}" is not "standard", "free" or three different ports BLOB,QUEUE,TABLE`);
+  }
+  return ports as unknown as readonly [number, number, number];
+}
+
+async function choosePorts(want: AzuritePorts): Promise<{ ports: number[]; standard: boolean }> {
+  if (Array.isArray(want)) return { ports: [...want], standard: STANDARD_PORTS.every((p, i) => want[i] === p) };
+  if (want === 'standard') {
+    const free = await Promise.all(STANDARD_PORTS.map(isPortFree));
+    if (free.every(Boolean)) return { ports: [...STANDARD_PORTS], standard: true };
+  }
+  return { ports: await freePorts(3), standard: false };
+}
+
+/** A note for the printed connection string: which ports Azurite took, and why. */
+export function portsNote(a: Pick<Azurite, 'blobPort' | 'queuePort' | 'tablePort' | 'standardPorts'>, asked: AzuritePorts = 'standard'): string {
+  if (a.standardPorts) return `standard ports ${STANDARD_PORTS.join(', ')}`;
+  const which = `blob ${a.blobPort}, queue ${a.queuePort}, table ${a.tablePort}`;
+  return asked === 'standard' ? `${which}: the standard ports ${STANDARD_PORTS.join(', ')} were taken` : which;
+}
+
 function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = connect({ host: '127.0.0.1', port });
@@ -62,16 +108,29 @@ export interface AzuriteOptions {
   timeoutMs?: number;
   /** Send Azurite's output to this file instead of a pipe, so it can outlive this process. */
   logFile?: string;
+  /** Default 'free', so tests never take the standard ports by accident; serve asks for 'standard'. */
+  ports?: AzuritePorts;
 }
 
 /**
- * Starts Azurite (blob, queue, table) on free loopback ports. Always with --disableTelemetry (it
+ * Starts Azurite (blob, queue, table) on loopback ports (free ones unless told otherwise). Always with --disableTelemetry (it
  * otherwise calls out to the internet) and --skipApiVersionCheck (the SDK speaks a newer API
  * version than Azurite knows).
  */
 export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite & { cwd: string }> {
+  const chosen = await choosePorts(opts.ports ?? 'free');
+  try {
+    return await launch(opts, chosen);
+  } catch (e) {
+    // Another process took a standard port between the check and Azurite's start: use free ones.
+    if (opts.ports !== 'standard' || !chosen.standard) throw e;
+    return launch(opts, { ports: await freePorts(3), standard: false });
+  }
+}
+
+async function launch(opts: AzuriteOptions, chosen: { ports: number[]; standard: boolean }): Promise<Azurite & { cwd: string }> {
   const timeoutMs = opts.timeoutMs ?? 20_000;
-  const [blobPort, queuePort, tablePort] = await freePorts(3);
+  const [blobPort, queuePort, tablePort] = chosen.ports;
   // In-memory persistence refuses --location; run in a temp cwd so nothing Azurite writes lands in the repo.
   const cwd = await mkdtemp(path.join(tmpdir(), 'paramdelta-azurite-'));
   const storage = opts.location ? ['--location', opts.location] : ['--inMemoryPersistence'];
@@ -130,7 +189,10 @@ export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite &
     }
   }
 
-  return { connectionString: connectionStringFor(blobPort, queuePort, tablePort), blobPort, queuePort, tablePort, pid: child.pid!, reused: false, stop, cwd };
+  return {
+    connectionString: connectionStringFor(blobPort, queuePort, tablePort), blobPort, queuePort, tablePort,
+    pid: child.pid!, reused: false, standardPorts: chosen.standard, stop, cwd,
+  };
 }
 
 function connectionStringFor(blobPort: number, queuePort: number, tablePort: number): string {
@@ -243,7 +305,7 @@ async function writeRecord(file: string, record: AzuriteRecord): Promise<void> {
  * two on one folder. A process that is not that Azurite is left alone. A serve that is still alive
  * on the folder makes this fail.
  */
-export async function azuriteForFolder(location: string, log: (line: string) => void = () => {}): Promise<Azurite> {
+export async function azuriteForFolder(location: string, log: (line: string) => void = () => {}, ports: AzuritePorts = 'free'): Promise<Azurite> {
   const folder = path.resolve(location);
   await mkdir(folder, { recursive: true });
   const file = path.join(folder, AZURITE_RECORD);
@@ -265,7 +327,7 @@ export async function azuriteForFolder(location: string, log: (line: string) => 
     }
     await rm(file, { force: true });
   }
-  const started = await startAzurite({ location: folder, logFile: path.join(folder, AZURITE_LOG) });
+  const started = await startAzurite({ location: folder, logFile: path.join(folder, AZURITE_LOG), ports });
   const record: AzuriteRecord = {
     pid: started.pid, blobPort: started.blobPort, queuePort: started.queuePort, tablePort: started.tablePort,
     cwd: started.cwd, location: folder, owner: process.pid, startedAt: new Date().toISOString(),
@@ -285,6 +347,7 @@ function adopted(r: AzuriteRecord, file: string): Azurite {
   return {
     connectionString: connectionStringFor(r.blobPort, r.queuePort, r.tablePort),
     blobPort: r.blobPort, queuePort: r.queuePort, tablePort: r.tablePort, pid: r.pid, reused: true,
+    standardPorts: STANDARD_PORTS.every((p, i) => [r.blobPort, r.queuePort, r.tablePort][i] === p),
     async stop() {
       await stopPid(r.pid);
       await rm(r.cwd, { recursive: true, force: true });

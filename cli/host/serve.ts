@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import azureFunctions, { type EventGridEvent, type HttpResponseInit, type InvocationContext } from '@azure/functions';
 import { LocalDurableRuntime, type ActivityFn } from './runtime.js';
-import { azuriteForFolder, type Azurite } from './azurite.js';
+import { azuriteForFolder, portsNote, type Azurite, type AzuritePorts } from './azurite.js';
 import { BlobInstanceStore, HOST_CONTAINER } from './history.js';
 
 // @azure/functions is CommonJS whose classes Node's ESM loader cannot see as named exports.
@@ -21,6 +21,8 @@ export interface ServeOptions {
   storage?: string;
   /** Where a started Azurite keeps its data. */
   dataDir?: string;
+  /** Ports for a started Azurite (default 'standard': 10000-10002 when free, else free ones). */
+  azuritePorts?: AzuritePorts;
   /** How often base-models is polled for uploads, in ms (Event Grid's stand-in). */
   pollMs?: number;
   activityConcurrency?: number;
@@ -136,9 +138,9 @@ export async function startServe(opts: ServeOptions = {}): Promise<ServeHandle> 
   let connectionString = opts.storage ?? process.env.AzureWebJobsStorage ?? '';
   if (!connectionString) {
     const location = path.resolve(opts.dataDir ?? '.azurite');
-    azurite = await azuriteForFolder(location, log);
+    azurite = await azuriteForFolder(location, log, opts.azuritePorts ?? 'standard');
     connectionString = azurite.connectionString;
-    if (!azurite.reused) log(`started Azurite (blob ${azurite.blobPort}, queue ${azurite.queuePort}, table ${azurite.tablePort}), data in ${location}`);
+    if (!azurite.reused) log(`started Azurite (${portsNote(azurite, opts.azuritePorts ?? 'standard')}), data in ${location}`);
   }
   process.env.AzureWebJobsStorage = connectionString;
 

@@ -1,6 +1,6 @@
 // What paramdelta writes into each kind of output folder: the one list of names that clearing and
 // replacing may touch, and the tags that mark a folder as paramdelta's own. New output files are
-// added here, and nowhere else.
+// added here, and nowhere else. (A folder fetched by `download` also holds its DOWNLOAD_TAG.)
 import { MODEL_INDEX } from '../format/checkpoint.js';
 import { KIND_TAG, PLAN_TAG } from '../storage/types.js';
 import type { OutputKind } from '../storage/output.js';
@@ -10,6 +10,7 @@ import {
 import { REGISTRATION_FILE } from './registry.js';
 import { COMPACT_EXTENSION } from '../codec/format.js';
 import { ANALYSIS_FILE } from '../analyze/report.js';
+import { DOWNLOAD_TAG } from '../storage/transfer.js';
 
 export type OutputKindName = 'delta' | 'model';
 
@@ -26,14 +27,14 @@ export const OUTPUT_KINDS: Record<OutputKindName, OutputKind> = {
   delta: kind('delta', {
     marker: DELTA_MANIFEST,
     manifest: { file: DELTA_MANIFEST, format: DELTA_FORMAT },
-    names: [DELTA_MANIFEST, DELTA_LAYOUT.index, REGISTRATION_FILE, ANALYSIS_FILE, ...CHAT_FILES],
+    names: [DELTA_MANIFEST, DELTA_LAYOUT.index, REGISTRATION_FILE, ANALYSIS_FILE, DOWNLOAD_TAG, ...CHAT_FILES],
     patterns: [shardPattern(DELTA_SHARD_STEM), shardPattern(DELTA_SHARD_STEM, COMPACT_EXTENSION)],
   }),
   /** `apply` and the pipeline's applyDeltas. */
   model: kind('model', {
     marker: MODEL_INDEX,
     manifest: { file: MODEL_MANIFEST, format: MODEL_FORMAT },
-    names: [MODEL_INDEX, MODEL_MANIFEST, 'config.json', ...CHAT_FILES],
+    names: [MODEL_INDEX, MODEL_MANIFEST, 'config.json', DOWNLOAD_TAG, ...CHAT_FILES],
     patterns: [shardPattern('model')],
   }),
 };

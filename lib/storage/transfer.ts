@@ -1,7 +1,14 @@
 // Moving a whole checkpoint or delta folder between stores (upload to blob storage, download from
 // it), streaming in bounded memory, with the completion marker last so a watcher sees it complete once.
 import { InputError } from '../errors.js';
+import { LocalStore } from './local.js';
 import type { FileStat, Store } from './types.js';
+
+/** What a download leaves in a local folder (written first): the source it holds, so a rerun may resume or refresh it. */
+export const DOWNLOAD_TAG = '.paramdelta-download.json';
+const DOWNLOAD_FORMAT = 'paramdelta.download';
+/** LocalStore's temporary names (a write cut short leaves one behind). */
+const TEMPORARY = /\.partial-[0-9a-f]{8}$/;
 
 /** Files whose arrival marks a folder complete, most specific first (see checkpointCompleteness, openDelta). */
 const MARKERS = ['delta.json', 'model.safetensors.index.json', 'pytorch_model.bin.index.json', 'model.safetensors', 'pytorch_model.bin'] as const;
@@ -60,6 +67,56 @@ export async function planTransfer(from: Store, to: Store): Promise<TransferPlan
     await src.close();
   }
   return { from: from.ref, to: to.ref, files, marker, bytes: files.reduce((a, f) => a + f.size, 0) };
+}
+
+function listed(names: string[]): string {
+  const shown = names.slice(0, 5).join(', ');
+  return names.length > 5 ? `${shown} and ${names.length - 5} more` : shown;
+}
+
+/** The files a local folder's download tag lists, when it is a download of `source`; otherwise null. */
+async function taggedFiles(to: Store, source: string): Promise<string[] | null> {
+  try {
+    const tag = JSON.parse(await to.readText(DOWNLOAD_TAG)) as { format?: unknown; source?: unknown; files?: unknown };
+    if (tag?.format !== DOWNLOAD_FORMAT || tag.source !== source) return null;
+    return Array.isArray(tag.files) ? tag.files.map(String) : [];
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Where a transfer may write, checked before anything is sent; nothing is ever deleted. A blob
+ * prefix may hold only files of this folder (an earlier or interrupted upload of it). A local
+ * folder must be new, empty, or an earlier download of the same source (its DOWNLOAD_TAG says so,
+ * and it holds only that source's files); the tag is written first. `force` writes into any other
+ * folder anyway, replacing only files of the same names, and leaves no tag there.
+ */
+export async function prepareDestination(plan: TransferPlan, to: Store, opts: { force?: boolean; label?: string } = {}): Promise<void> {
+  const label = opts.label ?? to.ref;
+  const planned = new Set(plan.files.map((f) => f.file));
+  const local = to instanceof LocalStore;
+  const names = await to.list().catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return null;
+    throw e;
+  });
+  const folders = names === null ? [] : (await to.listFolders()).map((f) => `${f}/`);
+  const tagged = local && names?.includes(DOWNLOAD_TAG) ? await taggedFiles(to, plan.from) : null;
+  const allowed = new Set([...planned, ...(tagged ?? []), ...(tagged ? [DOWNLOAD_TAG] : [])]);
+  const foreign = [...(names ?? []).filter((n) => !allowed.has(n.replace(TEMPORARY, ''))), ...folders];
+  if (foreign.length && !opts.force) {
+    throw new InputError(
+      local
+        ? `${label}: holds ${listed(foreign)}, and is not an earlier download of ${plan.from}; download into a new or empty folder, or pass --force to write into it anyway (files of the same names are replaced, nothing is deleted)`
+        : `${label}: holds ${listed(foreign)}, which ${plan.from} does not have; upload into an empty prefix, or pass --force to send into it anyway (files of the same names are replaced, nothing is deleted)`,
+    );
+  }
+  const fresh = names === null || (names.length === 0 && folders.length === 0);
+  if (local && (fresh || tagged)) {
+    // Files of an earlier version of the source stay listed: they are still this download's.
+    const tag = { format: DOWNLOAD_FORMAT, source: plan.from, files: [...new Set([...(tagged ?? []), ...planned])].sort() };
+    await to.writeFile(DOWNLOAD_TAG, JSON.stringify(tag, null, 2) + '\n');
+  }
 }
 
 /** Whether `to` already has this file: same size and, where both sides know it, the same MD5. */
