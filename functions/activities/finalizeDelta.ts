@@ -6,7 +6,7 @@ import type { ComputeDeltaInput } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
 import * as register from '../app.js';
 
-/** Writes the delta index, the chat files, the registration, and delta.json last. */
+/** Writes the delta index, the chat files, the registration (probes and gate too), and delta.json last. */
 export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; planHash: string }) {
   const p = pipeline();
   const run = p.run<ComputePlan, ComputeShardResult>(input.runId);
@@ -18,9 +18,14 @@ export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; 
     results.push(r);
   }
   const out = p.env.resolve(input.output);
-  const registration: Registration = { autoApply: input.autoApply };
+  const registration: Registration = {
+    autoApply: input.autoApply,
+    ...(input.probes !== undefined ? { probes: input.probes } : {}),
+    ...(input.gate !== undefined ? { gate: input.gate } : {}),
+  };
   await out.writeFile(REGISTRATION_FILE, JSON.stringify(registration) + '\n', { metadata: outputTags('delta') });
-  const manifest = await finalizeCompute(plan, results, p.env, out);
+  // Where base and post are, in delta.json: the gate later compares re-posts with this post model.
+  const manifest = await finalizeCompute(plan, results, p.env, out, { base: input.base, post: input.post });
   return {
     delta: input.output,
     shards: manifest.shards.length,
