@@ -72,6 +72,8 @@ export interface Progress {
 
 /** What repostBase asks evaluateModel: one posted model, whose index is pending. */
 export interface EvaluateModelInput {
+  /** The re-post run, recorded in gate.json. */
+  runId: string;
   /** The delta's folder (its delta.json and registration.json). */
   delta: string;
   /** The new base the model was posted onto. */

@@ -168,7 +168,7 @@ describe('the quality gate through paramdelta serve', () => {
     expect(strictNames).not.toContain('model.safetensors.index.json');
     expect(strictNames).toEqual(expect.arrayContaining([PENDING_INDEX, GATE_FILE, EVAL_REPORT, 'model-00001-of-00001.safetensors', 'config.json']));
     const withheld = await blobJson('posted-models/next/strict/gate.json');
-    expect(withheld).toMatchObject({ status: 'withheld', gate: { maxLossRatio: 0.000001 }, reasons: out.withheld[0].reasons, reference: { role: 'old post' } });
+    expect(withheld).toMatchObject({ status: 'withheld', run: run.instanceId, gate: { maxLossRatio: 0.000001 }, reasons: out.withheld[0].reasons, reference: { role: 'old post' } });
     expect(withheld.published).toBeUndefined();
 
     // Publishing needs to know who asks; names only deltas the run posted; only re-posts have gates.
@@ -180,10 +180,18 @@ describe('the quality gate through paramdelta serve', () => {
     expect(pub.status).toBe(200);
     expect(pub.json.published).toEqual([{ delta: 'strict', output: 'posted-models/next/strict' }]);
     expect(pub.json.alreadyPublished.map((m: any) => m.delta).sort()).toEqual(['chat', 'orphan']);
+    expect(pub.json).toMatchObject({ by: 'alice@example.com', missing: [], superseded: [] });
     const again = await api('POST', `runs/${encodeURIComponent(run.instanceId)}/publish`, { by: 'bob' });
     expect(again.json.published).toEqual([]);
     const record = await blobJson('posted-models/next/strict/gate.json');
-    expect(record).toMatchObject({ status: 'published', published: { by: 'alice@example.com' }, reasons: withheld.reasons, gate: withheld.gate });
+    expect(record).toMatchObject({ status: 'published', run: run.instanceId, published: { by: 'alice@example.com' }, reasons: withheld.reasons, gate: withheld.gate });
+    // GET /api/deltas shows each delta's probes and gate.
+    const listed = (await api('GET', 'deltas')).json.deltas.map((d: any) => [d.name, d.probes, d.gate]);
+    expect(listed).toEqual([
+      ['chat', 'models/stories/probes.json', { maxLossRatio: 100, minAgreement: 0 }],
+      ['orphan', null, {}],
+      ['strict', null, null],
+    ]);
 
     await withTempDir(async (tmp) => {
       const dir = (n: string) => path.join(tmp, n);

@@ -347,7 +347,7 @@ describe('repostBase', () => {
     expect(evals).toHaveLength(2);
     evals.forEach((a, i) => {
       const d = found.compatible[i]!;
-      expectActivity(a, 'evaluateModel', { delta: d.ref, base: INPUT.base, output: d.output });
+      expectActivity(a, 'evaluateModel', { runId: ID, delta: d.ref, base: INPUT.base, output: d.output });
       expect(a.retryOptions).toMatchObject(RETRY);
     });
     expect(r4.customStatus).toEqual({ phase: 'evaluating', shardsDone: 0, shardsTotal: 2, bytesDone: 0, bytesTotal: 0 });

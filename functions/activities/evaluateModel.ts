@@ -79,6 +79,7 @@ export async function evaluateModel(input: EvaluateModelInput): Promise<Evaluati
       format: GATE_FORMAT,
       createdAt: new Date().toISOString(),
       status: 'withheld',
+      run: input.runId,
       gate: bounds,
       reasons,
       ...(summary.reference ? { reference: { role: summary.reference.role, ref: summary.reference.ref } } : {}),

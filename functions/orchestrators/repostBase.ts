@@ -43,7 +43,7 @@ export function* repostBaseOrchestrator(ctx: df.OrchestrationContext): Generator
       // One delta failing (after its retries) must not lose the others' posted models.
       try {
         yield runs[i];
-        const task: EvaluateModelInput = { delta: d.ref, base: input.base, output: d.output };
+        const task: EvaluateModelInput = { runId: ctx.df.instanceId, delta: d.ref, base: input.base, output: d.output };
         evals.push(ctx.df.callActivityWithRetry('evaluateModel', shardRetry(), task));
       } catch (e) {
         failed.push({ delta: d.name, error: String((e as Error).message ?? e).split('\n')[0] });

@@ -28,17 +28,14 @@ function postedOf(output: unknown): { delta: string; output: string }[] {
 /**
  * POST /api/runs/{id}/publish: publishes the posted models of a re-post that the gate withheld (or
  * that nothing judged), writing each one's model.safetensors.index.json from the pending index, and
- * records who asked in its gate.json. Models already published are reported, not touched.
+ * records who asked in its gate.json. Models already published are reported, not touched; so is a
+ * model whose gate.json names another run (a later re-post wrote that folder again).
  */
 export async function publishRun(req: HttpRequest, ctx: InvocationContext): Promise<HttpResponseInit> {
   const id = req.params.id ?? '';
-  const hasBody = req.headers.get('content-length') !== '0' && req.body !== null;
-  let b: z.infer<typeof Publish> = {};
-  if (hasBody) {
-    const parsed = await readBody(req, Publish);
-    if (!parsed.ok) return parsed.response;
-    b = parsed.body;
-  }
+  const parsed = await readBody(req, Publish, { emptyIs: {} });
+  if (!parsed.ok) return parsed.response;
+  const b = parsed.body;
   const by = req.headers.get('x-ms-client-principal-name')?.trim() || b.by;
   if (!by) return problem(400, 'by: say who publishes (the x-ms-client-principal-name header, or "by" in the body)', 'by');
   const s = id ? await runClient(ctx).getStatus(id) : undefined;
@@ -54,6 +51,7 @@ export async function publishRun(req: HttpRequest, ctx: InvocationContext): Prom
   const published: { delta: string; output: string }[] = [];
   const already: { delta: string; output: string }[] = [];
   const missing: { delta: string; output: string }[] = [];
+  const superseded: { delta: string; output: string }[] = [];
   const at = new Date().toISOString();
   for (const m of posted.filter((x) => chosen.includes(x.delta))) {
     let ref: string;
@@ -75,9 +73,15 @@ export async function publishRun(req: HttpRequest, ctx: InvocationContext): Prom
     }
     // gate.json first, so a published model always says who published it.
     const prior = await readGateRecord(out);
+    // A later re-post into the same folder judged (or is writing) another model: not this run's to publish.
+    if (prior?.run !== undefined && prior.run !== id) {
+      superseded.push(m);
+      continue;
+    }
     const record: GateRecord = {
       format: GATE_FORMAT,
       createdAt: prior?.createdAt ?? at,
+      run: id,
       status: 'published',
       gate: prior?.gate ?? {},
       reasons: prior?.reasons ?? ['not judged: its evaluation did not finish'],
@@ -91,7 +95,7 @@ export async function publishRun(req: HttpRequest, ctx: InvocationContext): Prom
     published.push(m);
   }
   ctx.log(`run ${id}: ${by} published ${published.map((m) => m.output).join(', ') || 'nothing'}`);
-  return { status: 200, jsonBody: { id, by, published, alreadyPublished: already, missing } };
+  return { status: 200, jsonBody: { id, by, published, alreadyPublished: already, missing, superseded } };
 }
 
 register.http('publishRun', {

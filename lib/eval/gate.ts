@@ -69,6 +69,8 @@ export interface GateRecord {
   createdAt: string;
   /** withheld: the index waits under PENDING_INDEX; published: someone published it anyway. */
   status: 'withheld' | 'published';
+  /** The re-post run that judged the model: publishing through another run's id is refused. */
+  run?: string;
   gate: Gate;
   reasons: string[];
   /** What the posted model was compared with, and the figures the gate read. */
