@@ -67,7 +67,8 @@ export async function evaluateModel(input: EvaluateModelInput): Promise<Evaluati
   } catch (e) {
     // Bad probes or a model evaluation cannot read: retrying cannot help; the gate decides what it means.
     if (!(e instanceof InputError || e instanceof SafetensorsError)) throw e;
-    summary.error = e.message.split('\n')[0];
+    // One line, bounded: it travels in the run's output (1 MiB for every model together).
+    summary.error = e.message.split('\n')[0].slice(0, 500);
   }
   const reasons = summary.error !== undefined ? (gateIsEmpty(bounds) ? [] : [`evaluation failed: ${summary.error}`]) : gateFailures(bounds, summary);
   summary.gate = { bounds, passed: reasons.length === 0, reasons };
