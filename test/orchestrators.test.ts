@@ -393,6 +393,51 @@ describe('repostBase', () => {
     expect(r5.customStatus).toEqual({ phase: 'completed', shardsDone: 2, shardsTotal: 2, bytesDone: 0, bytesTotal: 0 });
   });
 
+  it('an evaluation failing on all 4 attempts withholds that model and the run says gate failed', async () => {
+    const one: Compatibility = { compatible: [found.compatible[0]!], skipped: [] };
+    const h = new History('repostBase', INPUT, ID);
+    const r1 = await step(repostBaseOrchestrator, h.start());
+    const findId = h.scheduled('findCompatibleDeltas', r1.actions[0]!.input);
+    h.close();
+    const r2 = await step(repostBaseOrchestrator, h.episode(h.completed(findId, one)), r1.actions);
+    const sub = added(r2, r1)[0]!;
+    const subId = h.subCreated(sub.functionName!, sub.instanceId!, sub.input);
+    h.close();
+    let prev = await step(repostBaseOrchestrator, h.episode(h.subCompleted(subId, { files: 2 })), r2.actions);
+    const evalAction = added(prev, r2)[0]!;
+    expectActivity(evalAction, 'evaluateModel', { runId: ID, delta: 'deltas/chat', base: INPUT.base, output: 'posted-models/next/chat' });
+    let attemptId = h.scheduled('evaluateModel', evalAction.input);
+    h.close();
+    let delay = RETRY.firstRetryIntervalInMilliseconds;
+    for (let attempt = 1; attempt <= RETRY.maxNumberOfAttempts; attempt++) {
+      const rFail = await step(repostBaseOrchestrator, h.episode(h.failed(attemptId, `storage timeout (attempt ${attempt})`)), prev.actions);
+      expect(rFail.isDone).toBe(false);
+      const timer = h.timerCreated(delay);
+      h.close();
+      delay *= RETRY.backoffCoefficient;
+      const rFired = await step(repostBaseOrchestrator, h.episode(h.fired(timer)), rFail.actions);
+      if (attempt < RETRY.maxNumberOfAttempts) {
+        attemptId = h.scheduled('evaluateModel', evalAction.input);
+        h.close();
+        prev = rFired;
+        continue;
+      }
+      // Attempts exhausted: the run completes, the model stays without its index.
+      expect(rFired.error).toBeUndefined();
+      expect(rFired.isDone).toBe(true);
+      const error = 'storage timeout (attempt 4)';
+      expect(rFired.output).toEqual({
+        base: INPUT.base,
+        posted: [{ delta: 'chat', output: 'posted-models/next/chat' }],
+        skipped: [],
+        failed: [],
+        evaluations: [{ delta: 'chat', error, gate: { bounds: {}, passed: false, reasons: [`evaluation failed: ${error}`] }, published: false }],
+        withheld: [{ delta: 'chat', output: 'posted-models/next/chat', reasons: [`evaluation failed: ${error}`] }],
+        gate: 'gate failed',
+      });
+    }
+  });
+
   it('with no compatible delta it completes without sub-orchestrations', async () => {
     const h = new History('repostBase', INPUT, ID);
     const r1 = await step(repostBaseOrchestrator, h.start());

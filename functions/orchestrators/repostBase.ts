@@ -69,7 +69,7 @@ export function* repostBaseOrchestrator(ctx: df.OrchestrationContext): Generator
         if (!s.published) withheld.push({ delta: d.name, output: d.output, reasons: s.gate.reasons });
       } catch (e) {
         // The model stays without its index: nothing judged it.
-        const error = String((e as Error).message ?? e).split('\n')[0].slice(0, 500);
+        const error = String((e as Error).message ?? e).split('\n')[0].trim().slice(0, 500);
         evaluations.push({ delta: d.name, error, gate: { bounds: {}, passed: false, reasons: [`evaluation failed: ${error}`] }, published: false });
         withheld.push({ delta: d.name, output: d.output, reasons: [`evaluation failed: ${error}`] });
       }
