@@ -5,12 +5,13 @@ import { report, shardRetry } from './fanout.js';
 import { childInstanceId } from '../limits.js';
 import * as register from '../app.js';
 
-/** A posted model, its evaluation and what the gate made of it. */
+/** A posted model: its delta, and the folder it was written to. */
 export interface PostedModel {
   delta: string;
   output: string;
 }
 
+/** evaluateModel's summary of one posted model (figures and the gate's verdict), named by its delta. */
 export interface Evaluated extends Omit<EvaluationSummary, 'output'> {
   delta: string;
 }
