@@ -6,7 +6,13 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 # zstd-napi compiles its native binding; onnxruntime-node ships its CPU binary (CUDA parts only in the GPU image).
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
-ENV ONNXRUNTIME_NODE_INSTALL=skip
+# The GPU image (workerProfile Consumption-GPU-*, where the app sets PARAMDELTA_EVAL_PROVIDER=cuda) is built with
+# `--build-arg ORT_INSTALL=cuda12`: onnxruntime-node's install script then fetches its CUDA 12 execution
+# provider. That provider also needs the CUDA 12 runtime and cuDNN 9 libraries in the final image, which
+# the Functions base image lacks: add them there (e.g. NVIDIA's cuda-runtime and cudnn packages) for that image.
+# Not built or run on a GPU in this project so far.
+ARG ORT_INSTALL=skip
+ENV ONNXRUNTIME_NODE_INSTALL=${ORT_INSTALL}
 # zstd-napi compiles from the zstd sources in its npm package against this image's own Node headers:
 # no prebuilt binary from GitHub, no headers from nodejs.org; only the npm registry is reached.
 ENV npm_config_build_from_source=true npm_config_nodedir=/usr/local

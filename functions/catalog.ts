@@ -8,6 +8,7 @@ import './triggers/startModel.js';
 import './triggers/getRun.js';
 import './triggers/listDeltas.js';
 import './triggers/baseModelUploaded.js';
+import './triggers/publishRun.js';
 import './orchestrators/computeDelta.js';
 import './orchestrators/applyDeltas.js';
 import './orchestrators/repostBase.js';
@@ -18,6 +19,7 @@ import './activities/planModel.js';
 import './activities/applyDeltaShard.js';
 import './activities/finalizeModel.js';
 import './activities/findCompatibleDeltas.js';
+import './activities/evaluateModel.js';
 import { registrations } from './app.js';
 
 export interface HttpRoute {

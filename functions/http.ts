@@ -25,8 +25,11 @@ function tooLarge(bytes: number | undefined): HttpResponseInit {
   return problem(413, `the request body is ${size} ${MAX_REQUEST_BYTES} bytes (1 MiB)`, 'body');
 }
 
-/** Parses a JSON body against a schema, or answers 400 naming the field (413 for a body over MAX_REQUEST_BYTES). */
-export async function readBody<T extends z.ZodType>(req: HttpRequest, schema: T): Promise<{ ok: true; body: z.infer<T> } | { ok: false; response: HttpResponseInit }> {
+/**
+ * Parses a JSON body against a schema, or answers 400 naming the field (413 for a body over
+ * MAX_REQUEST_BYTES). With `emptyIs`, an empty body stands for that value (a body that is optional).
+ */
+export async function readBody<T extends z.ZodType>(req: HttpRequest, schema: T, opts: { emptyIs?: unknown } = {}): Promise<{ ok: true; body: z.infer<T> } | { ok: false; response: HttpResponseInit }> {
   // A declared length is refused before a byte is read; an undeclared one is counted as it streams.
   const declared = Number(req.headers.get('content-length') ?? NaN);
   if (declared > MAX_REQUEST_BYTES) return { ok: false, response: tooLarge(declared) };
@@ -47,7 +50,8 @@ export async function readBody<T extends z.ZodType>(req: HttpRequest, schema: T)
   }
   let json: unknown;
   try {
-    json = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    const text = Buffer.concat(chunks).toString('utf8');
+    json = opts.emptyIs !== undefined && text.trim() === '' ? opts.emptyIs : JSON.parse(text);
   } catch {
     return { ok: false, response: problem(400, 'the body must be a JSON object', 'body') };
   }

@@ -42,6 +42,9 @@ param shardSize string = '5GB'
 @description('PARAMDELTA_HUB_OWNERS: comma-separated Hugging Face Hub owners whose repositories requests may name as inputs (hf://owner/name); empty allows none.')
 param hubOwners string = ''
 
+@description('PARAMDELTA_GATE: the default quality gate of re-posted models, as JSON ({"maxLossRatio": 1.1, "minAgreement": 0.8}); empty gates nothing (the figures are still recorded). A delta registered with its own gate uses that instead.')
+param gate string = ''
+
 @description('Durable Task Scheduler task hub; becomes PARAMDELTA_TASK_HUB, which host.json uses as hubName.')
 param taskHubName string = 'paramdelta'
 
@@ -150,6 +153,7 @@ module app 'modules/containerapps.bicep' = {
     bufferBytes: bufferBytes
     shardSize: shardSize
     hubOwners: hubOwners
+    gate: gate
     schedulerEndpoint: scheduler.outputs.endpoint
     taskHubName: scheduler.outputs.taskHubName
   }

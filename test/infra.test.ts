@@ -337,6 +337,16 @@ describe('azd template', () => {
     expect(blockAfter(main, "module app 'modules/containerapps.bicep'")).toMatch(/workerProfile: workerProfile/);
   });
 
+  it('evaluates re-posted models on CUDA on a GPU profile and on the CPU otherwise; the default gate is empty', () => {
+    expect(settings.get(SETTING_NAMES.evalProvider)).toBe("workerProfile == 'Consumption' ? 'cpu' : 'cuda'");
+    expect(settings.get(SETTING_NAMES.gate)).toBe('gate');
+    expect(paramDefault(main, 'gate')).toBe('');
+    expect(readSettings({ [SETTING_NAMES.gate]: paramDefault(main, 'gate') }).gate).toEqual(defaults.gate);
+    // The image skips onnxruntime's CUDA parts unless built for a GPU profile.
+    expect(dockerfile).toMatch(/^ARG ORT_INSTALL=skip$/m);
+    expect(dockerfile).toMatch(/^ENV ONNXRUNTIME_NODE_INSTALL=\$\{ORT_INSTALL\}$/m);
+  });
+
   it('is an azd project: env name, location, tags, parameters, one containerapp service from the Dockerfile', () => {
     expect(main).toMatch(/^targetScope = 'subscription'$/m);
     expect(main).toMatch(/^param environmentName string$/m);

@@ -9,7 +9,7 @@ import { HttpRequest, InvocationContext } from '@azure/functions';
 import { computeDeltaOrchestrator } from '../functions/orchestrators/computeDelta.js';
 import { applyDeltasOrchestrator } from '../functions/orchestrators/applyDeltas.js';
 import { repostBaseOrchestrator } from '../functions/orchestrators/repostBase.js';
-import type { ApplyDeltasInput, ComputeDeltaInput, PlanSummary, Progress, RepostBaseInput, ShardDone } from '../functions/contracts.js';
+import type { ApplyDeltasInput, ComputeDeltaInput, EvaluationSummary, PlanSummary, Progress, RepostBaseInput, ShardDone } from '../functions/contracts.js';
 import type { Compatibility } from '../functions/activities/findCompatibleDeltas.js';
 import { setRunClientProvider, type RunClient, type RunStatus } from '../functions/client.js';
 import { resetPipeline } from '../functions/pipeline.js';
@@ -306,7 +306,7 @@ describe('repostBase', () => {
     skipped: [{ name: 'vision', reason: 'tensor vision.proj.weight: shape [64, 32] differs from [64, 16]' }],
   };
 
-  it('starts one applyDeltas sub-orchestration per compatible delta, at once, with deterministic ids', async () => {
+  it('starts one held applyDeltas sub-orchestration per compatible delta, at once, then evaluates each posted model', async () => {
     const h = new History('repostBase', INPUT, ID);
     const r1 = await step(repostBaseOrchestrator, h.start());
     expect(r1.actions).toHaveLength(1);
@@ -323,7 +323,8 @@ describe('repostBase', () => {
       expect(a.functionName).toBe('applyDeltas');
       // <parent>:<name>-<12 hex of sha256(name)>, which fits the scheduler's 100 characters.
       expect(a.instanceId).toBe(`${ID}:${d.name}-${createHash('sha256').update(d.name).digest('hex').slice(0, 12)}`);
-      expect(a.input).toEqual({ base: INPUT.base, deltas: [{ ref: d.ref, scale: 1 }], output: d.output });
+      // Held: the index is written under its pending name until the gate passes.
+      expect(a.input).toEqual({ base: INPUT.base, deltas: [{ ref: d.ref, scale: 1 }], output: d.output, held: true });
       expect(a.retryOptions).toMatchObject(RETRY);
     });
     expect(r2.customStatus).toEqual({ phase: 'reposting', shardsDone: 0, shardsTotal: 2, bytesDone: 0, bytesTotal: 0 });
@@ -338,12 +339,43 @@ describe('repostBase', () => {
     expect(r3.actions).toHaveLength(3);
     expect(r3.customStatus).toMatchObject({ phase: 'reposting', shardsDone: 0 });
 
+    // Both in: one evaluateModel per posted model, scheduled at once.
     const r4 = await step(repostBaseOrchestrator, h.episode(h.subCompleted(subIds[0]!, { files: 2 })), r3.actions);
-    h.close();
     expect(r4.error).toBeUndefined();
-    expect(r4.isDone).toBe(true);
-    expect(r4.actions).toHaveLength(3);
-    expect(r4.output).toEqual({
+    expect(r4.isDone).toBe(false);
+    const evals = added(r4, r3);
+    expect(evals).toHaveLength(2);
+    evals.forEach((a, i) => {
+      const d = found.compatible[i]!;
+      expectActivity(a, 'evaluateModel', { runId: ID, delta: d.ref, base: INPUT.base, output: d.output });
+      expect(a.retryOptions).toMatchObject(RETRY);
+    });
+    expect(r4.customStatus).toEqual({ phase: 'evaluating', shardsDone: 0, shardsTotal: 2, bytesDone: 0, bytesTotal: 0 });
+    const evalIds = evals.map((a) => h.scheduled(a.functionName!, a.input));
+    h.close();
+
+    const summary = (output: string, passed: boolean): EvaluationSummary => ({
+      output,
+      model: { ref: output, meanLoss: 2.5, perplexity: Math.exp(2.5) },
+      reference: { role: 'old post', ref: 'models/post', meanLoss: 2, perplexity: Math.exp(2) },
+      lossRatio: 1.25,
+      agreement: 0.9,
+      kl: 0.1,
+      gate: { bounds: { maxLossRatio: 1.1 }, passed, reasons: passed ? [] : ['loss ratio 1.2500 is above maxLossRatio 1.1'] },
+      published: passed,
+    });
+    const r5 = await step(
+      repostBaseOrchestrator,
+      h.episode(h.completed(evalIds[0]!, summary('posted-models/next/chat', true)), h.completed(evalIds[1]!, summary('posted-models/next/code', false))),
+      r4.actions,
+    );
+    h.close();
+    expect(r5.error).toBeUndefined();
+    expect(r5.isDone).toBe(true);
+    expect(r5.actions).toHaveLength(5);
+    const { output: _c, ...chat } = summary('posted-models/next/chat', true);
+    const { output: _d, ...code } = summary('posted-models/next/code', false);
+    expect(r5.output).toEqual({
       base: INPUT.base,
       posted: [
         { delta: 'chat', output: 'posted-models/next/chat' },
@@ -351,8 +383,59 @@ describe('repostBase', () => {
       ],
       skipped: found.skipped,
       failed: [],
+      evaluations: [
+        { delta: 'chat', ...chat },
+        { delta: 'code', ...code },
+      ],
+      withheld: [{ delta: 'code', output: 'posted-models/next/code', reasons: ['loss ratio 1.2500 is above maxLossRatio 1.1'] }],
+      gate: 'gate failed',
     });
-    expect(r4.customStatus).toEqual({ phase: 'completed', shardsDone: 2, shardsTotal: 2, bytesDone: 0, bytesTotal: 0 });
+    expect(r5.customStatus).toEqual({ phase: 'completed', shardsDone: 2, shardsTotal: 2, bytesDone: 0, bytesTotal: 0 });
+  });
+
+  it('an evaluation failing on all 4 attempts withholds that model and the run says gate failed', async () => {
+    const one: Compatibility = { compatible: [found.compatible[0]!], skipped: [] };
+    const h = new History('repostBase', INPUT, ID);
+    const r1 = await step(repostBaseOrchestrator, h.start());
+    const findId = h.scheduled('findCompatibleDeltas', r1.actions[0]!.input);
+    h.close();
+    const r2 = await step(repostBaseOrchestrator, h.episode(h.completed(findId, one)), r1.actions);
+    const sub = added(r2, r1)[0]!;
+    const subId = h.subCreated(sub.functionName!, sub.instanceId!, sub.input);
+    h.close();
+    let prev = await step(repostBaseOrchestrator, h.episode(h.subCompleted(subId, { files: 2 })), r2.actions);
+    const evalAction = added(prev, r2)[0]!;
+    expectActivity(evalAction, 'evaluateModel', { runId: ID, delta: 'deltas/chat', base: INPUT.base, output: 'posted-models/next/chat' });
+    let attemptId = h.scheduled('evaluateModel', evalAction.input);
+    h.close();
+    let delay = RETRY.firstRetryIntervalInMilliseconds;
+    for (let attempt = 1; attempt <= RETRY.maxNumberOfAttempts; attempt++) {
+      const rFail = await step(repostBaseOrchestrator, h.episode(h.failed(attemptId, `storage timeout (attempt ${attempt})`)), prev.actions);
+      expect(rFail.isDone).toBe(false);
+      const timer = h.timerCreated(delay);
+      h.close();
+      delay *= RETRY.backoffCoefficient;
+      const rFired = await step(repostBaseOrchestrator, h.episode(h.fired(timer)), rFail.actions);
+      if (attempt < RETRY.maxNumberOfAttempts) {
+        attemptId = h.scheduled('evaluateModel', evalAction.input);
+        h.close();
+        prev = rFired;
+        continue;
+      }
+      // Attempts exhausted: the run completes, the model stays without its index.
+      expect(rFired.error).toBeUndefined();
+      expect(rFired.isDone).toBe(true);
+      const error = 'storage timeout (attempt 4)';
+      expect(rFired.output).toEqual({
+        base: INPUT.base,
+        posted: [{ delta: 'chat', output: 'posted-models/next/chat' }],
+        skipped: [],
+        failed: [],
+        evaluations: [{ delta: 'chat', error, gate: { bounds: {}, passed: false, reasons: [`evaluation failed: ${error}`] }, published: false }],
+        withheld: [{ delta: 'chat', output: 'posted-models/next/chat', reasons: [`evaluation failed: ${error}`] }],
+        gate: 'gate failed',
+      });
+    }
   });
 
   it('with no compatible delta it completes without sub-orchestrations', async () => {
@@ -366,7 +449,7 @@ describe('repostBase', () => {
     expect(r2.isDone).toBe(true);
     expect(r2.actions).toHaveLength(1);
     expect(r2.actions.some((a) => ActionType[a.actionType]!.startsWith('CallSubOrchestrator'))).toBe(false);
-    expect(r2.output).toEqual({ base: INPUT.base, posted: [], skipped: found.skipped, failed: [] });
+    expect(r2.output).toEqual({ base: INPUT.base, posted: [], skipped: found.skipped, failed: [], evaluations: [], withheld: [], gate: 'passed' });
     expect(r2.customStatus).toMatchObject({ phase: 'completed', shardsDone: 0, shardsTotal: 0 });
   });
 });

@@ -8,9 +8,9 @@ import { pipeline } from '../pipeline.js';
 import * as register from '../app.js';
 
 /**
- * Writes the delta index, the chat files, the registration, and delta.json last; then analysis.json, with
- * the similarity to every other delta registered on the same base. The delta is complete without its
- * analysis: a failed analysis is reported in the result, not as a failed run.
+ * Writes the delta index, the chat files, the registration (probes and gate too), and delta.json last;
+ * then analysis.json, with the similarity to every other delta registered on the same base. The delta
+ * is complete without its analysis: a failed analysis is reported in the result, not as a failed run.
  */
 export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; planHash: string }) {
   const p = pipeline();
@@ -23,9 +23,14 @@ export async function finalizeDelta(input: ComputeDeltaInput & { runId: string; 
     results.push(r);
   }
   const out = p.env.resolve(input.output);
-  const registration: Registration = { autoApply: input.autoApply };
+  const registration: Registration = {
+    autoApply: input.autoApply,
+    ...(input.probes !== undefined ? { probes: input.probes } : {}),
+    ...(input.gate !== undefined ? { gate: input.gate } : {}),
+  };
   await out.writeFile(REGISTRATION_FILE, JSON.stringify(registration) + '\n', { metadata: outputTags('delta') });
-  const manifest = await finalizeCompute(plan, results, p.env, out);
+  // Where base and post are, in delta.json: the gate later compares re-posts with this post model.
+  const manifest = await finalizeCompute(plan, results, p.env, out, { base: input.base, post: input.post });
   let analysis: string;
   try {
     const { deltas } = await listDeltas(p.deltas(), p.env.resolve);

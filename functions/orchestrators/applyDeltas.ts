@@ -11,7 +11,7 @@ export function* applyDeltasOrchestrator(ctx: df.OrchestrationContext): Generato
     { plan: 'planModel', shard: 'applyDeltaShard', finalize: 'finalizeModel' },
     input,
     input.output,
-    (plan) => ({ runId: plan.runId, planHash: plan.planHash, output: input.output }),
+    (plan) => ({ runId: plan.runId, planHash: plan.planHash, output: input.output, ...(input.held ? { held: true } : {}) }),
   );
 }
 

@@ -15,6 +15,9 @@ export async function listDeltas(_req: HttpRequest, _ctx: InvocationContext): Pr
         name: d.name,
         ref: d.ref,
         autoApply: d.autoApply,
+        // The quality gate's probe set and bounds, when registered (else the built-in set and the default gate).
+        probes: d.registration.probes ?? null,
+        gate: d.registration.gate ?? null,
         createdAt: d.manifest.createdAt,
         tool: d.manifest.tool,
         dtypePolicy: d.manifest.dtypePolicy,

@@ -8,6 +8,8 @@ import { runClient, startOnce } from '../client.js';
 import { accepted, badInput, problem, readBody, runId } from '../http.js';
 import { pipeline } from '../pipeline.js';
 import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
+import { gateSchema } from '../../lib/eval/gate.js';
+import { InputError } from '../../lib/errors.js';
 import * as register from '../app.js';
 
 export const DELTA_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
@@ -23,6 +25,10 @@ const StartDelta = z
     autoApply: z.boolean().default(true),
     /** Allow replacing a complete delta of the same name. */
     replace: z.boolean().default(false),
+    /** A probe set to evaluate re-posted models on: a token file (JSON array of arrays) or a text file, in the containers. */
+    probes: z.string().min(1).optional(),
+    /** This delta's quality gate; without one, the default gate (PARAMDELTA_GATE) applies. */
+    gate: gateSchema.optional(),
   })
   .strict();
 
@@ -41,6 +47,8 @@ export async function startDelta(req: HttpRequest, ctx: InvocationContext): Prom
       deltaDtype: b.deltaDtype,
       deltaFormat: b.deltaFormat,
       autoApply: b.autoApply,
+      ...(b.probes !== undefined ? { probes: p.ref('probes', b.probes) } : {}),
+      ...(b.gate !== undefined ? { gate: b.gate } : {}),
       output: `${p.settings.containers.deltas}/${b.name}`,
     };
     // The delta's folder comes from its name: it must not be, hold or lie in an input either.
@@ -48,10 +56,12 @@ export async function startDelta(req: HttpRequest, ctx: InvocationContext): Prom
       { label: 'base', ref: input.base },
       { label: 'post', ref: input.post },
     ]);
+    if (input.probes !== undefined) await probesFileExists(input.probes);
   } catch (e) {
     return badInput(e);
   }
-  const id = runId('delta', b.name, [input.base, input.post, input.deltaDtype, input.deltaFormat, input.autoApply]);
+  const extra = input.probes !== undefined || input.gate !== undefined ? [input.probes ?? null, input.gate ?? null] : [];
+  const id = runId('delta', b.name, [input.base, input.post, input.deltaDtype, input.deltaFormat, input.autoApply, ...extra]);
   const client = runClient(ctx);
   const running = await client.getStatus(id);
   const busy = running && (running.runtimeStatus === 'Pending' || running.runtimeStatus === 'Running');
@@ -63,6 +73,17 @@ export async function startDelta(req: HttpRequest, ctx: InvocationContext): Prom
   }
   await startOnce(client, 'computeDelta', id, input);
   return accepted(req, id);
+}
+
+/** The probe set must name a file that is there now (a folder, or nothing, is refused naming the field). */
+async function probesFileExists(ref: string): Promise<void> {
+  if (ref.startsWith('hf://')) throw new InputError('probes: name a file in the storage account, not a Hub repository');
+  const cut = ref.lastIndexOf('/');
+  const p = pipeline();
+  await p.ready();
+  if (cut <= 0 || !(await p.env.resolve(ref.slice(0, cut)).exists(ref.slice(cut + 1)))) {
+    throw new InputError(`probes: ${ref} is not a file (a token JSON or text file in the storage account)`);
+  }
 }
 
 register.http('startDelta', {

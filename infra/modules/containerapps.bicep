@@ -30,6 +30,7 @@ param containers object
 param bufferBytes string
 param shardSize string
 param hubOwners string
+param gate string
 param schedulerEndpoint string
 param taskHubName string
 
@@ -200,6 +201,16 @@ resource app 'Microsoft.App/containerApps@2025-07-01' = {
             {
               name: 'PARAMDELTA_HUB_OWNERS'
               value: hubOwners
+            }
+            {
+              name: 'PARAMDELTA_GATE'
+              value: gate
+            }
+            // The quality gate's forward passes: the CUDA execution provider on a GPU workload profile.
+            // The image must then carry onnxruntime's CUDA parts (see the Dockerfile).
+            {
+              name: 'PARAMDELTA_EVAL_PROVIDER'
+              value: workerProfile == 'Consumption' ? 'cpu' : 'cuda'
             }
             // host.json: "hubName": "%PARAMDELTA_TASK_HUB%".
             {

@@ -9,6 +9,7 @@ import { evalReport, type EvalReport } from './report.js';
 export * from './evaluate.js';
 export * from './probes.js';
 export * from './report.js';
+export * from './gate.js';
 export { EVAL_MODEL_TYPES } from './arch.js';
 export { providerFrom, EVAL_PROVIDERS, type EvalProvider } from './runtime.js';
 

@@ -197,8 +197,9 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
 /**
  * Copies config and chat files, then writes paramdelta.json (what made this model: the mark of a
  * paramdelta output), then model.safetensors.index.json last: the mark of a complete model.
+ * `index` names the index otherwise (a re-posted model's waits under a pending name for its gate).
  */
-export async function finalizeApply(plan: ApplyPlan, env: ExecEnv, out: Store): Promise<void> {
+export async function finalizeApply(plan: ApplyPlan, env: ExecEnv, out: Store, opts: { index?: string } = {}): Promise<void> {
   const tags = outputTags('model');
   for (const f of plan.files) {
     const src = await env.resolve(f.from).openRead(f.file);
@@ -220,5 +221,5 @@ export async function finalizeApply(plan: ApplyPlan, env: ExecEnv, out: Store): 
   await out.writeFile(MODEL_MANIFEST, JSON.stringify(manifest, null, 2) + '\n', { metadata: tags });
   const entries = plan.shards.flatMap((s) => s.tensors.map((t) => ({ name: t.name, file: s.file })));
   const total = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + t.elements * dtypeSize(t.dtype), 0), 0);
-  await out.writeFile(MODEL_INDEX, indexJson(entries, total), { metadata: tags });
+  await out.writeFile(opts.index ?? MODEL_INDEX, indexJson(entries, total), { metadata: tags });
 }

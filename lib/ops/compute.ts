@@ -368,7 +368,14 @@ async function executePlainShard(plan: ComputePlan, index: number, env: ExecEnv,
 }
 
 /** Writes the delta index, the post model's chat files, and `delta.json` last: the mark of a complete delta. */
-export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardResult[], env: ExecEnv, out: Store): Promise<DeltaManifest> {
+/** `sources`: base and post references to record in delta.json (the pipeline's, inside its containers). */
+export async function finalizeCompute(
+  plan: ComputePlan,
+  shards: ComputeShardResult[],
+  env: ExecEnv,
+  out: Store,
+  sources?: { base: string; post: string },
+): Promise<DeltaManifest> {
   const post = env.resolve(plan.post);
   const tags = outputTags('delta');
   const files: DeltaManifest['files'] = [];
@@ -412,6 +419,7 @@ export async function finalizeCompute(plan: ComputePlan, shards: ComputeShardRes
     tensors,
     unchangedNonFloat: plan.unchangedNonFloat,
     files,
+    ...(sources ? { sources: { base: sources.base, post: sources.post } } : {}),
   };
   await out.writeFile(DELTA_MANIFEST, JSON.stringify(manifest, null, 2) + '\n', { metadata: tags });
   return manifest;

@@ -93,6 +93,11 @@ export const deltaManifestSchema = z.object({
   unchangedNonFloat: z.array(z.string()),
   /** Post-model files a chat model needs, copied next to the shards. */
   files: z.array(fileEntry),
+  /**
+   * Where base and post were when the delta was computed (the pipeline records them): the quality
+   * gate compares a re-posted model with the old post while it is still there. Absent in older deltas.
+   */
+  sources: z.object({ base: z.string(), post: z.string() }).optional(),
 });
 export type DeltaManifest = z.infer<typeof deltaManifestSchema>;
 

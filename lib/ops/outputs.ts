@@ -11,6 +11,8 @@ import { REGISTRATION_FILE } from './registry.js';
 import { COMPACT_EXTENSION } from '../codec/format.js';
 import { ANALYSIS_FILE } from '../analyze/report.js';
 import { DOWNLOAD_TAG } from '../storage/transfer.js';
+import { EVAL_REPORT } from '../eval/report.js';
+import { GATE_FILE, PENDING_INDEX } from '../eval/gate.js';
 
 export type OutputKindName = 'delta' | 'model';
 
@@ -30,11 +32,11 @@ export const OUTPUT_KINDS: Record<OutputKindName, OutputKind> = {
     names: [DELTA_MANIFEST, DELTA_LAYOUT.index, REGISTRATION_FILE, ANALYSIS_FILE, DOWNLOAD_TAG, ...CHAT_FILES],
     patterns: [shardPattern(DELTA_SHARD_STEM), shardPattern(DELTA_SHARD_STEM, COMPACT_EXTENSION)],
   }),
-  /** `apply` and the pipeline's applyDeltas. */
+  /** `apply` and the pipeline's applyDeltas; a re-posted model also gets its evaluation, and its index waits on the gate. */
   model: kind('model', {
     marker: MODEL_INDEX,
     manifest: { file: MODEL_MANIFEST, format: MODEL_FORMAT },
-    names: [MODEL_INDEX, MODEL_MANIFEST, 'config.json', DOWNLOAD_TAG, ...CHAT_FILES],
+    names: [MODEL_INDEX, MODEL_MANIFEST, 'config.json', DOWNLOAD_TAG, ...CHAT_FILES, EVAL_REPORT, GATE_FILE, PENDING_INDEX],
     patterns: [shardPattern('model')],
   }),
 };
