@@ -90,7 +90,11 @@ describe('npm run demo: the pipeline demo', () => {
       const names = (await readdir(expected)).filter((f) => f !== 'paramdelta.json').sort();
       expect(names.filter((f) => f.endsWith('.safetensors')).length).toBeGreaterThan(1);
       for (const f of names) expect((await readFile(path.join(posted, f))).equals(await readFile(path.join(expected, f))), f).toBe(true);
-      expect((await readdir(posted)).filter((f) => !f.startsWith('.')).sort()).toEqual([...names, 'paramdelta.json'].sort());
+      // Beside the model, the pipeline's evaluation of it (a local apply has none).
+      expect((await readdir(posted)).filter((f) => !f.startsWith('.')).sort()).toEqual([...names, 'paramdelta.json', 'paramdelta-eval.json'].sort());
+      const evaluation = JSON.parse(await readFile(path.join(posted, 'paramdelta-eval.json'), 'utf8'));
+      expect(evaluation.model.meanLoss).toBeGreaterThan(0);
+      expect(out).toContain(`quality: loss ${evaluation.model.meanLoss.toFixed(4)}`);
       const strip = async (d: string) => {
         const { createdAt, base, deltas, ...rest } = JSON.parse(await readFile(path.join(d, 'paramdelta.json'), 'utf8'));
         return { ...rest, scales: deltas.map((x: { scale: number }) => x.scale), stamped: typeof createdAt === 'string' && typeof base === 'string' };

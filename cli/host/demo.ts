@@ -11,6 +11,9 @@ import { MODEL_MANIFEST } from '../../lib/ops/manifest.js';
 import { LocalStore } from '../../lib/storage/local.js';
 import { DOWNLOAD_TAG, planTransfer, prepareDestination, transfer } from '../../lib/storage/transfer.js';
 import type { Store } from '../../lib/storage/types.js';
+import { EVAL_REPORT } from '../../lib/eval/report.js';
+import { GATE_FILE } from '../../lib/eval/gate.js';
+import type { EvaluationSummary } from '../../functions/contracts.js';
 import { readSettings, SETTING_NAMES } from '../../functions/settings.js';
 import { runId } from '../../functions/http.js';
 import { childInstanceId } from '../../functions/limits.js';
@@ -155,10 +158,22 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
     const etag = (await baseStore.fileVersion?.(up.marker)) ?? '';
     const repostId = runId('repost', NEW_BASE, [NEW_BASE, etag]);
     const repost = await follow(repostId, 'repostBase', childInstanceId(repostId, DELTA));
-    const out = repost.output as { posted?: { delta: string; output: string }[]; failed?: { delta: string; error: string }[] } | null;
+    const out = repost.output as {
+      posted?: { delta: string; output: string }[];
+      failed?: { delta: string; error: string }[];
+      evaluations?: (Omit<EvaluationSummary, 'output'> & { delta: string })[];
+    } | null;
     const posted = out?.posted?.find((p) => p.delta === DELTA)?.output;
     if (!posted) throw new Error(`the re-post did not post ${DELTA}: ${JSON.stringify(out)}`);
     say(`   posted ${posted}`);
+    const ev = out?.evaluations?.find((e) => e.delta === DELTA);
+    if (ev?.model && ev.reference) {
+      say(
+        `   quality: loss ${ev.model.meanLoss.toFixed(4)} against the ${ev.reference.role}'s ${ev.reference.meanLoss.toFixed(4)} ` +
+          `(ratio ${ev.lossRatio?.toFixed(4)}), top-1 agreement ${((ev.agreement ?? 0) * 100).toFixed(1)} %, KL ${ev.kl?.toExponential(2)} ` +
+          `on ${ev.probes?.tokens} probe tokens; gate ${ev.gate.passed ? 'passed' : `failed: ${ev.gate.reasons.join('; ')}`} (${EVAL_REPORT} beside the model)`,
+      );
+    } else if (ev?.error) say(`   quality: not evaluated (${ev.error})`);
 
     // 6. Download the posted model and the delta; apply the delta locally; compare.
     step(6, 'download the posted model and check it byte for byte against a local apply');
@@ -179,7 +194,7 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
     }
     const differences = await compareModels(postedDir, expectedDir);
     if (differences.length === 0) {
-      say(`   the posted model equals the local apply byte for byte (${rel(postedDir)} = ${rel(expectedDir)}; ${MODEL_MANIFEST} aside from createdAt and where its inputs lay)`);
+      say(`   the posted model equals the local apply byte for byte (${rel(postedDir)} = ${rel(expectedDir)}; ${MODEL_MANIFEST} aside from createdAt and where its inputs lay, ${EVAL_REPORT} the pipeline's own)`);
     } else {
       say(`   MISMATCH between ${rel(postedDir)} and ${rel(expectedDir)}:`);
       for (const d of differences) say(`     ${d}`);
@@ -265,7 +280,9 @@ export async function runPipelineDemo(o: PipelineDemoOptions): Promise<PipelineD
 
 /** Differences between two model folders: names, then bytes; the manifests compared without createdAt and input locations. */
 export async function compareModels(got: string, want: string): Promise<string[]> {
-  const files = async (d: string) => (await readdir(d)).filter((f) => f !== DOWNLOAD_TAG && !f.startsWith('.')).sort();
+  // The pipeline's evaluation and gate records have no counterpart in a local apply.
+  const pipelineOnly = new Set<string>([DOWNLOAD_TAG, EVAL_REPORT, GATE_FILE]);
+  const files = async (d: string) => (await readdir(d)).filter((f) => !pipelineOnly.has(f) && !f.startsWith('.')).sort();
   const [a, b] = [await files(got), await files(want)];
   const diff: string[] = [];
   for (const f of a.filter((x) => !b.includes(x))) diff.push(`${f}: only in ${got}`);
