@@ -12,6 +12,7 @@ export function registerServe(program: Command): void {
       const handle = await startServe({ port: Number(o.port), storage: o.storage, dataDir: o.dataDir });
       const say = (s: string) => process.stdout.write(s + '\n');
       say(`paramdelta serve: ${handle.url}/api (POST deltas, POST models, GET deltas, GET runs/{id})`);
+      say(`dashboard: ${handle.dashboardUrl}`);
       // Only Azurite's public development key is ever printed; a connection string given by the user is not.
       if (handle.azurite) say(`storage (Azurite${handle.azurite.reused ? `, pid ${handle.azurite.pid}, reused from a serve that was stopped without closing it` : `, pid ${handle.azurite.pid}`}): ${handle.connectionString}`);
       if (handle.resumed > 0) say(`resumed ${handle.resumed} unfinished orchestration instance(s)`);
