@@ -36,6 +36,8 @@ let serve: ServeHandle;
 let service: BlobServiceClient;
 let browser: Browser;
 let chatAnalysis: DeltaAnalysis;
+/** Decoder layers of the synthetic family (its config.json). */
+let layers: number;
 let chat: DeltaOf;
 let other: DeltaOf;
 const savedShardSize = process.env.PARAMDELTA_SHARD_SIZE;
@@ -87,13 +89,14 @@ const paintedPixels = (page: Page, chart: string) =>
 
 beforeAll(async () => {
   work = path.join(tmpdir(), `paramdelta-dashboard-${process.pid}`);
-  // Eight decoder layers, about 0.9 MB a model; 200 KB output shards make a re-post of several shards.
-  family = await writeSyntheticFamily(work, { dtype: 'BF16', bytes: 900_000, shards: 2, hidden: 64, seed: 11 });
-  process.env.PARAMDELTA_SHARD_SIZE = '200KB';
+  // Six decoder layers, about 0.7 MB a model; 250 KB output shards make a re-post of several shards.
+  family = await writeSyntheticFamily(work, { dtype: 'BF16', bytes: 700_000, shards: 2, hidden: 64, seed: 11 });
+  layers = JSON.parse(await readFile(path.join(family.base, 'config.json'), 'utf8')).num_hidden_layers;
+  process.env.PARAMDELTA_SHARD_SIZE = '250KB';
   const [a, port] = await Promise.all([startAzurite(), freePort()]);
   azurite = a;
   service = BlobServiceClient.fromConnectionString(azurite.connectionString);
-  serve = await startServe({ port, storage: azurite.connectionString, pollMs: 200, timerScale: 0.001, activityConcurrency: 1, log: () => {}, wrapActivity: slowShards });
+  serve = await startServe({ port, storage: azurite.connectionString, pollMs: 200, timerScale: 0.001, activityConcurrency: 2, log: () => {}, wrapActivity: slowShards });
   const models = service.getContainerClient('models');
   await Promise.all(['base', 'post', 'newbase'].map((m) => uploadFolder(models, `syn/${m}`, path.join(work, m))));
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS });
@@ -192,6 +195,7 @@ describe('the dashboard', () => {
     }
     const total = seen.at(-1)!.total;
     expect(total).toBeGreaterThanOrEqual(3);
+    expect(layers).toBeGreaterThanOrEqual(4);
     // The bar moved: it showed a part done between none and all, and ended full.
     expect(seen.some((s) => s.done > 0 && s.done < total)).toBe(true);
     expect(new Set(seen.map((s) => s.done)).size).toBeGreaterThanOrEqual(2);
@@ -217,7 +221,6 @@ describe('the dashboard', () => {
     await browserPage.waitForSelector('#analysis[data-loaded="true"]');
     await browserPage.waitForFunction(() => document.querySelectorAll('figure.chart[data-drawn="true"]').length === document.querySelectorAll('figure.chart').length);
     const charts = await browserPage.$$eval('figure.chart', (fs) => fs.map((f) => ({ chart: (f as HTMLElement).dataset.chart, points: Number((f as HTMLElement).dataset.points), series: (f as HTMLElement).dataset.series })));
-    const layers = 8;
     expect(chatAnalysis.layers).toHaveLength(layers);
     // Exact delta: no rounding chart. Layers and similarity: one mark per layer; kinds: one bar per kind.
     expect(charts.map((c) => c.chart)).toEqual(['layers', 'kinds', 'similarity']);
@@ -266,7 +269,7 @@ describe('analyze --html (renderAnalysisHtml)', () => {
       expect(await page.evaluate(() => (window as unknown as { __injected?: number }).__injected)).toBeUndefined();
       expect(await page.evaluate(() => JSON.parse(document.getElementById('paramdelta-analysis')!.textContent!))).toEqual(lossy);
       const charts = await page.$$eval('figure.chart', (fs) => fs.map((f) => [(f as HTMLElement).dataset.chart, Number((f as HTMLElement).dataset.points)]));
-      expect(charts).toEqual([['layers', 8], ['kinds', 5], ['rounding', 8], ['similarity', 8]]);
+      expect(charts).toEqual([['layers', layers], ['kinds', 5], ['rounding', layers], ['similarity', layers]]);
       for (const [chart] of charts) expect(await paintedPixels(page, chart as string)).toBeGreaterThan(1000);
       // The rounding chart's caption carries the total the test counted.
       const total = [...rounded.values()].reduce((s, n) => s + n, 0);
