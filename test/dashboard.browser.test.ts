@@ -7,6 +7,9 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import path from 'node:path';
 import { createServer } from 'node:net';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readdirSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
@@ -87,7 +90,21 @@ const paintedPixels = (page: Page, chart: string) =>
     return n;
   });
 
+/** Builds dist/web from web/ when a page is missing or older than a source (`npm test` builds it first). */
+function buildWebIfStale(): void {
+  const newest = (dir: string): number => Math.max(...readdirSync(dir, { withFileTypes: true }).map((e) =>
+    e.isDirectory() ? newest(path.join(dir, e.name)) : statSync(path.join(dir, e.name)).mtimeMs));
+  const sources = Math.max(newest(path.join(root, 'web')), statSync(path.join(root, 'lib/analyze/report.ts')).mtimeMs);
+  const built = ['dashboard', 'report'].map((p) => statSync(path.join(root, `dist/web/${p}.html`), { throwIfNoEntry: false })?.mtimeMs ?? 0);
+  if (Math.min(...built) >= sources) return;
+  const vite = createRequire(import.meta.url).resolve('vite/bin/vite.js');
+  for (const mode of ['dashboard', 'report']) {
+    execFileSync(process.execPath, [vite, 'build', '-c', 'web/vite.config.ts', '-m', mode], { cwd: root, stdio: 'pipe' });
+  }
+}
+
 beforeAll(async () => {
+  buildWebIfStale();
   work = path.join(tmpdir(), `paramdelta-dashboard-${process.pid}`);
   // Six decoder layers, about 0.7 MB a model; 250 KB output shards make a re-post of several shards.
   family = await writeSyntheticFamily(work, { dtype: 'BF16', bytes: 700_000, shards: 2, hidden: 64, seed: 11 });
@@ -170,10 +187,17 @@ describe('the dashboard', () => {
   it('shows a re-post moving to Completed, the posted model with its figures, and a delta page whose charts draw every layer', async () => {
     const browserPage = await browser.newPage({ viewport: { width: 1360, height: 900 } });
     const outside: string[] = [];
-    browserPage.on('request', (r) => { if (!r.url().startsWith(serve.url)) outside.push(r.url()); });
+    const apiCalls: { url: string; key?: string; referer?: string }[] = [];
+    browserPage.on('request', (r) => {
+      if (!r.url().startsWith(serve.url)) outside.push(r.url());
+      else if (r.url().startsWith(`${serve.url}/api/`) && !r.url().includes('/api/dashboard')) {
+        apiCalls.push({ url: r.url(), key: r.headers()['x-functions-key'], referer: r.headers()['referer'] });
+      }
+    });
     const errors: string[] = [];
     browserPage.on('pageerror', (e) => errors.push(e.message));
-    await browserPage.goto(`${serve.url}/?poll=250`);
+    // Opened as in Azure, with the function key in the address: the page sends it on to the API.
+    await browserPage.goto(`${serve.url}/?poll=250&code=test-key`);
     await browserPage.waitForSelector('#deltas-table tr[data-delta="chat"]');
     await browserPage.waitForSelector('#deltas-table tr[data-delta="other"]');
     expect(await browserPage.textContent('#deltas-table tr[data-delta="chat"]')).toMatch(/on/);
@@ -236,6 +260,9 @@ describe('the dashboard', () => {
 
     expect(outside).toEqual([]);
     expect(errors).toEqual([]);
+    // Every API call carried the key as a header, and no call gave the address (and its key) as a referrer.
+    expect(apiCalls.length).toBeGreaterThan(10);
+    expect(apiCalls.filter((c) => c.key !== 'test-key' || c.referer !== undefined)).toEqual([]);
     await browserPage.close();
   });
 });
