@@ -155,6 +155,12 @@ describe('the dashboard', () => {
     expect(Object.values(d.dtypes as Record<string, number>).reduce((s, n) => s + n, 0)).toBe(parameters);
 
     expect((await api('GET', 'deltas/chat/analysis')).status).toBe(404);
+    // An analysis.json that does not match the schema is not passed on.
+    await deltas.getBlockBlobClient(`other/${ANALYSIS_FILE}`).upload('{"format":"paramdelta.analysis"}', 32);
+    const bad = await api('GET', 'deltas/other/analysis');
+    expect(bad.status).toBe(500);
+    expect(bad.json.detail).toMatch(/deltas\/other\/analysis\.json: field "formatVersion"/);
+    await deltas.getBlockBlobClient(`other/${ANALYSIS_FILE}`).delete();
     expect((await api('GET', 'deltas/Bad%20Name/analysis')).json.field).toBe('name');
     // Until the pipeline writes analysis.json (the `analyze` helper's change), the test writes the
     // delta's analysis itself, computed above from the models' tensors (test/helpers/delta-analysis.ts).
