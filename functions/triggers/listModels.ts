@@ -8,6 +8,7 @@ import * as register from '../app.js';
 
 /** The most models one answer lists (each costs a read or two). */
 const MAX_MODELS = 200;
+const READS_AT_ONCE = 8;
 
 const num = (x: unknown): number | null => (typeof x === 'number' && Number.isFinite(x) ? x : null);
 
@@ -45,18 +46,16 @@ export async function listModels(_req: HttpRequest, _ctx: InvocationContext): Pr
     const folder = at < 0 ? '' : b.name.slice(0, at);
     folders.set(folder, (folders.get(folder) ?? new Set()).add(file));
   }
-  const models: PostedModel[] = [];
-  for (const [folder, files] of folders) {
-    if (!files.has(MODEL_MANIFEST)) continue;
+  const read = async (folder: string, files: Set<string>): Promise<PostedModel | null> => {
     const ref = folder ? `${containerName}/${folder}` : containerName;
     const store = p.env.resolve(ref);
     let manifest: Partial<ModelManifest>;
     try {
       manifest = JSON.parse(await store.readText(MODEL_MANIFEST)) as Partial<ModelManifest>;
     } catch {
-      continue; // not readable as paramdelta's: not listed
+      return null; // not readable as paramdelta's: not listed
     }
-    if (manifest.format !== MODEL_FORMAT) continue;
+    if (manifest.format !== MODEL_FORMAT) return null;
     let evaluation: EvalFigures | null = null;
     if (files.has(EVAL_REPORT)) {
       try {
@@ -65,14 +64,21 @@ export async function listModels(_req: HttpRequest, _ctx: InvocationContext): Pr
         evaluation = null; // an unreadable report shows as none
       }
     }
-    models.push({
+    return {
       ref,
       createdAt: typeof manifest.createdAt === 'string' ? manifest.createdAt : null,
       base: typeof manifest.base === 'string' ? manifest.base : null,
       deltas: Array.isArray(manifest.deltas) ? manifest.deltas.filter((d) => typeof d?.ref === 'string').map((d) => ({ ref: d.ref, scale: Number(d.scale) })) : [],
       complete: files.has(MODEL_INDEX),
       eval: evaluation,
-    });
+    };
+  };
+  // A few reads at a time: each model costs a request or two.
+  const candidates = [...folders].filter(([, files]) => files.has(MODEL_MANIFEST));
+  const models: PostedModel[] = [];
+  for (let i = 0; i < candidates.length; i += READS_AT_ONCE) {
+    const batch = await Promise.all(candidates.slice(i, i + READS_AT_ONCE).map(([folder, files]) => read(folder, files)));
+    for (const m of batch) if (m) models.push(m);
   }
   models.sort((a, b) => (b.createdAt ?? '').localeCompare(a.createdAt ?? '') || a.ref.localeCompare(b.ref));
   const body: ModelList = { models: models.slice(0, MAX_MODELS), truncated: models.length > MAX_MODELS };
