@@ -216,6 +216,10 @@ describe('the dashboard', () => {
       }).catch(() => null);
       if (s) seen.push(s);
       if (s?.status === 'Completed') break;
+      if (s && s.done > 0 && s.done < s.total && !seen.slice(0, -1).some((x) => x.done > 0 && x.done < x.total)) {
+        await mkdir(shotsDir, { recursive: true });
+        await browserPage.screenshot({ path: path.join(shotsDir, 'dashboard-running.png'), fullPage: true });
+      }
       if (Date.now() > deadline) throw new Error(`the re-post did not complete on the page: ${JSON.stringify(seen.slice(-3))}`);
       await new Promise((r) => setTimeout(r, 100));
     }
