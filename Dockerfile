@@ -22,6 +22,8 @@ COPY lib ./lib
 COPY cli ./cli
 COPY functions ./functions
 COPY bench ./bench
+# The dashboard (web/, Vite) is built into dist/web by the same `npm run build`.
+COPY web ./web
 RUN npm run build && npm prune --omit=dev
 
 # Run: the official Functions image; package.json "main" points the host at dist/functions/index.js.

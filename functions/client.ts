@@ -10,12 +10,16 @@ export interface RunStatus {
   customStatus: unknown;
   output: unknown;
   input: unknown;
+  createdTime?: Date;
+  lastUpdatedTime?: Date;
 }
 
 /** The two durable-client calls the triggers make; the local host supplies its own. */
 export interface RunClient {
   startNew(orchestrator: string, opts: { instanceId: string; input: unknown }): Promise<string>;
   getStatus(instanceId: string): Promise<RunStatus | undefined>;
+  /** Every instance created at or after `createdFrom`, sub-orchestrations included (the dashboard's runs list). */
+  list(filter: { createdFrom: Date }): Promise<RunStatus[]>;
 }
 
 let provider: ((ctx: InvocationContext) => RunClient) | null = null;
@@ -39,25 +43,29 @@ const STATUS_NAMES: Record<string, RunStatusName> = {
 export function runClient(ctx: InvocationContext): RunClient {
   if (provider) return provider(ctx);
   const client = df.getClient(ctx);
+  const status = (s: df.DurableOrchestrationStatus): RunStatus => ({
+    instanceId: s.instanceId,
+    name: s.name,
+    runtimeStatus: STATUS_NAMES[String(s.runtimeStatus)] ?? 'Running',
+    customStatus: s.customStatus,
+    output: s.output,
+    input: s.input,
+    createdTime: s.createdTime ? new Date(s.createdTime) : undefined,
+    lastUpdatedTime: s.lastUpdatedTime ? new Date(s.lastUpdatedTime) : undefined,
+  });
   return {
     startNew: (name, opts) => client.startNew(name, opts),
     async getStatus(id) {
       try {
         const s = await client.getStatus(id);
-        if (!s) return undefined;
-        return {
-          instanceId: s.instanceId,
-          name: s.name,
-          runtimeStatus: STATUS_NAMES[String(s.runtimeStatus)] ?? 'Running',
-          customStatus: s.customStatus,
-          output: s.output,
-          input: s.input,
-        };
+        return s ? status(s) : undefined;
       } catch (e) {
         if (/HTTP 404/.test((e as Error).message)) return undefined;
         throw e;
       }
     },
+    // The extension's instance query (it follows continuation tokens itself).
+    list: async ({ createdFrom }) => (await client.getStatusBy({ createdTimeFrom: createdFrom })).map(status),
   };
 }
 

@@ -431,6 +431,10 @@ describe('Dockerfile', () => {
     const ignored = dockerignore.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
     for (const f of [...folders, 'host.json', 'package.json', 'package-lock.json', 'tsconfig.json']) expect(ignored).not.toContain(f);
     for (const f of ['node_modules', 'dist', '.azurite', 'local.settings.json', 'test']) expect(ignored).toContain(f);
+    // `npm run build` also builds the dashboard from web/ (Vite) into dist/web.
+    expect(JSON.parse(read('package.json')).scripts.build).toContain('build:web');
+    expect(dockerfile).toMatch(/^COPY web /m);
+    expect(ignored).not.toContain('web');
   });
 });
 

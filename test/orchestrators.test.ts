@@ -522,6 +522,7 @@ describe('startDelta: duplicate start', () => {
     const client: RunClient = {
       getStatus: async (id) => status(id, 'Running'),
       startNew: async (_name, o) => { started.push(o.instanceId); return o.instanceId; },
+      list: async () => [],
     };
     setRunClientProvider(() => client);
     const body = { name: 'chat', base: 'models/a', post: 'models/b' };
@@ -544,6 +545,7 @@ describe('startDelta: duplicate start', () => {
         runs.set(o.instanceId, { name, input: o.input });
         return o.instanceId;
       },
+      list: async () => [],
     };
     setRunClientProvider(() => client);
     const body = { name: 'chat', base: 'models/a', post: 'models/b', replace: true };

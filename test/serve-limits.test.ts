@@ -169,7 +169,7 @@ describe('paramdelta serve, end to end on Azurite', () => {
       expect(res.status, `${method} ${url}`).not.toBe(405);
       expect(((await res.json()) as { detail?: string }).detail ?? '', `${method} ${url}`).not.toMatch(/^no route/);
     }
-    for (const [method, url] of [['GET', '/api/models'], ['DELETE', '/api/deltas'], ['POST', '/api/runs/x'], ['GET', '/deltas'], ['GET', '/api/nope'], ['GET', '/api/runs/a/b']] as const) {
+    for (const [method, url] of [['PUT', '/api/models'], ['DELETE', '/api/deltas'], ['POST', '/api/runs/x'], ['GET', '/deltas'], ['GET', '/api/nope'], ['GET', '/api/runs/a/b']] as const) {
       const res = await fetch(`${serve.url}${url}`, { method });
       expect(res.status, `${method} ${url}`).toBe(404);
       expect(((await res.json()) as { detail?: string }).detail, `${method} ${url}`).toMatch(/^no route/);

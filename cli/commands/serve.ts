@@ -15,6 +15,7 @@ export function registerServe(program: Command): void {
       const handle = await startServe({ port: Number(o.port), storage: o.storage, dataDir: o.dataDir, azuritePorts });
       const say = (s: string) => process.stdout.write(s + '\n');
       say(`paramdelta serve: ${handle.url}/api (POST deltas, POST models, GET deltas, GET runs/{id})`);
+      say(`dashboard: ${handle.dashboardUrl}`);
       // Only Azurite's public development key is ever printed; a connection string given by the user is not.
       const a = handle.azurite;
       if (a) say(`storage (Azurite, pid ${a.pid}${a.reused ? ', reused from a serve that was stopped without closing it' : ''}, ${portsNote(a, azuritePorts)}): ${handle.connectionString}`);

@@ -7,7 +7,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import azureFunctions, { type EventGridEvent, type HttpResponseInit, type InvocationContext } from '@azure/functions';
-import { LocalDurableRuntime, type ActivityFn } from './runtime.js';
+import { LocalDurableRuntime, type ActivityFn, type InstanceStatus } from './runtime.js';
+import type { RunStatus } from '../../functions/client.js';
 import { azuriteForFolder, portsNote, type Azurite, type AzuritePorts } from './azurite.js';
 import { BlobInstanceStore, HOST_CONTAINER } from './history.js';
 
@@ -37,6 +38,8 @@ export interface ServeOptions {
 
 export interface ServeHandle {
   url: string;
+  /** The dashboard's address (`url` redirects there too). */
+  dashboardUrl: string;
   /** The storage connection string in use; it is Azurite's public development key when serve started Azurite. */
   connectionString: string;
   startedAzurite: boolean;
@@ -166,21 +169,24 @@ export async function startServe(opts: ServeOptions = {}): Promise<ServeHandle> 
   }
   const resumed = await runtime.resume();
   if (resumed > 0) log(`resumed ${resumed} unfinished orchestration instance(s) from storage`);
+  const runStatus = (s: InstanceStatus): RunStatus => ({
+    instanceId: s.instanceId,
+    name: s.name,
+    runtimeStatus: s.runtimeStatus,
+    customStatus: s.customStatus,
+    // As in Azure, a failed orchestration's output is its error text.
+    output: s.runtimeStatus === 'Failed' ? (s.error ?? s.output) : s.output,
+    input: s.input,
+    createdTime: s.createdTime,
+    lastUpdatedTime: s.lastUpdatedTime,
+  });
   client.setRunClientProvider(() => ({
     startNew: (name, o) => runtime.startNew(name, o),
     async getStatus(id) {
       const s = await runtime.getStatus(id);
-      if (!s) return undefined;
-      return {
-        instanceId: s.instanceId,
-        name: s.name,
-        runtimeStatus: s.runtimeStatus,
-        customStatus: s.customStatus,
-        // As in Azure, a failed orchestration's output is its error text.
-        output: s.runtimeStatus === 'Failed' ? (s.error ?? s.output) : s.output,
-        input: s.input,
-      };
+      return s ? runStatus(s) : undefined;
     },
+    list: async ({ createdFrom }) => (await runtime.listInstances()).filter((s) => s.createdTime >= createdFrom).map(runStatus),
   }));
 
   // The routing table is the app's app.http registrations (functions/app.ts), under host.json's
@@ -190,10 +196,16 @@ export async function startServe(opts: ServeOptions = {}): Promise<ServeHandle> 
   for (const r of catalog.httpRoutes) {
     if (!['anonymous', 'function', 'admin'].includes(r.authLevel)) throw new Error(`route ${r.name}: unknown authLevel "${r.authLevel}"`);
   }
+  // `/` leads to the dashboard, an app.http route like the others (functions/triggers/dashboard.ts).
+  const dashboard = catalog.httpRoutes.find((r) => r.name === 'dashboard');
   const server: Server = createServer((req, res) => {
     void (async () => {
       try {
         const url = new URL(req.url ?? '/', `http://${req.headers.host ?? '127.0.0.1'}`);
+        if (dashboard && url.pathname === '/' && (req.method === 'GET' || req.method === 'HEAD')) {
+          await send(res, { status: 302, headers: { location: `${prefix}${dashboard.route}${url.search}` } });
+          return;
+        }
         const rest = url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length) : null;
         for (const r of catalog.httpRoutes) {
           const params = rest !== null ? matchRoute(r.route, rest) : null;
@@ -283,6 +295,7 @@ export async function startServe(opts: ServeOptions = {}): Promise<ServeHandle> 
 
   return {
     url: `http://127.0.0.1:${port}`,
+    dashboardUrl: `http://127.0.0.1:${port}${prefix}${dashboard?.route ?? ''}`,
     connectionString,
     startedAzurite: azurite !== null,
     azurite,
