@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import path from 'node:path';
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { fixturesDir } from './helpers/fixtures.js';
 import { loadTensors, localEnv } from './helpers/models.js';
@@ -288,6 +288,22 @@ describe('paramdelta analyze', () => {
     expect(t.stdout).toMatch(/lossy: \d+ elements rounded in \d+ tensors/);
     expect(t.stdout).toContain(`${dir('post2')}: `);
     expect(t.stdout).toContain(`${dir('plain')}: 1.0000 over 21 shared tensors`);
+  });
+
+  it('--html writes one self-contained page holding the same report; never over a file or into an input', async () => {
+    const page = path.join(tmp, 'report.html');
+    const r = await runCli(['analyze', dir('compact'), '--against', dir('post2'), '--html', page, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const html = await readFile(page, 'utf8');
+    const data = /<script id="paramdelta-analysis" type="application\/json">([\s\S]*?)<\/script>/.exec(html);
+    expect(analysisSchema.parse(JSON.parse(data![1]))).toEqual({ ...analysisSchema.parse(JSON.parse(r.stdout)), createdAt: expect.any(String) });
+    expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href=["']?https?:/);
+    const again = await runCli(['analyze', dir('compact'), '--html', page]);
+    expect([again.code, again.stderr]).toEqual([2, `paramdelta: error: --html ${page}: already exists; pass --force to replace it\n`]);
+    const inside = await runCli(['analyze', dir('compact'), '--html', path.join(dir('compact'), 'r.html')]);
+    expect(inside.code).toBe(2);
+    expect(inside.stderr).toMatch(/--html: .* overlaps the input DELTA/);
+    expect(await readdir(dir('compact'))).not.toContain('r.html');
   });
 
   it('bad input exits 2 with one line naming it', async () => {

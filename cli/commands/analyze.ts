@@ -1,9 +1,33 @@
 import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import { rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { analyzeDelta, TENSOR_KINDS, type DeltaAnalysis, type Norms } from '../../lib/analyze/index.js';
 import { InputError } from '../../lib/errors.js';
 import { formatBytes } from '../../lib/ops/sizes.js';
 import { Progress } from '../progress.js';
 import { commandEnv, print, storageOption } from '../common.js';
+import { assertCliOutputApart } from '../../lib/storage/overlap.js';
+import { isBlobRef } from '../../lib/storage/refs.js';
+
+/** Checks --html before any work: a local file, outside every input, not over an existing file unless --force. */
+async function checkHtmlTarget(file: string, inputs: { label: string; ref: string }[], force: boolean): Promise<void> {
+  if (isBlobRef(file) || /^[a-z][a-z0-9+.-]*:\/\//i.test(file)) throw new InputError(`--html ${file}: must be a local file path`);
+  await assertCliOutputApart({ label: '--html', ref: file }, inputs);
+  if (existsSync(file) && !force) throw new InputError(`--html ${file}: already exists; pass --force to replace it`);
+}
+
+/** Writes the page under a temporary name, then renames it into place: never a half-written report. */
+async function writeHtml(file: string, html: string): Promise<void> {
+  const tmp = path.join(path.dirname(path.resolve(file)), `.${path.basename(file)}.partial-${process.pid}`);
+  try {
+    await writeFile(tmp, html);
+    await rename(tmp, file);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
 
 const num = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4 ? x.toFixed(4) : x.toExponential(3));
 const ratio = (n: Norms) => num(n.relative);
@@ -62,6 +86,8 @@ export function registerAnalyze(program: Command): void {
     .option('--base <dir>', "the delta's original base, streamed for ‖W‖ when delta.json does not record base norms (older deltas)")
     .option('--top <n>', 'tensors listed in the text output', '10')
     .option('--json', 'print the analysis report (the analysis.json schema)')
+    .option('--html <file>', 'also write the report as one self-contained HTML page with its charts')
+    .option('--force', 'replace an existing --html file')
     .addOption(storageOption())
     .action(async (deltaRef: string, o) => {
       const top = Number(o.top);
@@ -69,10 +95,15 @@ export function registerAnalyze(program: Command): void {
       const progress = new Progress(process.stderr.isTTY && !o.json);
       const refs = [deltaRef, ...o.against, ...(o.base ? [o.base] : [])];
       const env = commandEnv(o, progress, refs);
+      if (o.html) await checkHtmlTarget(o.html, refs.map((ref) => ({ label: ref === deltaRef ? 'DELTA' : ref === o.base ? '--base' : '--against', ref })), !!o.force);
       try {
         const a = await analyzeDelta(env, deltaRef, { against: o.against, base: o.base, onStart: (bytes) => bytes > 0 && progress.start('analyze', bytes) });
         progress.stop();
-        print(o, analysisText(a, top), a);
+        if (o.html) {
+          const { renderAnalysisHtml } = await import('../html-report.js');
+          await writeHtml(o.html, await renderAnalysisHtml(a));
+        }
+        print(o, analysisText(a, top) + (o.html ? `\nwrote ${o.html}` : ''), a);
       } finally {
         progress.stop();
       }
