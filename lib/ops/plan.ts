@@ -334,7 +334,7 @@ export function planApply(
     shards,
     copied: tensors.filter((t) => t.deltas.length === 0 && !t.pieces).map((t) => t.name),
     files,
-    ...(vocab && (vocab.record || Object.keys(vocab.config).length || vocab.tokenizer)
+    ...(vocab && (vocab.record || Object.keys(vocab.config).length || vocab.tokenizer || vocab.tiedAnywhere)
       ? { vocab: { ...(vocab.record ? { record: vocab.record } : {}), tied: vocab.tied, config: vocab.config, tokenizer: vocab.tokenizer } }
       : {}),
   });

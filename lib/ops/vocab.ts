@@ -123,10 +123,10 @@ export interface ApplyVocabPlan {
   tensors: ApplyTensorPlan[];
   /** Delta tensors this plan consumed (the generic name-by-name pairing skips them). */
   consumed: Set<string>[];
-  /** New base tensors left out of the output (a tied model's redundant lm_head). */
-  dropped: Set<string>;
   record?: ModelVocabRecord;
   tied: boolean;
+  /** Whether the new base or a delta's models tie their head (then the output's tie is recorded). */
+  tiedAnywhere: boolean;
   config: Record<string, unknown>;
   /** Non-null: the output takes the new base's tokenizer files, edited so. */
   tokenizer: TokenizerEdit | null;
@@ -229,7 +229,9 @@ export function planApplyVocab(base: Checkpoint, deltas: OpenedDelta[], inputs: 
   let next = Vnew;
   tokens.forEach((t, k) => {
     const postRow = V + k;
-    let row = inputs.pairing === 'tokens' && t !== null ? byContent.get(t) : postRow >= A && postRow < Vnew ? postRow : undefined;
+    // Padding pairs by index with a row the new base leaves without a token too (any row, with --vocab rows).
+    const byIndex = postRow >= A && postRow < Vnew && (inputs.pairing === 'rows' || (newTokens?.[postRow] ?? null) === null);
+    let row = inputs.pairing === 'tokens' && t !== null ? byContent.get(t) : byIndex ? postRow : undefined;
     if (row === undefined || at.has(row)) row = next++;
     at.set(row, k);
     placed.push({ row, k });
@@ -309,7 +311,9 @@ export function planApplyVocab(base: Checkpoint, deltas: OpenedDelta[], inputs: 
     const chat = deltas.find((d) => d.manifest.files.some((f) => f.file === 'tokenizer_config.json'));
     tokenizer = { append, chatFrom: chat?.ref ?? null };
   }
-  return { tensors, consumed, dropped: new Set(tiedNew && base.byName.has(HEAD) ? [HEAD] : []), record, tied: !outHead, config, tokenizer };
+  // The head is worth recording once a tied model is involved.
+  const tiedAnywhere = tiedNew || deltas.some((d) => d.manifest.tied?.base || d.manifest.tied?.post || !d.ckpt.byName.has(HEAD));
+  return { tensors, consumed, record, tied: !outHead, tiedAnywhere, config, tokenizer };
 }
 
 /** tokenizer_config.json keys that carry a chat model's template and special tokens. */
