@@ -9,6 +9,8 @@ import { localEnv, withTempDir } from './helpers/models.js';
 import { runCli } from './helpers/cli.js';
 import { runApply, runCompute } from '../lib/ops/run.js';
 import { localOutput } from '../lib/storage/output.js';
+import { verify } from '../lib/ops/verify.js';
+import { applyRefusal } from '../lib/ops/compat.js';
 import { parseTokenTable } from '../lib/format/tokenizer.js';
 import type { DeltaFormat } from '../lib/ops/manifest.js';
 import type { VocabPairing } from '../lib/ops/vocab.js';
@@ -103,6 +105,8 @@ describe.each(['compact', 'safetensors'] as DeltaFormat[])('vocabulary changes, 
       const tensors = dj.tensors as Record<string, { shape: number[]; carried?: unknown }>;
       expect(tensors[EMBED].shape).toEqual([32, H]);
       expect(tensors[`carried:${HEAD}`]).toMatchObject({ shape: [2, H], carried: { of: HEAD, rows: [32, 34] } });
+      // The original base plus the delta gives post back, carried rows included.
+      expect(await verify(localEnv, join(tmp, 'base'), join(tmp, 'post'), join(tmp, 'delta'))).toMatchObject({ ok: true, mismatches: [] });
 
       await apply(join(tmp, 'newbase'), join(tmp, 'delta'), join(tmp, 'out'));
       const rows = [...applied(0, 32), { post: 32 }, { post: 33 }];
@@ -172,6 +176,10 @@ describe('vocabulary changes on apply', () => {
         renamed: { tokens: renamed, tied: false, salt: 4 },
       });
       expect((await runCli(['compute', '--base', join(tmp, 'base'), '--post', join(tmp, 'post'), '--out', join(tmp, 'delta')])).code).toBe(0);
+      // The pipeline's re-post check (findCompatibleDeltas) refuses exactly what apply refuses.
+      expect(await applyRefusal(localEnv, join(tmp, 'small'), join(tmp, 'delta'), { shardSize: 5e9 })).toMatch(/base of 32 rows, but the new base .* has 30/);
+      expect(await applyRefusal(localEnv, join(tmp, 'renamed'), join(tmp, 'delta'), { shardSize: 5e9 })).toMatch(/first at row 5, "w2" in the delta's base but "zz"/);
+      expect(await applyRefusal(localEnv, join(tmp, 'base'), join(tmp, 'delta'), { shardSize: 5e9 })).toBeNull();
       const small = await runCli(['apply', '--base', join(tmp, 'small'), '--delta', join(tmp, 'delta'), '--out', join(tmp, 'out1')]);
       expect(small.code).toBe(2);
       expect(small.stderr).toMatch(/base of 32 rows, but the new base .* has 30; the first token it lacks is "w27" \(row 30\).*--vocab rows/);
@@ -215,6 +223,7 @@ describe('tied embeddings', () => {
       expect(HEAD in (dj.tensors as object)).toBe(!(k.base && k.post));
       for (const nb of ['tiednb', 'untiednb']) {
         const out = join(tmp, `out-${nb}`);
+        expect(await applyRefusal(localEnv, join(tmp, nb), join(tmp, 'delta'), { shardSize: 5e9 })).toBeNull();
         await apply(join(tmp, nb), join(tmp, 'delta'), out);
         const tied = nb === 'tiednb' && k.base && k.post;
         await expectOutput(out, expectedModel(m.base, m.post, m[nb], applied(0, 32), tied), tied, tmp, [1, 7, 3, 30, 2]);

@@ -1,6 +1,5 @@
 import { openCheckpoint } from '../../lib/format/checkpoint.js';
-import { prepareApply } from '../../lib/ops/apply.js';
-import { InputError } from '../../lib/errors.js';
+import { applyRefusal } from '../../lib/ops/compat.js';
 import { listDeltas } from '../../lib/ops/registry.js';
 import type { RepostBaseInput } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
@@ -18,22 +17,11 @@ export async function findCompatibleDeltas(input: RepostBaseInput): Promise<Comp
   const { deltas, skipped } = await listDeltas(p.deltas(), p.env.resolve);
   const compatible: Compatibility['compatible'] = [];
   for (const d of deltas) {
-    // Exactly what apply accepts: its own planning, which reads headers and tokenizers only.
-    const reason = d.autoApply ? await refusal(() => prepareApply(p.env, input.base, [{ ref: d.ref }], { shardSize: p.settings.shardSize })) : 'autoApply is off for this delta';
+    const reason = d.autoApply ? await applyRefusal(p.env, input.base, d.ref, { shardSize: p.settings.shardSize }) : 'autoApply is off for this delta';
     if (reason) skipped.push({ name: d.name, reason });
     else compatible.push({ name: d.name, ref: d.ref, output: `${p.settings.containers.postedModels}/${input.name}/${d.name}` });
   }
   return { compatible, skipped };
-}
-
-async function refusal(plan: () => Promise<unknown>): Promise<string | null> {
-  try {
-    await plan();
-    return null;
-  } catch (e) {
-    if (e instanceof InputError) return e.message;
-    throw e;
-  }
 }
 
 register.activity('findCompatibleDeltas', { handler: findCompatibleDeltas });
