@@ -3,7 +3,7 @@
 // once to BF16), and loads in the float64 reference forward pass with its own config.
 import { describe, it, expect } from 'vitest';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { roundTo } from './helpers/floats.js';
 import { localEnv, withTempDir } from './helpers/models.js';
 import { runCli } from './helpers/cli.js';
@@ -198,6 +198,28 @@ describe('vocabulary changes on apply', () => {
       const forced2 = await runCli(['apply', '--base', join(tmp, 'renamed'), '--delta', join(tmp, 'delta'), '--vocab', 'rows', '--out', join(tmp, 'out4')]);
       expect(forced2.code, forced2.stderr).toBe(0);
       await expectOutput(join(tmp, 'out4'), expectedModel(m.base, m.post, m.renamed, [...applied(0, 32), { post: 32 }, { post: 33 }], false), false, tmp, [1, 5, 33, 2]);
+    }));
+});
+
+describe('vocabulary refusals', () => {
+  it('a malformed tokenizer.json, and two fused deltas that each carry tokens: exit 2 naming the file or deltas, nothing written', () =>
+    withTempDir(async (tmp) => {
+      await family(tmp, {
+        base: { tokens: BASE_TOKENS, tied: false, salt: 1 },
+        post: { tokens: CHATML, tied: false, salt: 2 },
+        post2: { tokens: [...BASE_TOKENS, '<pad>'], tied: false, salt: 5 },
+        newbase: { tokens: BASE_TOKENS, tied: false, salt: 3 },
+      });
+      for (const post of ['post', 'post2']) expect((await runCli(['compute', '--base', join(tmp, 'base'), '--post', join(tmp, post), '--out', join(tmp, `d-${post}`)])).code).toBe(0);
+      const fused = await runCli(['apply', '--base', join(tmp, 'newbase'), '--delta', join(tmp, 'd-post'), '--delta', join(tmp, 'd-post2'), '--out', join(tmp, 'out1')]);
+      expect(fused.code).toBe(2);
+      expect(fused.stderr).toMatch(/d-post, .*d-post2 each carry added tokens; apply them one at a time/);
+      expect(existsSync(join(tmp, 'out1'))).toBe(false);
+      await writeFile(join(tmp, 'newbase', 'tokenizer.json'), '{"model": {"vocab": {"a": "one"}}}');
+      const bad = await runCli(['apply', '--base', join(tmp, 'newbase'), '--delta', join(tmp, 'd-post'), '--out', join(tmp, 'out2')]);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(/newbase\/tokenizer.json: field "model.vocab" must map token strings to non-negative integer ids/);
+      expect(existsSync(join(tmp, 'out2'))).toBe(false);
     }));
 });
 
