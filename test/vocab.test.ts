@@ -148,6 +148,27 @@ describe.each(['compact', 'safetensors'] as DeltaFormat[])('vocabulary changes, 
     }));
 });
 
+describe('vocabulary changes, streamed in several chunks', () => {
+  it('pieces and carried rows longer than a stream chunk, read off the compact chunk grid', () =>
+    withTempDir(async (tmp) => {
+      const words = Array.from({ length: 600 }, (_, i) => `v${i}`);
+      const added = Array.from({ length: 1100 }, (_, i) => `<t${i}>`);
+      const m = await family(tmp, {
+        base: { tokens: words, tied: false, salt: 1 },
+        post: { tokens: [...words, ...added], tied: false, salt: 2 },
+        newbase: { tokens: [...words, '<t3>', '<x>'], tied: false, salt: 3 },
+      });
+      // The smallest buffers: 4096-element stream chunks, 64-element compact chunks (8 rows).
+      const env = { ...localEnv, bufferBytes: 1 };
+      await runCompute(env, { base: join(tmp, 'base'), post: join(tmp, 'post'), shardSize: 5e9, format: 'compact', chunkElements: 64 }, () => localOutput(join(tmp, 'delta')));
+      await runApply(env, { base: join(tmp, 'newbase'), deltas: [{ ref: join(tmp, 'delta') }], shardSize: 5e9 }, () => localOutput(join(tmp, 'out')));
+      const post = (a: number, b: number): Src[] => Array.from({ length: b - a }, (_, i) => ({ post: a + i }));
+      const rows = [...applied(0, 600), { post: 603 }, ...newBase(601, 602), ...post(600, 603), ...post(604, 1700)];
+      await expectOutput(join(tmp, 'out'), expectedModel(m.base, m.post, m.newbase, rows, false), false, tmp, [1, 600, 601, 650, 1700]);
+      expect(await tokensOf(join(tmp, 'out'))).toEqual([...words, '<t3>', '<x>', ...added.filter((t) => t !== '<t3>')]);
+    }));
+});
+
 describe('vocabulary changes on apply', () => {
   it('the new base extended the vocabulary: its rows beyond V are its own, its tokenizer kept with post chat template', () =>
     withTempDir(async (tmp) => {

@@ -258,6 +258,8 @@ export function planApply(
   const problems: string[] = [];
   const perTensor = new Map<string, ApplyDeltaRef[]>();
   const vocab = planApplyVocab(base, deltas, { pairing: 'tokens', newBase: null, deltas: deltas.map(() => null), ...opts.vocab, newBaseFiles: opts.baseFiles }, problems);
+  // A vocabulary refusal says all there is to say: the tensor-by-tensor checks below would only repeat it.
+  if (problems.length) throw new PlanError(problems);
   deltas.forEach((d, i) => {
     for (const dt of d.ckpt.tensors) {
       if (vocab?.consumed[i].has(dt.name)) continue;
