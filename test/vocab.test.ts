@@ -129,6 +129,7 @@ describe.each(['compact', 'safetensors'] as DeltaFormat[])('vocabulary changes, 
         post: { tokens: [...CHATML, null], tied: false, salt: 2, chatTemplate: CHAT },
         newbase: { tokens: [...BASE_TOKENS, '<tool_call>', '<|im_end|>', null], tied: false, salt: 3 },
       });
+      await writeFile(join(tmp, 'post', 'generation_config.json'), JSON.stringify({ bos_token_id: 1, eos_token_id: [2, 32, 33] }));
       await compute(join(tmp, 'base'), join(tmp, 'post'), join(tmp, 'delta'), format);
       expect((await readJson(join(tmp, 'delta', 'delta.json'))).vocab).toMatchObject({ carried: { tokens: ['<|im_start|>', '<|im_end|>', null] } });
       await apply(join(tmp, 'newbase'), join(tmp, 'delta'), join(tmp, 'out'));
@@ -139,6 +140,8 @@ describe.each(['compact', 'safetensors'] as DeltaFormat[])('vocabulary changes, 
       const tc = await readJson(join(tmp, 'out', 'tokenizer_config.json'));
       expect(tc.chat_template).toBe(CHAT);
       expect(tc.added_tokens_decoder).toMatchObject({ '35': { content: '<|im_start|>', special: true } });
+      // Post's generation ids follow its tokens: <|im_start|> (post 32) is 35 here, <|im_end|> stays 33.
+      expect(await readJson(join(tmp, 'out', 'generation_config.json'))).toEqual({ bos_token_id: 1, eos_token_id: [2, 35, 33] });
       const pm = await readJson(join(tmp, 'out', 'paramdelta.json'));
       expect(pm.vocab).toMatchObject({
         rows: 36, newBaseRows: 35, deltaBaseRows: 32, applied: [[0, 32]], newBase: [[32, 33]],

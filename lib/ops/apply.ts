@@ -16,7 +16,7 @@ import { SourceCache, streamTensors, alignedChunkElements, type Slot } from './s
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 import type { Kernels } from '../kernels/index.js';
 import { readTokenTable, withAddedTokens, TOKENIZER_FILE, type TokenTable } from '../format/tokenizer.js';
-import { mergeTokenizerConfig, type VocabPairing } from './vocab.js';
+import { mergeTokenizerConfig, renumberGenerationConfig, type VocabPairing } from './vocab.js';
 
 export interface ApplyShardResult {
   file: string;
@@ -41,6 +41,7 @@ export async function prepareApply(
   if (edit) {
     for (const f of plan.files.filter((x) => x.file === 'tokenizer_config.json' && x.from === plan.base)) parseJsonObject(await env.resolve(f.from).readText(f.file), `${f.from}/${f.file}`);
     if (edit.chatFrom) parseJsonObject(await env.resolve(edit.chatFrom).readText('tokenizer_config.json'), `${edit.chatFrom}/tokenizer_config.json`);
+    for (const f of plan.files.filter((x) => x.file === 'generation_config.json' && x.from !== plan.base)) parseJsonObject(await env.resolve(f.from).readText(f.file), `${f.from}/${f.file}`);
   }
   return plan;
 }
@@ -283,6 +284,9 @@ async function editedFile(plan: ApplyPlan, f: { from: string; file: string }, da
   const text = () => Buffer.from(data).toString('utf8');
   const json = parseJsonObject;
   if (f.file === 'config.json' && Object.keys(v.config).length) return JSON.stringify({ ...json(text(), `${f.from}/config.json`), ...v.config }, null, 2) + '\n';
+  if (v.tokenizer && f.file === 'generation_config.json' && f.from !== plan.base && v.tokenizer.moved.length) {
+    return JSON.stringify(renumberGenerationConfig(json(text(), `${f.from}/${f.file}`), v.tokenizer.moved), null, 2);
+  }
   if (!v.tokenizer || f.from !== plan.base) return data;
   if (f.file === TOKENIZER_FILE && v.tokenizer.append.length) return withAddedTokens(text(), v.tokenizer.append);
   if (f.file === 'tokenizer_config.json') {

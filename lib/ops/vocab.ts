@@ -116,6 +116,17 @@ export interface TokenizerEdit {
   append: AddedToken[];
   /** A delta whose tokenizer_config.json's chat template and special tokens go over the new base's. */
   chatFrom: string | null;
+  /** Post's token ids that moved, [post id, output id]: generation_config.json's ids follow them. */
+  moved: [number, number][];
+}
+
+/** generation_config.json with its token ids (bos, eos, pad; a number or a list) renumbered as `moved` says. */
+export function renumberGenerationConfig(config: Record<string, unknown>, moved: readonly [number, number][]): Record<string, unknown> {
+  const map = new Map(moved);
+  const renumber = (v: unknown): unknown => (typeof v === 'number' ? (map.get(v) ?? v) : Array.isArray(v) ? v.map(renumber) : v);
+  const out = { ...config };
+  for (const k of ['bos_token_id', 'eos_token_id', 'pad_token_id', 'decoder_start_token_id']) if (k in out) out[k] = renumber(out[k]);
+  return out;
 }
 
 export interface ApplyVocabPlan {
@@ -309,7 +320,7 @@ export function planApplyVocab(base: Checkpoint, deltas: OpenedDelta[], inputs: 
         return { single_word: false, lstrip: false, rstrip: false, normalized: true, special: false, ...flags, id: p.row, content: tokens[p.k]! };
       });
     const chat = deltas.find((d) => d.manifest.files.some((f) => f.file === 'tokenizer_config.json'));
-    tokenizer = { append, chatFrom: chat?.ref ?? null };
+    tokenizer = { append, chatFrom: chat?.ref ?? null, moved: placed.filter((p) => p.row !== V + p.k).map((p) => [V + p.k, p.row]) };
   }
   // The head is worth recording once a tied model is involved.
   const tiedAnywhere = tiedNew || deltas.some((d) => d.manifest.tied?.base || d.manifest.tied?.post || !d.ckpt.byName.has(HEAD));
