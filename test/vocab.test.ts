@@ -278,5 +278,13 @@ describe('tied embeddings', () => {
         if (k.base || k.post || nb === 'tiednb') expect(pm.tied).toBe(tied);
         else expect(pm).not.toHaveProperty('tied');
       }
+      if (k.base && k.post) {
+        // A new base tied only by having no lm_head: the output's config says so rather than leave it to a default.
+        const cfg = await readJson(join(tmp, 'tiednb', 'config.json'));
+        delete cfg.tie_word_embeddings;
+        await writeFile(join(tmp, 'tiednb', 'config.json'), JSON.stringify(cfg));
+        await apply(join(tmp, 'tiednb'), join(tmp, 'delta'), join(tmp, 'out-bare'));
+        await expectOutput(join(tmp, 'out-bare'), expectedModel(m.base, m.post, m.tiednb, applied(0, 32), true), true, tmp, [1, 7, 3, 30, 2]);
+      }
     }));
 });

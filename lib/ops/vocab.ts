@@ -291,8 +291,12 @@ export function planApplyVocab(base: Checkpoint, deltas: OpenedDelta[], inputs: 
   const config: Record<string, unknown> = {};
   const cfg = base.config ?? {};
   if (cfg.vocab_size !== rowsOut) config.vocab_size = rowsOut;
-  if (!outHead !== tiedNew || (cfg.tie_word_embeddings === true && outHead)) config.tie_word_embeddings = !outHead;
-  if (TORCH_DTYPE[embB.dtype] && cfg.torch_dtype !== TORCH_DTYPE[embB.dtype]) config.torch_dtype = TORCH_DTYPE[embB.dtype];
+  // Written where it differs, or where an absent flag would leave the output's tie to the architecture's default.
+  const tie = !outHead;
+  if (cfg.tie_word_embeddings !== tie && (cfg.tie_word_embeddings !== undefined || tie || tie !== tiedNew)) config.tie_word_embeddings = tie;
+  // Recent transformers name it `dtype`.
+  const dtypeKey = 'dtype' in cfg && !('torch_dtype' in cfg) ? 'dtype' : 'torch_dtype';
+  if (TORCH_DTYPE[embB.dtype] && cfg[dtypeKey] !== TORCH_DTYPE[embB.dtype]) config[dtypeKey] = TORCH_DTYPE[embB.dtype];
 
   const moved = V !== Vnew || placed.some((p) => p.row !== V + p.k);
   const record: ModelVocabRecord | undefined =
