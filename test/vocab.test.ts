@@ -7,7 +7,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { roundTo } from './helpers/floats.js';
 import { localEnv, withTempDir } from './helpers/models.js';
 import { runCli } from './helpers/cli.js';
-import { runApply, runCompute } from '../lib/ops/run.js';
+import { runApply, runCompute, runConvert } from '../lib/ops/run.js';
 import { localOutput } from '../lib/storage/output.js';
 import { verify } from '../lib/ops/verify.js';
 import { applyRefusal } from '../lib/ops/compat.js';
@@ -120,6 +120,12 @@ describe.each(['compact', 'safetensors'] as DeltaFormat[])('vocabulary changes, 
         appended: [{ row: 32, postRow: 32, token: '<|im_start|>' }, { row: 33, postRow: 33, token: '<|im_end|>' }],
       });
       expect(pm.tied).toBe(false);
+      // Converted to the other layout, the delta keeps its carried rows and applies to the same bytes.
+      const other = format === 'compact' ? 'safetensors' : 'compact';
+      await runConvert(localEnv, { delta: join(tmp, 'delta'), to: other, shardSize: 5e9, chunkElements: 64 }, () => localOutput(join(tmp, 'converted')));
+      expect((await readJson(join(tmp, 'converted', 'delta.json'))).vocab).toEqual(dj.vocab);
+      await apply(join(tmp, 'newbase'), join(tmp, 'converted'), join(tmp, 'out-converted'));
+      await expectOutput(join(tmp, 'out-converted'), expectedModel(m.base, m.post, m.newbase, rows, false), false, tmp, [1, 5, 32, 9, 33, 2]);
     }));
 
   it('both: post adds tokens, the new base extended the vocabulary; a shared token goes to its row, padding pairs by index, the rest is appended', () =>
