@@ -2,6 +2,7 @@ import { Option, type Command } from 'commander';
 import { InputError } from '../../lib/errors.js';
 import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { runApply } from '../../lib/ops/run.js';
+import { VOCAB_PAIRINGS, type VocabPairing } from '../../lib/ops/vocab.js';
 import { parseSize } from '../../lib/ops/sizes.js';
 import { cliOutput } from '../storage.js';
 import { Progress } from '../progress.js';
@@ -28,6 +29,7 @@ export function registerApply(program: Command): void {
       deltas[deltas.length - 1].scale = s;
       return v;
     })
+    .addOption(new Option('--vocab <pairing>', 'pair vocabulary rows with the new base by token content, or by index (rows)').choices([...VOCAB_PAIRINGS]).default('tokens'))
     .option('--out <dir>', 'the model folder to write')
     .addOption(new Option('--output <dir>').hideHelp());
   writerOptions(applyCmd, 'largest output shard').action(async (o) => {
@@ -39,12 +41,15 @@ export function registerApply(program: Command): void {
     try {
       const e = commandEnv(o, progress, [base, ...deltas.map((d) => d.ref), dir]);
       const output = await cliOutput(e.resolve, dir, OUTPUT_KINDS.model, { force: o.force, inputs });
-      const { plan } = await runApply(e, { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size') }, output);
+      const { plan } = await runApply(e, { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size'), vocab: o.vocab as VocabPairing }, output);
       progress.stop();
       let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
       if (plan.copied.length) text += `\ncopied unchanged from the new base (no delta has them): ${plan.copied.join(', ')}`;
+      const v = plan.vocab?.record;
+      if (v) text += `\nvocabulary: ${v.rows} rows (new base ${v.newBaseRows}, delta's base ${v.deltaBaseRows}); ${v.carried.length} carried into the new base's rows, ${v.appended.length} appended`;
+      if (plan.vocab) text += `\nlm_head: ${plan.vocab.tied ? 'tied to embed_tokens' : 'its own tensor'}`;
       text += `\nfiles: ${plan.files.map((f) => f.file).join(', ')}`;
-      print(o, text, { ok: true, out: dir, shards: plan.shards.map((s) => s.file), copied: plan.copied, files: plan.files });
+      print(o, text, { ok: true, out: dir, shards: plan.shards.map((s) => s.file), copied: plan.copied, files: plan.files, ...(plan.vocab ? { vocab: plan.vocab.record ?? null, tied: plan.vocab.tied } : {}) });
     } finally {
       progress.stop();
     }

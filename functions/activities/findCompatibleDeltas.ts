@@ -1,5 +1,5 @@
 import { openCheckpoint } from '../../lib/format/checkpoint.js';
-import { incompatibility } from '../../lib/ops/compat.js';
+import { applyRefusal } from '../../lib/ops/compat.js';
 import { listDeltas } from '../../lib/ops/registry.js';
 import type { RepostBaseInput } from '../contracts.js';
 import { pipeline } from '../pipeline.js';
@@ -10,14 +10,14 @@ export interface Compatibility {
   skipped: { name: string; reason: string }[];
 }
 
-/** Every registered delta whose recorded base has the new base's tensor names, shapes and float dtypes. */
+/** Every registered delta that apply would accept onto the new base (names, shapes, dtypes, vocabularies, tied heads). */
 export async function findCompatibleDeltas(input: RepostBaseInput): Promise<Compatibility> {
   const p = pipeline();
-  const base = await openCheckpoint(p.env.resolve(input.base));
+  await openCheckpoint(p.env.resolve(input.base));
   const { deltas, skipped } = await listDeltas(p.deltas(), p.env.resolve);
   const compatible: Compatibility['compatible'] = [];
   for (const d of deltas) {
-    const reason = d.autoApply ? incompatibility(d.manifest.base, base) : 'autoApply is off for this delta';
+    const reason = d.autoApply ? await applyRefusal(p.env, input.base, d.ref, { shardSize: p.settings.shardSize }) : 'autoApply is off for this delta';
     if (reason) skipped.push({ name: d.name, reason });
     else compatible.push({ name: d.name, ref: d.ref, output: `${p.settings.containers.postedModels}/${input.name}/${d.name}` });
   }

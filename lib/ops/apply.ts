@@ -15,6 +15,8 @@ import { openDelta } from './delta.js';
 import { SourceCache, streamTensors, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 import type { Kernels } from '../kernels/index.js';
+import { readTokenTable, withAddedTokens, TOKENIZER_FILE, type TokenTable } from '../format/tokenizer.js';
+import { mergeTokenizerConfig, renumberGenerationConfig, type VocabPairing } from './vocab.js';
 
 export interface ApplyShardResult {
   file: string;
@@ -26,13 +28,37 @@ export async function prepareApply(
   env: ExecEnv,
   baseRef: string,
   deltas: { ref: string; scale?: number }[],
-  opts: { shardSize: number },
+  opts: { shardSize: number; vocab?: VocabPairing },
 ): Promise<ApplyPlan> {
   const base = await openCheckpoint(env.resolve(baseRef), MODEL_LAYOUT);
   const opened = [];
   for (const d of deltas) opened.push(await openDelta(env.resolve, d.ref, d.scale ?? 1));
-  return planApply(base, opened, { shardSize: opts.shardSize, baseFiles: await base.store.list() });
+  const tokens = { pairing: opts.vocab ?? 'tokens', newBase: await readTokenTable(base.store), deltas: [] as (TokenTable | null)[] };
+  for (const d of opened) tokens.deltas.push(d.manifest.files.some((f) => f.file === TOKENIZER_FILE) ? await readTokenTable(d.ckpt.store) : null);
+  const plan = planApply(base, opened, { shardSize: opts.shardSize, baseFiles: await base.store.list(), vocab: tokens });
+  // Files finalize will edit must parse now, before any shard is written.
+  const edit = plan.vocab?.tokenizer;
+  if (edit) {
+    for (const f of plan.files.filter((x) => x.file === 'tokenizer_config.json' && x.from === plan.base)) parseJsonObject(await env.resolve(f.from).readText(f.file), `${f.from}/${f.file}`);
+    if (edit.chatFrom) parseJsonObject(await env.resolve(edit.chatFrom).readText('tokenizer_config.json'), `${edit.chatFrom}/tokenizer_config.json`);
+    for (const f of plan.files.filter((x) => x.file === 'generation_config.json' && x.from !== plan.base)) parseJsonObject(await env.resolve(f.from).readText(f.file), `${f.from}/${f.file}`);
+  }
+  return plan;
 }
+
+function parseJsonObject(text: string, where: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new InputError(`${where}: not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InputError(`${where}: must be a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+/** What a shard streams: each tensor, or its pieces in order (rows from several sources, lib/ops/vocab.ts). */
+export const streamedTensors = (tensors: readonly ApplyTensorPlan[]): ApplyTensorPlan[] => tensors.flatMap((t) => t.pieces ?? [t]);
 
 /** Reads one tensor chunk of the new base and of each delta (plain or compact), and combines them into `out`. */
 export class ApplyChunks {
@@ -57,21 +83,31 @@ export class ApplyChunks {
     const size = dtypeSize(t.dtype);
     const layout: (Piece[] | null)[] = this.plan.deltas.map(() => null);
     this.layouts.set(s, layout);
-    const reads: Promise<unknown>[] = [this.sources.get(this.plan.base, t.base.file).then((src) => src.read(t.base.offset + start * size, n * size, s.inputs[0]))];
+    const base = t.base;
+    // Rows carried from post that the new base lacks: 0 + carried.
+    if (!base) s.inputs[0].fill(0, 0, n * size);
+    const reads: Promise<unknown>[] = base ? [this.sources.get(this.plan.base, base.file).then((src) => src.read(base.offset + start * size, n * size, s.inputs[0]))] : [];
     t.deltas.forEach((d, i) => {
       const source = this.plan.deltas[d.delta];
+      const name = d.tensor ?? t.name;
+      const at = (d.start ?? 0) + start;
       if (source.layout === 'compact') {
         reads.push(
           this.compact.get(source.ref, d.ref.file).then(async (shard) => {
-            const ct = shard.tensor(t.name);
-            if (ct.dtype !== d.ref.dtype) throw new InputError(`${shard.source.name}: tensor "${t.name}" is ${ct.dtype} now, ${d.ref.dtype} when the run was planned; the delta changed, plan again`);
-            layout[i] = await shard.read(ct, start, n, s.aux![2 * i], s.aux![2 * i + 1], this.pool);
+            const ct = shard.tensor(name);
+            if (ct.dtype !== d.ref.dtype) throw new InputError(`${shard.source.name}: tensor "${name}" is ${ct.dtype} now, ${d.ref.dtype} when the run was planned; the delta changed, plan again`);
+            // Pieces of a vocabulary tensor may start or end inside a chunk: decode whole chunks, keep the range.
+            const ch = shard.chunkElements;
+            const from = at - (at % ch);
+            const to = Math.min(ct.elements, Math.ceil((at + n) / ch) * ch);
+            const pieces = await shard.read(ct, from, to - from, s.aux![2 * i], s.aux![2 * i + 1], this.pool);
+            layout[i] = at === from && to === at + n ? pieces : trimPieces(pieces, at - from, n);
           }),
         );
         return;
       }
       const ds = dtypeSize(d.ref.dtype);
-      reads.push(this.sources.get(source.ref, d.ref.file).then((src) => src.read(d.ref.offset + start * ds, n * ds, s.inputs[1 + i])));
+      reads.push(this.sources.get(source.ref, d.ref.file).then((src) => src.read(d.ref.offset + at * ds, n * ds, s.inputs[1 + i])));
     });
     await Promise.all(reads);
   }
@@ -100,7 +136,7 @@ export class ApplyChunks {
       const b = k + 1 < starts.length ? starts[k + 1] : n;
       const deltas = t.deltas.map((d, i) => {
         const pieces = layout[i];
-        const scale = this.plan.deltas[d.delta].scale;
+        const scale = d.scale ?? this.plan.deltas[d.delta].scale;
         if (!pieces) {
           const ds = dtypeSize(d.ref.dtype);
           return { dtype: d.ref.dtype as FloatDType, data: s.inputs[1 + i].subarray(a * ds, b * ds), scale };
@@ -137,19 +173,21 @@ export function applySlots(
   const count = slotsFor(env);
   const unit = Math.max(1, ...deltas.filter((d) => d.layout === 'compact').map((d) => d.chunkElements!));
   const chunk = alignedChunkElements(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, unit);
-  const key = JSON.stringify(['apply', env.kernels ?? 'wasm', count, chunk, baseSize, extraInputs, deltas.map((d, i) => [d.layout, d.chunkElements, deltaSize[i]])]);
+  // A piece read from a compact delta off the chunk grid decodes up to one more chunk at each end.
+  const slack = tensors.some((t) => t.deltas.some((d) => d.start !== undefined)) ? 2 * unit : 0;
+  const key = JSON.stringify(['apply', env.kernels ?? 'wasm', count, chunk, slack, baseSize, extraInputs, deltas.map((d, i) => [d.layout, d.chunkElements, deltaSize[i]])]);
   const create = async () => {
-    const kernels = await kernelsFor(env, count * (chunk * inArena + 64 * (deltas.length + extraInputs + 2)));
+    const kernels = await kernelsFor(env, count * ((chunk + slack) * inArena + 64 * (deltas.length + extraInputs + 2)));
     const slot = (): Slot => ({
       inputs: [
         kernels.alloc(chunk * baseSize),
-        ...deltaSize.map((size) => kernels.alloc(chunk * size)),
+        ...deltaSize.map((size, i) => kernels.alloc((chunk + (compact(i) ? slack : 0)) * size)),
         ...Array.from({ length: extraInputs }, () => kernels.alloc(chunk * baseSize)),
       ],
       out: kernels.alloc(chunk * baseSize),
       aux: deltas.flatMap((d, i) =>
         compact(i)
-          ? [sharedBytes((chunk / d.chunkElements!) * deltaSize[i] * frameBound(d.chunkElements!)), sharedBytes(chunk * deltaSize[i])]
+          ? [sharedBytes(((chunk + slack) / d.chunkElements!) * deltaSize[i] * frameBound(d.chunkElements!)), sharedBytes((chunk + slack) * deltaSize[i])]
           : [new Uint8Array(0), new Uint8Array(0)],
       ),
     });
@@ -161,7 +199,8 @@ export function applySlots(
 /** Writes one output shard. Safe to run again: same plan, same bytes. */
 export async function executeApplyShard(plan: ApplyPlan, index: number, env: ExecEnv, out: Store): Promise<ApplyShardResult> {
   const shard = plan.shards[index];
-  const buffers = applySlots(env, plan.deltas, shard.tensors);
+  const items = streamedTensors(shard.tensors);
+  const buffers = applySlots(env, plan.deltas, items);
   return withBuffers(buffers.key, buffers.create, async ({ kernels, slots, chunk }) => {
     const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
     const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: outputTags('model', plan.hash) });
@@ -170,11 +209,11 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
     try {
       await streamTensors(
         {
-          count: shard.tensors.length,
-          elements: (t) => shard.tensors[t].elements,
-          read: (t, start, n, s) => chunks.read(shard.tensors[t], start, n, s),
+          count: items.length,
+          elements: (t) => items[t].elements,
+          read: (t, start, n, s) => chunks.read(items[t], start, n, s),
           compute: (t, _start, n, s) => {
-            const tp = shard.tensors[t];
+            const tp = items[t];
             env.onProgress?.(n * (dtypeSize(tp.dtype) + tp.deltas.reduce((a, d) => a + dtypeSize(d.ref.dtype), 0)));
             return chunks.compute(tp, n, s);
           },
@@ -203,11 +242,13 @@ export async function finalizeApply(plan: ApplyPlan, env: ExecEnv, out: Store, o
   const tags = outputTags('model');
   for (const f of plan.files) {
     const src = await env.resolve(f.from).openRead(f.file);
+    let data: Uint8Array;
     try {
-      await out.writeFile(f.file, await src.read(0, src.size), { metadata: tags });
+      data = await src.read(0, src.size);
     } finally {
       await src.close();
     }
+    await out.writeFile(f.file, plan.vocab ? await editedFile(plan, f, data, env) : data, { metadata: tags });
   }
   const manifest: ModelManifest = {
     format: MODEL_FORMAT,
@@ -217,9 +258,41 @@ export async function finalizeApply(plan: ApplyPlan, env: ExecEnv, out: Store, o
     base: plan.base,
     deltas: plan.deltas.map((d) => ({ ref: env.resolve(d.ref).ref, scale: d.scale })),
     shards: plan.shards.map((s) => s.file),
+    ...(plan.vocab?.record ? { vocab: plan.vocab.record } : {}),
+    ...(plan.vocab ? { tied: plan.vocab.tied } : {}),
   };
   await out.writeFile(MODEL_MANIFEST, JSON.stringify(manifest, null, 2) + '\n', { metadata: tags });
   const entries = plan.shards.flatMap((s) => s.tensors.map((t) => ({ name: t.name, file: s.file })));
   const total = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + t.elements * dtypeSize(t.dtype), 0), 0);
   await out.writeFile(opts.index ?? MODEL_INDEX, indexJson(entries, total), { metadata: tags });
+}
+
+/** Part of decoded pieces: elements [skip, skip + n) of the range, relative to `skip`. */
+function trimPieces(pieces: Piece[], skip: number, n: number): Piece[] {
+  const out: Piece[] = [];
+  for (const p of pieces) {
+    const a = Math.max(p.start, skip);
+    const b = Math.min(p.start + p.n, skip + n);
+    if (b <= a) continue;
+    out.push({ start: a - skip, n: b - a, dtype: p.dtype, byteOffset: p.byteOffset + (a - p.start) * dtypeSize(p.dtype) });
+  }
+  return out;
+}
+
+/** A copied file as the output needs it: config.json with the real vocabulary size, tie and dtype; tokenizer files with the output's tokens. */
+async function editedFile(plan: ApplyPlan, f: { from: string; file: string }, data: Uint8Array, env: ExecEnv): Promise<Uint8Array | string> {
+  const v = plan.vocab!;
+  const text = () => Buffer.from(data).toString('utf8');
+  const json = parseJsonObject;
+  if (f.file === 'config.json' && Object.keys(v.config).length) return JSON.stringify({ ...json(text(), `${f.from}/config.json`), ...v.config }, null, 2) + '\n';
+  if (v.tokenizer && f.file === 'generation_config.json' && f.from !== plan.base && v.tokenizer.moved.length) {
+    return JSON.stringify(renumberGenerationConfig(json(text(), `${f.from}/${f.file}`), v.tokenizer.moved), null, 2);
+  }
+  if (!v.tokenizer || f.from !== plan.base) return data;
+  if (f.file === TOKENIZER_FILE && v.tokenizer.append.length) return withAddedTokens(text(), v.tokenizer.append);
+  if (f.file === 'tokenizer_config.json') {
+    const post = v.tokenizer.chatFrom ? json(await env.resolve(v.tokenizer.chatFrom).readText('tokenizer_config.json'), `${v.tokenizer.chatFrom}/tokenizer_config.json`) : null;
+    return JSON.stringify(mergeTokenizerConfig(json(text(), `${f.from}/tokenizer_config.json`), post, v.tokenizer.append), null, 2);
+  }
+  return data;
 }

@@ -1,9 +1,27 @@
 import { isFloatDType } from '../format/dtype.js';
 import type { Checkpoint } from '../format/checkpoint.js';
 import type { ModelIdentity } from './manifest.js';
+import { InputError } from '../errors.js';
+import { prepareApply } from './apply.js';
+import type { ExecEnv } from './env.js';
 
 /**
- * Why a delta recorded against `recordedBase` cannot be applied to `candidate`, or null when it can:
+ * Why apply would refuse this delta on this new base, or null when it would accept it: apply's own
+ * planning (headers, tokenizers, vocabularies, tied heads), so a re-post offers exactly what apply accepts.
+ */
+export async function applyRefusal(env: ExecEnv, baseRef: string, deltaRef: string, opts: { shardSize: number }): Promise<string | null> {
+  try {
+    await prepareApply(env, baseRef, [{ ref: deltaRef }], opts);
+    return null;
+  } catch (e) {
+    if (e instanceof InputError) return e.message;
+    throw e;
+  }
+}
+
+/**
+ * A stricter, header-only check kept for callers that have no delta folder at hand: why a delta recorded
+ * against `recordedBase` cannot be applied to `candidate`, or null when it can:
  * same tensor names, shapes and float dtypes (non-float tensors are copied, so only names matter).
  */
 export function incompatibility(recordedBase: ModelIdentity, candidate: Checkpoint): string | null {

@@ -8,6 +8,7 @@ import { CompactShardWriter } from '../codec/writer.js';
 import { codecPool, sharedBytes, type CodecPool } from '../codec/pool.js';
 import type { Store } from '../storage/types.js';
 import { InputError } from '../errors.js';
+import { readTokenTable } from '../format/tokenizer.js';
 import { TOOL_VERSION } from '../version.js';
 import { DEFAULT_DELTA_FORMAT, DELTA_FORMAT, DELTA_LAYOUT, DELTA_MANIFEST, type DeltaFormat, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
 import { outputTags } from './outputs.js';
@@ -38,6 +39,7 @@ export async function prepareCompute(
   const plan = planCompute(base, post, {
     policy: opts.policy ?? 'auto',
     shardSize: opts.shardSize,
+    tokens: { base: await readTokenTable(base.store), post: await readTokenTable(post.store) },
     postFiles: await post.store.list(),
     format: opts.format ?? DEFAULT_DELTA_FORMAT,
     chunkElements: opts.chunkElements,
@@ -103,9 +105,12 @@ function chunkReader(plan: ComputePlan, shard: ShardPlan<ComputeTensorPlan>, sou
   return async (t: number, start: number, n: number, s: Slot) => {
     const tp = shard.tensors[t];
     const size = dtypeSize(tp.modelDtype);
-    const [sb, sp] = await Promise.all([sources.get(plan.base, tp.base.file), sources.get(plan.post, tp.post.file)]);
+    const base = tp.base;
+    // Carried rows have no base: post − 0 is post's own values, exactly.
+    if (!base) s.inputs[0].fill(0, 0, n * size);
+    const [sb, sp] = await Promise.all([base ? sources.get(plan.base, base.file) : null, sources.get(plan.post, tp.post.file)]);
     await Promise.all([
-      sb.read(tp.base.offset + start * size, n * size, s.inputs[0]),
+      sb?.read(base!.offset + start * size, n * size, s.inputs[0]),
       sp.read(tp.post.offset + start * size, n * size, s.inputs[1]),
     ]);
   };
@@ -123,6 +128,7 @@ function tensorEntry(t: ComputeTensorPlan, file: string, dtype: FloatDType, st: 
     relNorm: st.sumSqBase > 0 ? Math.sqrt(st.sumSqDelta / st.sumSqBase) : 0,
     deltaNorm: Math.sqrt(st.sumSqDelta),
     baseNorm: Math.sqrt(st.sumSqBase),
+    ...(t.carried ? { carried: t.carried } : {}),
   };
 }
 
@@ -420,6 +426,8 @@ export async function finalizeCompute(
     unchangedNonFloat: plan.unchangedNonFloat,
     files,
     ...(sources ? { sources: { base: sources.base, post: sources.post } } : {}),
+    ...(plan.vocab ? { vocab: plan.vocab } : {}),
+    ...(plan.tied ? { tied: plan.tied } : {}),
   };
   await out.writeFile(DELTA_MANIFEST, JSON.stringify(manifest, null, 2) + '\n', { metadata: tags });
   return manifest;

@@ -65,8 +65,25 @@ const deltaTensorSchema = z.object({
   /** Compact layout: the tensor's frames, and its chunks decoded (each chunk in the smallest exact dtype). */
   compressedBytes: z.number().int().nonnegative().optional(),
   rawBytes: z.number().int().nonnegative().optional(),
+  /** Carried rows (issue 9): this tensor holds post's own rows [rows[0], rows[1]) of vocabulary tensor `of`, not a difference. */
+  carried: z.object({ of: z.string(), rows: z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()]) }).optional(),
 });
 export type DeltaTensorEntry = z.infer<typeof deltaTensorSchema>;
+
+const tokenSchema = z.string().nullable();
+const vocabRecordSchema = z.object({
+  /** Rows of the vocabulary-sized tensors in the base (V: the delta's rows) and in post (V_post). */
+  baseRows: z.number().int().nonnegative(),
+  postRows: z.number().int().nonnegative(),
+  /** V_post > V: rows [V, V_post) stored as post's own values (vocabulary tensor → its carried tensor), with post's token strings. */
+  carried: z.object({ tensors: z.record(z.string(), z.string()), tokens: z.array(tokenSchema) }).optional(),
+  /**
+   * The base's token contents, rows [0, V): those of `file` (post's tokenizer.json in this folder; null: none)
+   * except the rows listed. Null when the base has no tokenizer.json.
+   */
+  baseTokens: z.object({ file: z.string().nullable(), except: z.record(z.string(), tokenSchema) }).nullable(),
+});
+export type DeltaVocabRecord = z.infer<typeof vocabRecordSchema>;
 
 const fileEntry = z.object({ file: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/), bytes: z.number().int().nonnegative() });
 
@@ -98,6 +115,10 @@ export const deltaManifestSchema = z.object({
    * gate compares a re-posted model with the old post while it is still there. Absent in older deltas.
    */
   sources: z.object({ base: z.string(), post: z.string() }).optional(),
+  /** The vocabulary-sized tensors' rows (lib/ops/vocab.ts); absent in deltas written before it was recorded. */
+  vocab: vocabRecordSchema.optional(),
+  /** Whether base and post tie lm_head to embed_tokens; absent in deltas written before it was recorded. */
+  tied: z.object({ base: z.boolean(), post: z.boolean() }).optional(),
 });
 export type DeltaManifest = z.infer<typeof deltaManifestSchema>;
 
@@ -111,6 +132,26 @@ export interface ModelManifest {
   base: string;
   deltas: { ref: string; scale: number }[];
   shards: string[];
+  /** Rows of the vocabulary-sized tensors, when they are not simply the new base's (lib/ops/vocab.ts). */
+  vocab?: ModelVocabRecord;
+  /** Whether the output ties lm_head to embed_tokens, when a delta or the new base has a head of its own. */
+  tied?: boolean;
+}
+
+/** Where each row of the output's vocabulary-sized tensors came from. */
+export interface ModelVocabRecord {
+  /** Rows: the output's, the new base's, and the deltas' base (V). */
+  rows: number;
+  newBaseRows: number;
+  deltaBaseRows: number;
+  /** How rows were paired: by token content (the default) or by index (`--vocab rows`). */
+  pairing: 'tokens' | 'rows';
+  /** Row ranges [start, end): new base + Σ scale·Δ, and the new base's own rows. */
+  applied: [number, number][];
+  newBase: [number, number][];
+  /** Post's own rows: put in the new base's row for the same token (carried) or added at the end (appended). */
+  carried: { row: number; postRow: number; token: string | null }[];
+  appended: { row: number; postRow: number; token: string | null }[];
 }
 
 export function modelIdentity(ckpt: Checkpoint): ModelIdentity {

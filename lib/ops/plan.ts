@@ -3,10 +3,15 @@ import { dtypeSize, isFloatDType, type DType, type FloatDType } from '../format/
 import { encodeHeader, maxHeaderLength } from '../format/safetensors.js';
 import { shardFileName, tensorBytes, MODEL_LAYOUT, type Checkpoint, type CheckpointTensor } from '../format/checkpoint.js';
 import { PlanError } from '../errors.js';
+import type { TokenTable } from '../format/tokenizer.js';
+import {
+  addedRows, carriedSlice, deltaVocabRecord, embedOf, pairForCompute, planApplyVocab, weightTensors,
+  type ApplyVocabInputs, type TokenizerEdit,
+} from './vocab.js';
 import { COMPACT_EXTENSION, DEFAULT_CHUNK_ELEMENTS } from '../codec/format.js';
 import {
   CHAT_FILES, DELTA_LAYOUT, DELTA_SHARD_STEM, modelIdentity,
-  type DeltaFormat, type DeltaManifest, type ModelIdentity,
+  type DeltaFormat, type DeltaManifest, type DeltaVocabRecord, type ModelIdentity, type ModelVocabRecord,
 } from './manifest.js';
 
 export type DeltaDtypePolicy = 'auto' | 'f32' | 'f64' | 'bf16' | 'f16';
@@ -28,8 +33,11 @@ export interface ComputeTensorPlan {
   modelDtype: FloatDType;
   /** The dtypes the delta may take, smallest first; one entry when the policy fixes it. */
   candidates: FloatDType[];
-  base: TensorRef;
+  /** Null: carried rows (lib/ops/vocab.ts), stored as post's own values (post − 0). */
+  base: TensorRef | null;
   post: TensorRef;
+  /** Carried rows [rows[0], rows[1]) of vocabulary tensor `of`. */
+  carried?: { of: string; rows: [number, number] };
 }
 
 export interface ShardPlan<T> {
@@ -56,6 +64,9 @@ export interface ComputePlan {
   unchangedNonFloat: string[];
   /** Non-float tensors to compare during execution's planning step (name, base, post, byteLength). */
   nonFloatChecks: { name: string; base: TensorRef; post: TensorRef; byteLength: number }[];
+  /** Rows of the vocabulary tensors, and tied heads (lib/ops/vocab.ts); recorded in delta.json. */
+  vocab?: DeltaVocabRecord;
+  tied?: { base: boolean; post: boolean };
   hash: string;
 }
 
@@ -72,9 +83,23 @@ export interface ApplyTensorPlan {
   shape: number[];
   elements: number;
   dtype: DType;
-  base: TensorRef;
+  /** Null: zeros (rows carried from a post model that the new base lacks). */
+  base: TensorRef | null;
   /** Empty: copied from the new base unchanged. */
-  deltas: { delta: number; ref: TensorRef }[];
+  deltas: ApplyDeltaRef[];
+  /** Rows from several sources, streamed in order (lib/ops/vocab.ts); the tensor's own base and deltas are then unused. */
+  pieces?: ApplyTensorPlan[];
+}
+
+export interface ApplyDeltaRef {
+  delta: number;
+  ref: TensorRef;
+  /** The delta's tensor, when not the output tensor's name (a tied head's Δ, carried rows). */
+  tensor?: string;
+  /** Its first element read. */
+  start?: number;
+  /** Overrides the delta's scale (carried rows are post's own values: 1). */
+  scale?: number;
 }
 
 export interface ApplyPlan {
@@ -86,6 +111,8 @@ export interface ApplyPlan {
   copied: string[];
   /** Non-tensor files for the output: config.json from the new base, chat files from the first delta that has them. */
   files: { from: string; file: string }[];
+  /** Rows of the vocabulary tensors and the tied head (lib/ops/vocab.ts): recorded, and written into config.json and the tokenizer files. */
+  vocab?: { record?: ModelVocabRecord; tied: boolean; config: Record<string, unknown>; tokenizer: TokenizerEdit | null };
   hash: string;
 }
 
@@ -129,38 +156,57 @@ function splitShards<T>(items: T[], bytes: (t: T) => number, maxBytes: number): 
 export function planCompute(
   base: Checkpoint,
   post: Checkpoint,
-  opts: { policy: DeltaDtypePolicy; shardSize: number; postFiles: readonly string[]; format: DeltaFormat; chunkElements?: number },
+  opts: {
+    policy: DeltaDtypePolicy; shardSize: number; postFiles: readonly string[]; format: DeltaFormat; chunkElements?: number;
+    /** tokenizer.json token tables of base and post, for the vocab record. */
+    tokens?: { base: TokenTable | null; post: TokenTable | null };
+  },
 ): ComputePlan {
   const problems: string[] = [];
   const tensors: ComputeTensorPlan[] = [];
   const nonFloatChecks: ComputePlan['nonFloatChecks'] = [];
-  for (const b of base.tensors) {
-    const p = post.byName.get(b.name);
-    if (!p) {
-      problems.push(`tensor "${b.name}" is in the base (${base.store.ref}) but not in post (${post.store.ref})`);
+  const paired = pairForCompute(base, post);
+  problems.push(...paired.problems);
+  const rows = { base: -1, post: -1 };
+  const carried: Record<string, string> = {};
+  for (const { name, base: b, post: p } of paired.pairs) {
+    const added = addedRows({ name, base: b, post: p });
+    if (added && b.dtype === p.dtype && isFloatDType(b.dtype)) {
+      // Post added tokens: Δ on the base's rows, post's own values for the rest.
+      if ((rows.base >= 0 && rows.base !== added.rows) || (rows.post >= 0 && rows.post !== added.postRows)) {
+        problems.push(`tensor "${name}": ${added.rows} rows in the base and ${added.postRows} in post, unlike the other vocabulary tensors`);
+        continue;
+      }
+      Object.assign(rows, { base: added.rows, post: added.postRows });
+      const c = carriedSlice({ name, base: b, post: p });
+      carried[name] = c.name;
+      const candidates = deltaCandidates(b.dtype, opts.policy);
+      tensors.push({ name, shape: b.shape, elements: b.elements, modelDtype: b.dtype, candidates, base: ref(b), post: ref(p) });
+      tensors.push({ ...c, modelDtype: b.dtype, candidates, base: null, carried: { of: name, rows: [added.rows, added.postRows] } });
       continue;
     }
     if (JSON.stringify(b.shape) !== JSON.stringify(p.shape)) {
-      problems.push(`tensor "${b.name}": shape [${b.shape}] in the base but [${p.shape}] in post`);
+      problems.push(`tensor "${name}": shape [${b.shape}] in the base but [${p.shape}] in post`);
       continue;
     }
     if (b.dtype !== p.dtype) {
-      problems.push(`tensor "${b.name}": dtype ${b.dtype} in the base but ${p.dtype} in post; convert one model first`);
+      problems.push(`tensor "${name}": dtype ${b.dtype} in the base but ${p.dtype} in post; convert one model first`);
       continue;
     }
     if (isFloatDType(b.dtype)) {
       tensors.push({
-        name: b.name, shape: b.shape, elements: b.elements, modelDtype: b.dtype,
+        name, shape: b.shape, elements: b.elements, modelDtype: b.dtype,
         candidates: deltaCandidates(b.dtype, opts.policy), base: ref(b), post: ref(p),
       });
     } else {
-      nonFloatChecks.push({ name: b.name, base: ref(b), post: ref(p), byteLength: b.byteLength });
+      nonFloatChecks.push({ name, base: ref(b), post: ref(p), byteLength: b.byteLength });
     }
   }
-  for (const p of post.tensors) {
-    if (!base.byName.has(p.name)) problems.push(`tensor "${p.name}" is in post (${post.store.ref}) but not in the base (${base.store.ref})`);
-  }
   if (problems.length) throw new PlanError(problems);
+  const embed = embedOf(base);
+  const vocab = embed
+    ? deltaVocabRecord(rows.base >= 0 ? rows.base : embed.shape[0], rows.post >= 0 ? rows.post : embed.shape[0], carried, opts.tokens?.base ?? null, opts.tokens?.post ?? null)
+    : undefined;
 
   // Size shards by the most likely dtype: F32 for 16-bit models, the model dtype otherwise.
   const likely = (t: ComputeTensorPlan) => tensorBytes(t.shape, t.candidates.length > 1 ? t.candidates[1] : t.candidates[0]);
@@ -175,7 +221,7 @@ export function planCompute(
     // A compact shard's header goes at its end: nothing is reserved at the front.
     prefixLength: compact ? 0 : 8 + maxHeaderLength(g.map((t) => ({ name: t.name, shape: t.shape, dtypes: t.candidates })), SHARD_METADATA),
     tensors: g,
-    inputBytes: g.reduce((s, t) => s + 2 * tensorBytes(t.shape, t.modelDtype), 0),
+    inputBytes: g.reduce((s, t) => s + (t.base ? 2 : 1) * tensorBytes(t.shape, t.modelDtype), 0),
   }));
   return withHash<ComputePlan>({
     kind: 'compute',
@@ -189,6 +235,7 @@ export function planCompute(
     identity: { base: modelIdentity(base), post: modelIdentity(post) },
     unchangedNonFloat: nonFloatChecks.map((c) => c.name),
     nonFloatChecks,
+    ...(vocab ? { vocab, tied: paired.tied } : {}),
   });
 }
 
@@ -203,11 +250,19 @@ export interface OpenedDelta {
   ckpt: Checkpoint;
 }
 
-export function planApply(base: Checkpoint, deltas: OpenedDelta[], opts: { shardSize: number; baseFiles: string[] }): ApplyPlan {
+export function planApply(
+  base: Checkpoint,
+  deltas: OpenedDelta[],
+  opts: { shardSize: number; baseFiles: string[]; vocab?: Omit<ApplyVocabInputs, 'newBaseFiles'> },
+): ApplyPlan {
   const problems: string[] = [];
-  const perTensor = new Map<string, { delta: number; ref: TensorRef }[]>();
+  const perTensor = new Map<string, ApplyDeltaRef[]>();
+  const vocab = planApplyVocab(base, deltas, { pairing: 'tokens', newBase: null, deltas: deltas.map(() => null), ...opts.vocab, newBaseFiles: opts.baseFiles }, problems);
+  // A vocabulary refusal says all there is to say: the tensor-by-tensor checks below would only repeat it.
+  if (problems.length) throw new PlanError(problems);
   deltas.forEach((d, i) => {
     for (const dt of d.ckpt.tensors) {
+      if (vocab?.consumed[i].has(dt.name)) continue;
       const b = base.byName.get(dt.name);
       if (!b) {
         problems.push(`delta ${d.ref}: tensor "${dt.name}" is not in the new base (${base.store.ref})`);
@@ -227,29 +282,47 @@ export function planApply(base: Checkpoint, deltas: OpenedDelta[], opts: { shard
     }
     if (!Number.isFinite(d.scale)) problems.push(`delta ${d.ref}: scale ${d.scale} is not a finite number`);
   });
+  for (const t of vocab?.tensors ?? []) {
+    for (const p of t.pieces ?? [t]) {
+      for (const d of p.deltas) {
+        if (!isFloatDType(p.dtype) || !isFloatDType(d.ref.dtype)) problems.push(`delta ${deltas[d.delta].ref}: tensor "${d.tensor ?? t.name}" is ${d.ref.dtype} and the new base's is ${p.dtype}; both must be floating point`);
+      }
+    }
+  }
   if (problems.length) throw new PlanError(problems);
 
-  const tensors: ApplyTensorPlan[] = base.tensors.map((b) => ({
-    name: b.name, shape: b.shape, elements: b.elements, dtype: b.dtype, base: ref(b), deltas: perTensor.get(b.name) ?? [],
-  }));
+  const vocabTensors = new Map((vocab?.tensors ?? []).map((t) => [t.name, t]));
+  const tensors: ApplyTensorPlan[] = weightTensors(base).map(
+    (b) => vocabTensors.get(b.name) ?? { name: b.name, shape: b.shape, elements: b.elements, dtype: b.dtype, base: ref(b), deltas: perTensor.get(b.name) ?? [] },
+  );
+  // A tied new base gets a head of its own when a delta has one.
+  for (const t of vocabTensors.values()) if (!tensors.includes(t)) tensors.push(t);
+  const inputs = (t: ApplyTensorPlan): number =>
+    t.pieces ? t.pieces.reduce((a, p) => a + inputs(p), 0) : (t.base ? tensorBytes(t.shape, t.dtype) : 0) + t.deltas.reduce((a, d) => a + tensorBytes(t.shape, d.ref.dtype), 0);
   const groups = splitShards(tensors, (t) => tensorBytes(t.shape, t.dtype), opts.shardSize);
   const shards = groups.map((g, i) => ({
     file: shardFileName('model', i, groups.length),
     prefixLength: encodeHeader(g, SHARD_METADATA).bytes.length,
     tensors: g,
-    inputBytes: g.reduce(
-      (s, t) => s + tensorBytes(t.shape, t.dtype) + t.deltas.reduce((a, d) => a + tensorBytes(t.shape, d.ref.dtype), 0),
-      0,
-    ),
+    inputBytes: g.reduce((s, t) => s + inputs(t), 0),
   }));
 
   const files: ApplyPlan['files'] = [];
   if (opts.baseFiles.includes('config.json')) files.push({ from: base.store.ref, file: 'config.json' });
   const chatSource = deltas.find((d) => d.manifest.files.length > 0);
-  const chat = chatSource ? chatSource.manifest.files.map((f) => ({ from: chatSource.ref, file: f.file })) : [];
-  // Without a post model's chat files, keep the new base's own tokenizer so the output still loads.
-  const fallback = chatSource ? [] : chatFilesIn(opts.baseFiles).map((file) => ({ from: base.store.ref, file }));
-  files.push(...chat, ...fallback);
+  if (vocab?.tokenizer) {
+    // Rows moved against post's tokenizer: the new base's tokenizer files, post's chat files beside them.
+    const own = new Set(['tokenizer.json', 'tokenizer_config.json', 'tokenizer.model', 'added_tokens.json']);
+    const fromBase = chatFilesIn(opts.baseFiles).filter((f) => own.has(f));
+    files.push(...fromBase.map((file) => ({ from: base.store.ref, file })));
+    if (!fromBase.includes('tokenizer_config.json') && vocab.tokenizer.chatFrom) files.push({ from: vocab.tokenizer.chatFrom, file: 'tokenizer_config.json' });
+    if (chatSource) files.push(...chatSource.manifest.files.filter((f) => !own.has(f.file)).map((f) => ({ from: chatSource.ref, file: f.file })));
+  } else {
+    const chat = chatSource ? chatSource.manifest.files.map((f) => ({ from: chatSource.ref, file: f.file })) : [];
+    // Without a post model's chat files, keep the new base's own tokenizer so the output still loads.
+    const fallback = chatSource ? [] : chatFilesIn(opts.baseFiles).map((file) => ({ from: base.store.ref, file }));
+    files.push(...chat, ...fallback);
+  }
 
   return withHash<ApplyPlan>({
     kind: 'apply',
@@ -261,8 +334,11 @@ export function planApply(base: Checkpoint, deltas: OpenedDelta[], opts: { shard
       ...(d.manifest.compact ? { chunkElements: d.manifest.compact.chunkElements } : {}),
     })),
     shards,
-    copied: tensors.filter((t) => t.deltas.length === 0).map((t) => t.name),
+    copied: tensors.filter((t) => t.deltas.length === 0 && !t.pieces).map((t) => t.name),
     files,
+    ...(vocab && (vocab.record || Object.keys(vocab.config).length || vocab.tokenizer || vocab.tiedAnywhere)
+      ? { vocab: { ...(vocab.record ? { record: vocab.record } : {}), tied: vocab.tied, config: vocab.config, tokenizer: vocab.tokenizer } }
+      : {}),
   });
 }
 

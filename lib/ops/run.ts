@@ -5,6 +5,7 @@ import { prepareConvert, executeConvertShard, finalizeConvert, type ConvertPlan 
 import type { DeltaFormat, DeltaManifest } from './manifest.js';
 import type { ApplyPlan, ComputePlan, DeltaDtypePolicy } from './plan.js';
 import type { ExecEnv } from './env.js';
+import type { VocabPairing } from './vocab.js';
 
 export interface RunHooks {
   /** Called once the plan is checked, before anything is written; gets the total input bytes. */
@@ -35,10 +36,10 @@ export async function runCompute(
 /** Runs a whole apply in this process: plan, every shard, then the files and the index last. */
 export async function runApply(
   env: ExecEnv & RunHooks,
-  args: { base: string; deltas: { ref: string; scale?: number }[]; shardSize: number },
+  args: { base: string; deltas: { ref: string; scale?: number }[]; shardSize: number; vocab?: VocabPairing },
   output: (plan: ApplyPlan) => Promise<OutputTarget>,
 ): Promise<{ plan: ApplyPlan }> {
-  const plan = await prepareApply(env, args.base, args.deltas, { shardSize: args.shardSize });
+  const plan = await prepareApply(env, args.base, args.deltas, { shardSize: args.shardSize, vocab: args.vocab });
   env.onPlan?.(plan, plan.shards.reduce((a, s) => a + s.inputBytes, 0));
   const out = await output(plan);
   try {

@@ -68,7 +68,12 @@ export async function verify(env: ExecEnv, baseRef: string, postRef: string, del
     return !problem;
   });
 
-  const { kernels, slots, chunk } = await applySlots(env, plan.deltas, tensors, 1).create();
+  // Pieces (rows from several sources) stream one after another, each at its offset in the post tensor.
+  const items = tensors.flatMap((t) => {
+    let offset = 0;
+    return (t.pieces ?? [t]).map((piece) => ({ name: t.name, piece, offset: (offset += piece.elements) - piece.elements }));
+  });
+  const { kernels, slots, chunk } = await applySlots(env, plan.deltas, items.map((i) => i.piece), 1).create();
   const sources = new SourceCache(env.resolve);
   const chunks = new ApplyChunks(plan, sources, kernels);
   const postSlot = ApplyChunks.inputsPerSlot(plan);
@@ -76,17 +81,17 @@ export async function verify(env: ExecEnv, baseRef: string, postRef: string, del
   try {
     await streamTensors(
       {
-        count: tensors.length,
-        elements: (t) => tensors[t].elements,
+        count: items.length,
+        elements: (t) => items[t].piece.elements,
         read: async (t, start, n, s) => {
-          const tp = tensors[t];
-          const p = post.byName.get(tp.name)!;
+          const { piece: tp, name, offset } = items[t];
+          const p = post.byName.get(name)!;
           const size = dtypeSize(p.dtype);
           const src = await sources.get(postRef, p.file);
-          await Promise.all([chunks.read(tp, start, n, s), src.read(p.offset + start * size, n * size, s.inputs[postSlot])]);
+          await Promise.all([chunks.read(tp, start, n, s), src.read(p.offset + (offset + start) * size, n * size, s.inputs[postSlot])]);
         },
         compute: (t, _start, n, s) => {
-          const tp = tensors[t];
+          const tp = items[t].piece;
           const size = dtypeSize(tp.dtype);
           const got = chunks.compute(tp, n, s);
           const want = s.inputs[postSlot].subarray(0, n * size);
