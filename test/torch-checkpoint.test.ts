@@ -134,7 +134,7 @@ describe('PyTorch checkpoints give byte-identical results to their safetensors t
       }));
   }
 
-  it('tied stories260K-tuned pair (lm_head sharing embed_tokens’ storage) matches safetensors with lm_head written out', () =>
+  it('tied stories260K-tuned pair (lm_head sharing embed_tokens’ storage) matches safetensors with lm_head written out, and stays tied', () =>
     withTempDir(async (tmp) => {
       const f = (sub: string) => fam('stories260K-tuned-f32', sub);
       const bin = async (sub: string) => torchTwin(path.join(tmp, `${sub}-bin`), f(sub), { tie: true });
@@ -145,11 +145,14 @@ describe('PyTorch checkpoints give byte-identical results to their safetensors t
       await apply(await bin('newbase'), [path.join(tmp, 'd-bin')], path.join(tmp, 'a-bin'));
       await apply(await st('newbase'), [path.join(tmp, 'd-st')], path.join(tmp, 'a-st'));
       await expectSameFolders(path.join(tmp, 'a-bin'), path.join(tmp, 'a-st'));
-      // The head's delta is post's embedding minus base's, computed here from the fixtures.
+      // Both configs tie the head to the embedding, so the pair stays tied: the head is the embedding,
+      // whose delta is post's minus base's (computed here from the fixtures), and no lm_head is written.
       const d = await loadDelta(path.join(tmp, 'd-bin'));
       const [b, p] = [await loadTensors(f('base')), await loadTensors(f('post'))];
       const [be, pe] = [floats(b.get('model.embed_tokens.weight')!), floats(p.get('model.embed_tokens.weight')!)];
-      expect([...floats(d.get('lm_head.weight')!)]).toEqual(pe.map((x, i) => x - be[i]));
+      expect([...floats(d.get('model.embed_tokens.weight')!)]).toEqual(pe.map((x, i) => x - be[i]));
+      expect(d.has('lm_head.weight')).toBe(false);
+      expect((await loadTensors(path.join(tmp, 'a-bin'))).has('lm_head.weight')).toBe(false);
     }));
 });
 
