@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { connect, createServer, type Server } from 'node:net';
+import { connect } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BlobServiceClient, ContainerClient } from '@azure/storage-blob';
@@ -59,25 +59,10 @@ export async function runCliOk(args: string[], env: Record<string, string> = {})
   return r.ms;
 }
 
-/** Free loopback ports, held together so they differ. */
-export async function freePorts(n: number): Promise<number[]> {
-  const servers: Server[] = [];
-  try {
-    const ports: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const s = createServer();
-      servers.push(s);
-      await new Promise<void>((resolve, reject) => {
-        s.once('error', reject);
-        s.listen(0, '127.0.0.1', () => resolve());
-      });
-      ports.push((s.address() as { port: number }).port);
-    }
-    return ports;
-  } finally {
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-  }
-}
+import { freePorts } from '../../cli/host/azurite.js';
+
+/** Free loopback ports, held together so they differ (the host's own helper). */
+export { freePorts };
 
 function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {

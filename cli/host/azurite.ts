@@ -28,7 +28,7 @@ export interface Azurite {
 }
 
 /** Free ports, found by binding port 0; all held open together so the three differ. */
-async function freePorts(n: number): Promise<number[]> {
+export async function freePorts(n: number): Promise<number[]> {
   const servers: Server[] = [];
   try {
     const ports: number[] = [];

@@ -19,12 +19,9 @@ export const DELTA_DTYPE_POLICIES: readonly DeltaDtypePolicy[] = ['auto', 'f32',
 export const DEFAULT_SHARD_SIZE = 5e9;
 export const SHARD_METADATA = { format: 'pt' };
 
-/** Where one tensor's bytes are: a shard of an input checkpoint. */
-export interface TensorRef {
-  file: string;
-  offset: number;
-  dtype: DType;
-}
+export type { TensorRef, ApplyTensorPlan, ApplyDeltaRef, OpenedDelta } from './plan-types.js';
+import type { TensorRef, ApplyTensorPlan, ApplyDeltaRef, OpenedDelta } from './plan-types.js';
+
 
 export interface ComputeTensorPlan {
   name: string;
@@ -78,29 +75,7 @@ export interface ApplyDeltaSource {
   chunkElements?: number;
 }
 
-export interface ApplyTensorPlan {
-  name: string;
-  shape: number[];
-  elements: number;
-  dtype: DType;
-  /** Null: zeros (rows carried from a post model that the new base lacks). */
-  base: TensorRef | null;
-  /** Empty: copied from the new base unchanged. */
-  deltas: ApplyDeltaRef[];
-  /** Rows from several sources, streamed in order (lib/ops/vocab.ts); the tensor's own base and deltas are then unused. */
-  pieces?: ApplyTensorPlan[];
-}
 
-export interface ApplyDeltaRef {
-  delta: number;
-  ref: TensorRef;
-  /** The delta's tensor, when not the output tensor's name (a tied head's Δ, carried rows). */
-  tensor?: string;
-  /** Its first element read. */
-  start?: number;
-  /** Overrides the delta's scale (carried rows are post's own values: 1). */
-  scale?: number;
-}
 
 export interface ApplyPlan {
   kind: 'apply';
@@ -243,12 +218,6 @@ export function chatFilesIn(listing: readonly string[]): string[] {
   return CHAT_FILES.filter((f) => listing.includes(f));
 }
 
-export interface OpenedDelta {
-  ref: string;
-  scale: number;
-  manifest: DeltaManifest;
-  ckpt: Checkpoint;
-}
 
 export function planApply(
   base: Checkpoint,

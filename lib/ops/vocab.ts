@@ -5,7 +5,7 @@ import type { Checkpoint, CheckpointTensor } from '../format/checkpoint.js';
 import type { DType } from '../format/dtype.js';
 import type { AddedToken, TokenTable } from '../format/tokenizer.js';
 import type { DeltaVocabRecord, ModelVocabRecord } from './manifest.js';
-import type { ApplyTensorPlan, OpenedDelta, TensorRef } from './plan.js';
+import type { ApplyTensorPlan, OpenedDelta, TensorRef } from './plan-types.js';
 
 export const HEAD = 'lm_head.weight';
 /** A delta's carried rows of vocabulary tensor X are stored as tensor `carried:X`. */
