@@ -4,6 +4,7 @@ import { DTYPE_SIZES, FLOAT_DTYPES, type DType } from '../format/dtype.js';
 import type { Checkpoint, CheckpointLayout } from '../format/checkpoint.js';
 import { InputError } from '../errors.js';
 import { codecSchema } from '../codec/format.js';
+import type { FusionSpec } from '../fusion/options.js';
 
 export const DELTA_MANIFEST = 'delta.json';
 /** paramdelta's own record in a model folder it wrote (apply), written just before the index. */
@@ -103,6 +104,8 @@ export interface ModelManifest {
   base: string;
   deltas: { ref: string; scale: number }[];
   shards: string[];
+  /** A sparse fusion method and its options (absent: linear, new base + Σ scale·Δ). */
+  fusion?: FusionSpec;
 }
 
 export function modelIdentity(ckpt: Checkpoint): ModelIdentity {

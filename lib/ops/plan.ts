@@ -4,6 +4,8 @@ import { encodeHeader, maxHeaderLength } from '../format/safetensors.js';
 import { shardFileName, tensorBytes, MODEL_LAYOUT, type Checkpoint, type CheckpointTensor } from '../format/checkpoint.js';
 import { PlanError } from '../errors.js';
 import { COMPACT_EXTENSION, DEFAULT_CHUNK_ELEMENTS } from '../codec/format.js';
+import type { FusionSpec } from '../fusion/options.js';
+import type { KeepRange } from '../fusion/combine.js';
 import {
   CHAT_FILES, DELTA_LAYOUT, DELTA_SHARD_STEM, modelIdentity,
   type DeltaFormat, type DeltaManifest, type ModelIdentity,
@@ -86,11 +88,24 @@ export interface ApplyPlan {
   copied: string[];
   /** Non-tensor files for the output: config.json from the new base, chat files from the first delta that has them. */
   files: { from: string; file: string }[];
+  /** A sparse fusion method (absent: linear, new base + Σ wᵢ·Δᵢ); rank methods carry each tensor's kept ranges per delta. */
+  fusion?: FusionPlan;
   hash: string;
+}
+
+export interface FusionPlan extends FusionSpec {
+  /** Rank methods: per tensor, one kept range per entry of its `deltas`. */
+  cutoffs: Record<string, KeepRange[]>;
 }
 
 function ref(t: CheckpointTensor): TensorRef {
   return { file: t.file, offset: t.offset, dtype: t.dtype };
+}
+
+/** The plan with its hash computed again (after planning added to it). */
+export function rehash<T extends { hash: string }>(plan: T): T {
+  const { hash: _, ...rest } = plan;
+  return withHash<T>(rest);
 }
 
 function withHash<T extends { hash: string }>(plan: Omit<T, 'hash'>): T {
@@ -203,7 +218,7 @@ export interface OpenedDelta {
   ckpt: Checkpoint;
 }
 
-export function planApply(base: Checkpoint, deltas: OpenedDelta[], opts: { shardSize: number; baseFiles: string[] }): ApplyPlan {
+export function planApply(base: Checkpoint, deltas: OpenedDelta[], opts: { shardSize: number; baseFiles: string[]; fusion?: FusionSpec | null }): ApplyPlan {
   const problems: string[] = [];
   const perTensor = new Map<string, { delta: number; ref: TensorRef }[]>();
   deltas.forEach((d, i) => {
@@ -263,6 +278,7 @@ export function planApply(base: Checkpoint, deltas: OpenedDelta[], opts: { shard
     shards,
     copied: tensors.filter((t) => t.deltas.length === 0).map((t) => t.name),
     files,
+    ...(opts.fusion ? { fusion: { ...opts.fusion, cutoffs: {} } } : {}),
   });
 }
 

@@ -1,0 +1,201 @@
+// The fusion kernel: per element, in IEEE float64 with each operation rounded, in the order README.md
+// ("Fusing several deltas") gives, then x = new base + λ·m rounded once to the new base's dtype. Plain
+// JavaScript: the masks, the sign election and the random numbers have no counterpart in the wasm kernels.
+import type { FloatDType } from '../format/dtype.js';
+import { f16BitsToF64, f64ToBf16Bits, f64ToF16Bits } from '../kernels/reference.js';
+import { electsSign, usesDare, type FusionSpec } from './options.js';
+import { dareKey, dareUniforms } from './rng.js';
+import type { RankElement } from './select.js';
+
+/** Which ranks of one delta's tensor are kept: [from, to) as the elements at those ranks (absent: 0, or n). */
+export interface KeepRange {
+  /** Nothing kept (the range starts at or past n, or is empty). */
+  none?: boolean;
+  from?: RankElement;
+  to?: RankElement;
+}
+
+/** One delta operand: its plan index (i of "<i>:<tensor>"), weight, and this stretch's little-endian elements. */
+export interface FusionOperand {
+  delta: number;
+  weight: number;
+  dtype: FloatDType;
+  data: Uint8Array;
+  /** Rank methods: the kept range for this tensor. */
+  keep?: KeepRange;
+}
+
+const BLOCK = 4096;
+let f16Table: Float64Array | null = null;
+
+/** Widens `n` little-endian elements of `dtype` from `bytes` to float64 into out[0..n). */
+export function widen(dtype: FloatDType, bytes: Uint8Array, n: number, out: Float64Array, scratch: Uint32Array): void {
+  const size = dtype === 'F64' ? 8 : dtype === 'F32' ? 4 : 2;
+  const b = bytes.byteOffset % size === 0 ? bytes : bytes.slice(0, n * size);
+  switch (dtype) {
+    case 'F64':
+      out.set(new Float64Array(b.buffer, b.byteOffset, n));
+      return;
+    case 'F32':
+      for (let j = 0, v = new Float32Array(b.buffer, b.byteOffset, n); j < n; j++) out[j] = v[j];
+      return;
+    case 'BF16': {
+      const v = new Uint16Array(b.buffer, b.byteOffset, n);
+      const f = new Float32Array(scratch.buffer, scratch.byteOffset, n);
+      for (let j = 0; j < n; j++) scratch[j] = v[j] << 16;
+      for (let j = 0; j < n; j++) out[j] = f[j];
+      return;
+    }
+    case 'F16': {
+      if (!f16Table) {
+        f16Table = new Float64Array(65536);
+        for (let i = 0; i < 65536; i++) f16Table[i] = f16BitsToF64(i);
+      }
+      const t = f16Table;
+      for (let j = 0, v = new Uint16Array(b.buffer, b.byteOffset, n); j < n; j++) out[j] = t[v[j]];
+      return;
+    }
+  }
+}
+
+/** Rounds x[0..n) once, half to even, to `dtype`, little-endian into `out`. */
+function narrow(dtype: FloatDType, x: Float64Array, n: number, out: Uint8Array): void {
+  const size = dtype === 'F64' ? 8 : dtype === 'F32' ? 4 : 2;
+  const aligned = out.byteOffset % size === 0;
+  const o = aligned ? out : new Uint8Array(n * size);
+  switch (dtype) {
+    case 'F64':
+      new Float64Array(o.buffer, o.byteOffset, n).set(x.subarray(0, n));
+      break;
+    case 'F32':
+      new Float32Array(o.buffer, o.byteOffset, n).set(x.subarray(0, n));
+      break;
+    case 'BF16':
+      for (let j = 0, v = new Uint16Array(o.buffer, o.byteOffset, n); j < n; j++) v[j] = f64ToBf16Bits(x[j]);
+      break;
+    case 'F16':
+      for (let j = 0, v = new Uint16Array(o.buffer, o.byteOffset, n); j < n; j++) v[j] = f64ToF16Bits(x[j]);
+      break;
+  }
+  if (!aligned) out.set(o.subarray(0, n * size));
+}
+
+/** Is the element (hi, lo, index) ranked before e: a larger |Δ|, or an equal one at a lower flat index. */
+function before(hi: number, lo: number, index: number, e: RankElement): boolean {
+  return hi > e.hi || (hi === e.hi && (lo > e.lo || (lo === e.lo && index < e.index)));
+}
+
+/** Combines chunks for one sparse method; holds a few blocks of scratch, reused across calls. */
+export class FusionKernel {
+  private readonly base = new Float64Array(BLOCK);
+  private readonly delta = new Float64Array(BLOCK);
+  private readonly words = new Uint32Array(this.delta.buffer);
+  private readonly u = new Float64Array(BLOCK);
+  private readonly scratch = new Uint32Array(BLOCK);
+  private taus: Float64Array[] = [];
+  private readonly m = new Float64Array(BLOCK);
+  private readonly keys = new Map<string, [number, number]>();
+  private readonly seed: bigint;
+
+  constructor(private readonly spec: FusionSpec) {
+    this.seed = BigInt(spec.seed ?? '0');
+  }
+
+  private key(delta: number, tensor: string): [number, number] {
+    const id = `${delta}:${tensor}`;
+    let k = this.keys.get(id);
+    if (!k) {
+      k = dareKey(delta, tensor, this.seed);
+      this.keys.set(id, k);
+    }
+    return k;
+  }
+
+  /**
+   * out = round_dtype(base + λ·m) for elements start … start+n−1 of `tensor` (flat indices), where m
+   * combines the operands' masked, weighted deltas; operands come in plan order.
+   */
+  combine(tensor: string, dtype: FloatDType, base: Uint8Array, operands: readonly FusionOperand[], start: number, n: number, out: Uint8Array): void {
+    const size = dtype === 'F64' ? 8 : dtype === 'F32' ? 4 : 2;
+    while (this.taus.length < operands.length) this.taus.push(new Float64Array(BLOCK));
+    for (let a = 0; a < n; a += BLOCK) {
+      const len = Math.min(BLOCK, n - a);
+      operands.forEach((op, k) => this.tau(tensor, op, a, start + a, len, this.taus[k]));
+      this.mix(operands, len);
+      widen(dtype, base.subarray(a * size), len, this.base, this.scratch);
+      const x = this.base;
+      const m = this.m;
+      const lambda = this.spec.lambda;
+      for (let j = 0; j < len; j++) x[j] = x[j] + lambda * m[j];
+      narrow(dtype, x, len, out.subarray(a * size, (a + len) * size));
+    }
+  }
+
+  /** τ[j] for one operand: wᵢ·Δᵢ where kept (DARE: wᵢ·(Δᵢ/density)), else 0. */
+  private tau(tensor: string, op: FusionOperand, at: number, first: number, len: number, tau: Float64Array): void {
+    const size = op.dtype === 'F64' ? 8 : op.dtype === 'F32' ? 4 : 2;
+    const d = this.delta;
+    widen(op.dtype, op.data.subarray(at * size), len, d, this.scratch);
+    const w = op.weight;
+    if (usesDare(this.spec.method)) {
+      const p = this.spec.density;
+      const [kh, kl] = this.key(op.delta, tensor);
+      const u = this.u;
+      dareUniforms(kh, kl, first, len, u);
+      for (let j = 0; j < len; j++) tau[j] = u[j] < p ? w * (d[j] / p) : 0;
+      return;
+    }
+    const keep = op.keep!;
+    if (keep.none) {
+      tau.fill(0, 0, len);
+      return;
+    }
+    const words = this.words;
+    const { from, to } = keep;
+    for (let j = 0; j < len; j++) {
+      const hi = words[2 * j + 1] & 0x7fffffff;
+      const lo = words[2 * j];
+      const i = first + j;
+      const kept = (!from || !before(hi, lo, i, from)) && (!to || before(hi, lo, i, to));
+      tau[j] = kept ? w * d[j] : 0;
+    }
+  }
+
+  /** m from the τ's: their sum in order, or (sign-electing) the sum of those agreeing with sign(Σ τ), maybe normalized. */
+  private mix(operands: readonly FusionOperand[], len: number): void {
+    const m = this.m;
+    const taus = this.taus;
+    const K = operands.length;
+    if (!electsSign(this.spec.method)) {
+      m.set(taus[0].subarray(0, len));
+      for (let k = 1; k < K; k++) {
+        const t = taus[k];
+        for (let j = 0; j < len; j++) m[j] = m[j] + t[j];
+      }
+      return;
+    }
+    const normalize = this.spec.normalize !== false;
+    for (let j = 0; j < len; j++) {
+      let s = taus[0][j];
+      for (let k = 1; k < K; k++) s = s + taus[k][j];
+      const sigma = Math.sign(s);
+      let sum = 0;
+      let wsum = 0;
+      let any = false;
+      for (let k = 0; k < K; k++) {
+        const t = taus[k][j];
+        if (t !== 0 && Math.sign(t) === sigma) {
+          if (any) {
+            sum = sum + t;
+            wsum = wsum + operands[k].weight;
+          } else {
+            sum = t;
+            wsum = operands[k].weight;
+            any = true;
+          }
+        }
+      }
+      m[j] = !any ? 0 : !normalize ? sum : wsum === 0 ? 0 : sum / wsum;
+    }
+  }
+}
