@@ -1,6 +1,7 @@
 // Small JSON payloads passed between triggers, orchestrators and activities. Plans stay in blobs.
 import type { DeltaDtypePolicy } from '../lib/ops/plan.js';
 import type { DeltaFormat } from '../lib/ops/manifest.js';
+import type { FusionMethod } from '../lib/fusion/options.js';
 
 export interface ComputeDeltaInput {
   name: string;
@@ -18,6 +19,13 @@ export interface ApplyDeltasInput {
   base: string;
   deltas: { ref: string; scale: number }[];
   output: string;
+  /** Fusion (absent: linear); the options as checkFusion filled them in, the seed as a decimal string. */
+  method?: FusionMethod;
+  density?: number;
+  gamma?: number;
+  lambda?: number;
+  seed?: string;
+  normalize?: boolean;
 }
 
 export interface RepostBaseInput {

@@ -2,7 +2,7 @@ import { Option, type Command } from 'commander';
 import { InputError } from '../../lib/errors.js';
 import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { runApply } from '../../lib/ops/run.js';
-import { checkFusion, FUSION_METHODS, type FusionSpec } from '../../lib/fusion/options.js';
+import { checkFusion, describeFusion, FUSION_METHODS } from '../../lib/fusion/options.js';
 import { parseSize } from '../../lib/ops/sizes.js';
 import { cliOutput } from '../storage.js';
 import { Progress } from '../progress.js';
@@ -54,7 +54,7 @@ export function registerApply(program: Command): void {
       const { plan } = await runApply(e, { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size'), fusion }, output);
       progress.stop();
       let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
-      if (fusion) text += ` by ${fusionLabel(fusion)}`;
+      if (fusion) text += ` by ${describeFusion(fusion)}`;
       if (plan.copied.length) text += `\ncopied unchanged from the new base (no delta has them): ${plan.copied.join(', ')}`;
       text += `\nfiles: ${plan.files.map((f) => f.file).join(', ')}`;
       print(o, text, { ok: true, out: dir, shards: plan.shards.map((s) => s.file), copied: plan.copied, files: plan.files, ...(fusion ? { fusion } : {}) });
@@ -70,16 +70,4 @@ function finite(flag: string): (v: string) => number {
     if (v.trim() === '' || !Number.isFinite(x)) throw new InputError(`${flag} ${v}: not a finite number`);
     return x;
   };
-}
-
-/** "ties (density 0.2, λ 1, normalize)" and the like. */
-export function fusionLabel(f: FusionSpec): string {
-  const opts = [
-    `density ${f.density}`,
-    ...(f.gamma !== undefined ? [`gamma ${f.gamma}`] : []),
-    `λ ${f.lambda}`,
-    ...(f.seed !== undefined ? [`seed ${f.seed}`] : []),
-    ...(f.normalize !== undefined ? [f.normalize ? 'normalize' : 'no normalize'] : []),
-  ];
-  return `${f.method} (${opts.join(', ')})`;
 }

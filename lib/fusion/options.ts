@@ -90,3 +90,15 @@ export function checkFusion(r: FusionRequest, label: (field: keyof FusionRequest
 export function rankCount(f: number, n: number): number {
   return Math.floor(f * n + 0.5);
 }
+
+/** "ties (density 0.2, λ 1, normalize)" and the like. */
+export function describeFusion(f: FusionSpec): string {
+  const opts = [
+    `density ${f.density}`,
+    ...(f.gamma !== undefined ? [`gamma ${f.gamma}`] : []),
+    `λ ${f.lambda}`,
+    ...(f.seed !== undefined ? [`seed ${f.seed}`] : []),
+    ...(f.normalize !== undefined ? [f.normalize ? 'normalize' : 'no normalize'] : []),
+  ];
+  return `${f.method} (${opts.join(', ')})`;
+}

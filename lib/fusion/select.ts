@@ -46,12 +46,12 @@ class RankSearch {
   seen = 0;
   result: RankElement | null = null;
 
-  constructor(readonly rank: number, n: number) {
+  constructor(readonly rank: number, n: number, private readonly limit: number) {
     this.count = n;
   }
 
   begin(): void {
-    this.action = this.count <= COLLECT_LIMIT ? 'collect' : this.level < WIDTHS.length ? 'histogram' : 'ties';
+    this.action = this.count <= this.limit ? 'collect' : this.level < WIDTHS.length ? 'histogram' : 'ties';
     if (this.action === 'histogram') this.hist = new Uint32Array(1 << WIDTHS[this.level]);
     if (this.action === 'collect') this.got = { hi: new Uint32Array(this.count), lo: new Uint32Array(this.count), index: new Float64Array(this.count), n: 0 };
     this.seen = 0;
@@ -128,10 +128,11 @@ class RankSearch {
 /** Several rank searches over the same stream of values (one delta of one tensor), pass by pass. */
 export class RankSelect {
   private readonly searches: RankSearch[];
-  constructor(ranks: number[], n: number) {
+  /** `limit`: the largest bucket collected (smaller in tests, to exercise every kind of pass). */
+  constructor(ranks: number[], n: number, limit = COLLECT_LIMIT) {
     this.searches = ranks.map((r) => {
       if (!(Number.isSafeInteger(r) && r >= 0 && r < n)) throw new RangeError(`rank ${r} outside [0, ${n})`);
-      return new RankSearch(r, n);
+      return new RankSearch(r, n, limit);
     });
   }
 
