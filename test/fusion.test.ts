@@ -278,12 +278,13 @@ describe('the parts', () => {
     expect([...got]).toEqual([0n, 1n, 2n, 3n].map((j) => Number(splitmix64((M64 - 1n + j) & M64) >> 11n) * 2 ** -53));
   });
 
-  it('rank select: histogram, collect and tie passes find the element at each rank, equal magnitudes by flat index', () => {
+  it('rank select: histogram and collect passes find the magnitude at each rank, and how many equal ones rank before it', () => {
     let state = 42;
     const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
-    for (const [n, distinct, limit] of [[5000, 3, 16], [5000, 5000, 16], [3000, 40, 100], [2000, 2000, 1 << 18]] as const) {
+    // Few distinct magnitudes (bins of one value), many (mixed bins refined digit by digit), near neighbours (the last digit).
+    for (const [n, distinct, limit, spread] of [[5000, 3, 16, 0.37], [5000, 5000, 16, 0.37], [3000, 40, 100, 0.37], [2000, 2000, 1 << 18, 0.37], [4000, 64, 8, 2 ** -40]] as const) {
       const values = Float64Array.from({ length: n }, () => {
-        const v = Math.floor(rand() * distinct) * 0.37 - distinct * 0.1;
+        const v = 1 + Math.floor(rand() * distinct) * spread;
         return rand() < 0.5 ? -v : v;
       });
       const order = [...values.keys()].sort((a, b) => Math.abs(values[b]) - Math.abs(values[a]) || a - b);
@@ -294,13 +295,18 @@ describe('the parts', () => {
         sel.begin();
         for (let at = 0; at < n; at += 777) {
           const block = values.slice(at, Math.min(n, at + 777));
-          sel.visit(at, new Uint32Array(block.buffer), block.length);
+          sel.visit(new Uint32Array(block.buffer), block.length);
         }
         sel.end();
         passes++;
       }
       expect(passes).toBeLessThanOrEqual(6);
-      expect(sel.results().map((r) => r.index)).toEqual(ranks.map((r) => order[r]));
+      const want = ranks.map((r) => {
+        const mag = Math.abs(values[order[r]]);
+        return { mag, ties: order.slice(0, r).filter((j) => Math.abs(values[j]) === mag).length };
+      });
+      const got = sel.results().map((e) => ({ mag: new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0], ties: e.ties }));
+      expect(got).toEqual(want);
     }
   });
 

@@ -70,9 +70,21 @@ function narrow(dtype: FloatDType, x: Float64Array, n: number, out: Uint8Array):
     case 'F32':
       new Float32Array(o.buffer, o.byteOffset, n).set(x.subarray(0, n));
       break;
-    case 'BF16':
-      for (let j = 0, v = new Uint16Array(o.buffer, o.byteOffset, n); j < n; j++) v[j] = f64ToBf16Bits(x[j]);
+    case 'BF16': {
+      // Normal results round on the float64 bits directly (carry into the exponent included); the rest take the general path.
+      const w = new Uint32Array(x.buffer, x.byteOffset, 2 * n);
+      for (let j = 0, v = new Uint16Array(o.buffer, o.byteOffset, n); j < n; j++) {
+        const hi = w[2 * j + 1];
+        const e = (hi >>> 20) & 0x7ff;
+        if (e > 896 && e < 1151) {
+          let r = ((hi & 0x7fffffff) >>> 13) - (896 << 7);
+          const rem = hi & 0x1fff;
+          if (rem > 0x1000 || (rem === 0x1000 && (w[2 * j] !== 0 || (r & 1) === 1))) r++;
+          v[j] = (hi >>> 31 ? 0x8000 : 0) | (r >= 0x7f80 ? 0x7f80 : r);
+        } else v[j] = f64ToBf16Bits(x[j]);
+      }
       break;
+    }
     case 'F16':
       for (let j = 0, v = new Uint16Array(o.buffer, o.byteOffset, n); j < n; j++) v[j] = f64ToF16Bits(x[j]);
       break;
@@ -80,9 +92,15 @@ function narrow(dtype: FloatDType, x: Float64Array, n: number, out: Uint8Array):
   if (!aligned) out.set(o.subarray(0, n * size));
 }
 
-/** Is the element (hi, lo, index) ranked before e: a larger |Δ|, or an equal one at a lower flat index. */
-function before(hi: number, lo: number, index: number, e: RankElement): boolean {
-  return hi > e.hi || (hi === e.hi && (lo > e.lo || (lo === e.lo && index < e.index)));
+/**
+ * Where a tensor's stream stands for one operand: the next flat index due, and how many elements equal to
+ * each boundary's magnitude went by (equal magnitudes rank by flat index: the first `ties` of them rank
+ * before the boundary). A tensor streams from its first element to its last, in order, in one shard.
+ */
+interface Progress {
+  next: number;
+  seenFrom: number;
+  seenTo: number;
 }
 
 /** Combines chunks for one sparse method; holds a few blocks of scratch, reused across calls. */
@@ -95,6 +113,7 @@ export class FusionKernel {
   private taus: Float64Array[] = [];
   private readonly m = new Float64Array(BLOCK);
   private readonly keys = new Map<string, [number, number]>();
+  private readonly progress = new Map<number, Progress>();
   private readonly seed: bigint;
 
   constructor(private readonly spec: FusionSpec) {
@@ -150,15 +169,31 @@ export class FusionKernel {
       tau.fill(0, 0, len);
       return;
     }
+    let p = this.progress.get(op.delta);
+    if (first === 0 || !p) this.progress.set(op.delta, (p = { next: 0, seenFrom: 0, seenTo: 0 }));
+    if (p.next !== first) throw new Error(`fusion: tensor "${tensor}" streamed out of order (${first}, expected ${p.next})`);
+    p.next = first + len;
     const words = this.words;
-    const { from, to } = keep;
+    // An element is kept when it ranks before `to` and not before `from` (absent: rank 0, or past the end).
+    const fh = keep.from ? keep.from.hi : -1;
+    const fl = keep.from ? keep.from.lo : 0;
+    const ft = keep.from ? keep.from.ties : 0;
+    const th = keep.to ? keep.to.hi : -1;
+    const tl = keep.to ? keep.to.lo : 0;
+    const tt = keep.to ? keep.to.ties : 0;
+    let seenFrom = p.seenFrom;
+    let seenTo = p.seenTo;
     for (let j = 0; j < len; j++) {
       const hi = words[2 * j + 1] & 0x7fffffff;
       const lo = words[2 * j];
-      const i = first + j;
-      const kept = (!from || !before(hi, lo, i, from)) && (!to || before(hi, lo, i, to));
-      tau[j] = kept ? w * d[j] : 0;
+      let beforeTo = true;
+      if (th >= 0) beforeTo = hi > th || (hi === th && (lo > tl || (lo === tl && seenTo++ < tt)));
+      let beforeFrom = false;
+      if (fh >= 0) beforeFrom = hi > fh || (hi === fh && (lo > fl || (lo === fl && seenFrom++ < ft)));
+      tau[j] = beforeTo && !beforeFrom ? w * d[j] : 0;
     }
+    p.seenFrom = seenFrom;
+    p.seenTo = seenTo;
   }
 
   /** m from the τ's: their sum in order, or (sign-electing) the sum of those agreeing with sign(Σ τ), maybe normalized. */
@@ -175,6 +210,25 @@ export class FusionKernel {
       return;
     }
     const normalize = this.spec.normalize !== false;
+    if (K === 2) {
+      // The common case, written out: τ's agreeing with sign(s) are those with the sign of s (zero agrees with nothing).
+      const [t0, t1] = taus;
+      const w0 = operands[0].weight;
+      const w1 = operands[1].weight;
+      const ws = w0 + w1;
+      for (let j = 0; j < len; j++) {
+        const a = t0[j];
+        const b = t1[j];
+        const s = a + b;
+        const pa = s > 0 ? a > 0 : s < 0 ? a < 0 : false;
+        const pb = s > 0 ? b > 0 : s < 0 ? b < 0 : false;
+        if (pa && pb) m[j] = normalize ? (ws === 0 ? 0 : (a + b) / ws) : a + b;
+        else if (pa) m[j] = normalize ? (w0 === 0 ? 0 : a / w0) : a;
+        else if (pb) m[j] = normalize ? (w1 === 0 ? 0 : b / w1) : b;
+        else m[j] = 0;
+      }
+      return;
+    }
     for (let j = 0; j < len; j++) {
       let s = taus[0][j];
       for (let k = 1; k < K; k++) s = s + taus[k][j];

@@ -1,5 +1,6 @@
 import { rankCount, type FusionSpec } from './options.js';
 import type { KeepRange } from './combine.js';
+import type { RankElement } from './select.js';
 
 /** The ranks [a, b) a rank method keeps of a tensor of n elements: ties [0, k(density)); breadcrumbs [k(γ), k(γ) + k(density)), ranks past n dropped. */
 export function keptRanks(spec: FusionSpec, n: number): { a: number; b: number } {
@@ -15,7 +16,7 @@ export function boundaryRanks(spec: FusionSpec, n: number): number[] {
 }
 
 /** The kept range, given the elements found at boundaryRanks (in that order). */
-export function keepRange(spec: FusionSpec, n: number, found: readonly { hi: number; lo: number; index: number }[]): KeepRange {
+export function keepRange(spec: FusionSpec, n: number, found: readonly RankElement[]): KeepRange {
   const { a, b } = keptRanks(spec, n);
   if (a >= b) return { none: true };
   let i = 0;

@@ -1,15 +1,19 @@
 // Exact rank cut-offs in bounded memory: a radix select over the float64 bit patterns of |Δ| (which order
 // like the magnitudes, NaN above +Inf), a few streaming passes per tensor. Each pass histograms the next
-// digit of the elements that share the digits found so far; once that bucket is small it is collected
-// (bit pattern, flat index) and sorted, which also settles equal magnitudes by flat index. Nothing holds
-// or sorts a whole tensor.
+// digit of the elements that share the digits found so far; a bin that holds one magnitude only settles it
+// at once (common: deltas of 16-bit models have few distinct values), and a small mixed bin is collected
+// and sorted. Nothing holds or sorts a whole tensor.
 import { InputError } from '../errors.js';
 
-/** The element at some rank: its |Δ| as float64 bits (hi, lo words) and its flat index. */
+/**
+ * The element at some rank, as its |Δ| (float64 bits, hi and lo words) and how many elements of that same
+ * magnitude rank before it: equal magnitudes rank by flat index, so those are the first `ties` of them in
+ * index order. An element ranks before it when its |Δ| is larger, or equal and among those first `ties`.
+ */
 export interface RankElement {
   hi: number;
   lo: number;
-  index: number;
+  ties: number;
 }
 
 /** Digits of the 63-bit pattern, from the top: widths 20, 16, 16, 12 (the sign bit is always 0). */
@@ -30,20 +34,35 @@ function digit(level: number, hi: number, lo: number): number {
   }
 }
 
-type Action = 'histogram' | 'collect' | 'ties';
+type Action = 'histogram' | 'collect';
+
+/** The (hi, lo) masks of the top `bits` bits of the 64-bit pattern. */
+function masks(bits: number): [number, number] {
+  const hiBits = Math.min(32, bits);
+  const loBits = Math.max(0, bits - 32);
+  return [hiBits === 0 ? 0 : (0xffffffff << (32 - hiBits)) >>> 0, loBits === 0 ? 0 : (0xffffffff << (32 - loBits)) >>> 0];
+}
 
 /** Finds the element at rank r of one tensor's delta, ranks ordering |Δ| descending and then flat index ascending. */
 class RankSearch {
   level = 0;
-  readonly digits: number[] = [];
+  /** Top bits settled so far, and their value: an element is in the current bucket when its top bits equal it. */
+  bits = 0;
+  maskHi = 0;
+  maskLo = 0;
+  valueHi = 0;
+  valueLo = 0;
   /** Elements ranked strictly before the current bucket. */
   above = 0;
   /** Elements in the current bucket. */
   count: number;
   action: Action = 'histogram';
   hist: Uint32Array | null = null;
-  got: { hi: Uint32Array; lo: Uint32Array; index: Float64Array; n: number } | null = null;
-  seen = 0;
+  /** Per bin of a histogram pass: its first element's pattern, and whether a different one followed (equal magnitudes are common). */
+  firstHi: Uint32Array | null = null;
+  firstLo: Uint32Array | null = null;
+  mixed: Uint8Array | null = null;
+  got: { hi: Uint32Array; lo: Uint32Array; n: number } | null = null;
   result: RankElement | null = null;
 
   constructor(readonly rank: number, n: number, private readonly limit: number) {
@@ -51,47 +70,54 @@ class RankSearch {
   }
 
   begin(): void {
-    this.action = this.count <= this.limit ? 'collect' : this.level < WIDTHS.length ? 'histogram' : 'ties';
-    if (this.action === 'histogram') this.hist = new Uint32Array(1 << WIDTHS[this.level]);
-    if (this.action === 'collect') this.got = { hi: new Uint32Array(this.count), lo: new Uint32Array(this.count), index: new Float64Array(this.count), n: 0 };
-    this.seen = 0;
+    this.action = this.count <= this.limit ? 'collect' : 'histogram';
+    if (this.action === 'histogram') {
+      const bins = 1 << WIDTHS[this.level];
+      this.hist = new Uint32Array(bins);
+      this.firstHi = new Uint32Array(bins);
+      this.firstLo = new Uint32Array(bins);
+      this.mixed = new Uint8Array(bins);
+    }
+    if (this.action === 'collect') this.got = { hi: new Uint32Array(this.count), lo: new Uint32Array(this.count), n: 0 };
   }
 
-  /** Values of elements start … start+n−1 as float64, viewed as u32 words (little-endian: lo, hi). */
-  visit(start: number, words: Uint32Array, n: number): void {
+  /** Values of the next n elements (in flat-index order) as float64, viewed as u32 words (little-endian: lo, hi). */
+  visit(words: Uint32Array, n: number): void {
     const L = this.level;
-    const d = this.digits;
-    const matches = (hi: number, lo: number) => {
-      for (let l = 0; l < L; l++) if (digit(l, hi, lo) !== d[l]) return false;
-      return true;
-    };
+    const { maskHi: mh, maskLo: ml, valueHi: vh, valueLo: vl } = this;
     if (this.action === 'histogram') {
       const h = this.hist!;
+      const fh = this.firstHi!;
+      const fl = this.firstLo!;
+      const mixed = this.mixed!;
       for (let j = 0; j < n; j++) {
-        const hi = words[2 * j + 1] & 0x7fffffff;
+        const hi = (words[2 * j + 1] & 0x7fffffff) >>> 0;
         const lo = words[2 * j];
-        if (L === 0 || matches(hi, lo)) h[digit(L, hi, lo)]++;
+        if (((hi & mh) >>> 0) !== vh || ((lo & ml) >>> 0) !== vl) continue;
+        const b = digit(L, hi, lo);
+        if (h[b]++ === 0) {
+          fh[b] = hi;
+          fl[b] = lo;
+        } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
       }
     } else if (this.action === 'collect') {
       const g = this.got!;
       for (let j = 0; j < n; j++) {
-        const hi = words[2 * j + 1] & 0x7fffffff;
+        const hi = (words[2 * j + 1] & 0x7fffffff) >>> 0;
         const lo = words[2 * j];
-        if (matches(hi, lo)) {
-          if (g.n === this.count) throw new InputError(`a delta changed while apply was ranking its magnitudes; plan again`);
-          g.hi[g.n] = hi;
-          g.lo[g.n] = lo >>> 0;
-          g.index[g.n++] = start + j;
-        }
-      }
-    } else {
-      const need = this.rank - this.above;
-      for (let j = 0; j < n && this.result === null; j++) {
-        const hi = words[2 * j + 1] & 0x7fffffff;
-        const lo = words[2 * j];
-        if (matches(hi, lo) && this.seen++ === need) this.result = { hi, lo: lo >>> 0, index: start + j };
+        if (((hi & mh) >>> 0) !== vh || ((lo & ml) >>> 0) !== vl) continue;
+        if (g.n === this.count) throw changed();
+        g.hi[g.n] = hi;
+        g.lo[g.n++] = lo;
       }
     }
+  }
+
+  private settle(bits: number, hi: number, lo: number): void {
+    this.bits = bits;
+    [this.maskHi, this.maskLo] = masks(bits);
+    this.valueHi = (hi & this.maskHi) >>> 0;
+    this.valueLo = (lo & this.maskLo) >>> 0;
   }
 
   end(): void {
@@ -104,26 +130,33 @@ class RankSearch {
         if (cum + h[bin] > need) break;
         cum += h[bin];
       }
-      if (bin < 0) throw new InputError(`a delta changed while apply was ranking its magnitudes; plan again`);
-      this.digits.push(bin);
+      if (bin < 0) throw changed();
       this.above += cum;
       this.count = h[bin];
+      const hi = this.firstHi![bin];
+      const lo = this.firstLo![bin];
+      this.settle(this.bits + WIDTHS[this.level], hi, lo);
       this.level++;
-      this.hist = null;
+      // A bin holding one magnitude only (or the last digit) settles the element: `need` of its kind rank before it.
+      if (!this.mixed![bin] || this.bits === 64) this.result = { hi, lo, ties: need - cum };
+      this.hist = this.firstHi = this.firstLo = null;
+      this.mixed = null;
     } else if (this.action === 'collect') {
       const g = this.got!;
-      if (g.n !== this.count) throw new InputError(`a delta changed while apply was ranking its magnitudes; plan again`);
+      if (g.n !== this.count) throw changed();
       // Collected in flat-index order; a stable sort by magnitude keeps equal ones in that order.
       const order = Array.from({ length: g.n }, (_, i) => i);
       order.sort((a, b) => g.hi[b] - g.hi[a] || g.lo[b] - g.lo[a]);
       const at = order[need];
-      this.result = { hi: g.hi[at], lo: g.lo[at], index: g.index[at] };
+      let first = need;
+      while (first > 0 && g.hi[order[first - 1]] === g.hi[at] && g.lo[order[first - 1]] === g.lo[at]) first--;
+      this.result = { hi: g.hi[at], lo: g.lo[at], ties: need - first };
       this.got = null;
-    } else if (this.result === null) {
-      throw new InputError(`a delta changed while apply was ranking its magnitudes; plan again`);
     }
   }
 }
+
+const changed = () => new InputError(`a delta changed while apply was ranking its magnitudes; plan again`);
 
 /** Several rank searches over the same stream of values (one delta of one tensor), pass by pass. */
 export class RankSelect {
@@ -144,8 +177,9 @@ export class RankSelect {
     for (const s of this.searches) if (s.result === null) s.begin();
   }
 
-  visit(start: number, words: Uint32Array, n: number): void {
-    for (const s of this.searches) if (s.result === null) s.visit(start, words, n);
+  /** The next n elements' values, in flat-index order, as float64 viewed as u32 words. */
+  visit(words: Uint32Array, n: number): void {
+    for (const s of this.searches) if (s.result === null) s.visit(words, n);
   }
 
   end(): void {

@@ -61,7 +61,7 @@ async function rankCutoffs(plan: ApplyPlan, env: ExecEnv): Promise<Record<string
                 for (let at = 0; at < b - a; at += BLOCK) {
                   const len = Math.min(BLOCK, b - a - at);
                   widen(d.dtype, d.data.subarray(at * size), len, values, scratch);
-                  selects[k].visit(start + a + at, words, len);
+                  selects[k].visit(words, len);
                 }
               });
             }
