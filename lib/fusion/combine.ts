@@ -26,6 +26,8 @@ export interface FusionOperand {
 }
 
 const BLOCK = 4096;
+const narrowF32 = new Float32Array(BLOCK);
+const narrowU32 = new Uint32Array(narrowF32.buffer);
 let f16Table: Float64Array | null = null;
 
 /** Widens `n` little-endian elements of `dtype` from `bytes` to float64 into out[0..n). */
@@ -71,17 +73,15 @@ function narrow(dtype: FloatDType, x: Float64Array, n: number, out: Uint8Array):
       new Float32Array(o.buffer, o.byteOffset, n).set(x.subarray(0, n));
       break;
     case 'BF16': {
-      // Normal results round on the float64 bits directly (carry into the exponent included); the rest take the general path.
-      const w = new Uint32Array(x.buffer, x.byteOffset, 2 * n);
+      // Through float32 (rounded by the engine), then half to even at bit 16: the same as rounding once,
+      // except where the float32 lands exactly on a BF16 midpoint it was not; those, and NaN, take the general path.
+      const f = narrowF32.subarray(0, n);
+      f.set(x.subarray(0, n));
+      const u = narrowU32;
       for (let j = 0, v = new Uint16Array(o.buffer, o.byteOffset, n); j < n; j++) {
-        const hi = w[2 * j + 1];
-        const e = (hi >>> 20) & 0x7ff;
-        if (e > 896 && e < 1151) {
-          let r = ((hi & 0x7fffffff) >>> 13) - (896 << 7);
-          const rem = hi & 0x1fff;
-          if (rem > 0x1000 || (rem === 0x1000 && (w[2 * j] !== 0 || (r & 1) === 1))) r++;
-          v[j] = (hi >>> 31 ? 0x8000 : 0) | (r >= 0x7f80 ? 0x7f80 : r);
-        } else v[j] = f64ToBf16Bits(x[j]);
+        const b = u[j];
+        if (((b & 0xffff) === 0x8000 && f[j] !== x[j]) || (b & 0x7fffffff) > 0x7f800000) v[j] = f64ToBf16Bits(x[j]);
+        else v[j] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
       }
       break;
     }
@@ -97,6 +97,15 @@ function narrow(dtype: FloatDType, x: Float64Array, n: number, out: Uint8Array):
  * each boundary's magnitude went by (equal magnitudes rank by flat index: the first `ties` of them rank
  * before the boundary). A tensor streams from its first element to its last, in order, in one shard.
  */
+const magWords = new Uint32Array(2);
+const magValue = new Float64Array(magWords.buffer);
+/** The float64 whose bits a boundary holds. */
+function magnitude(e: RankElement): number {
+  magWords[0] = e.lo;
+  magWords[1] = e.hi;
+  return magValue[0];
+}
+
 interface Progress {
   next: number;
   seenFrom: number;
@@ -173,27 +182,46 @@ export class FusionKernel {
     if (first === 0 || !p) this.progress.set(op.delta, (p = { next: 0, seenFrom: 0, seenTo: 0 }));
     if (p.next !== first) throw new Error(`fusion: tensor "${tensor}" streamed out of order (${first}, expected ${p.next})`);
     p.next = first + len;
-    const words = this.words;
     // An element is kept when it ranks before `to` and not before `from` (absent: rank 0, or past the end).
-    const fh = keep.from ? keep.from.hi : -1;
-    const fl = keep.from ? keep.from.lo : 0;
-    const ft = keep.from ? keep.from.ties : 0;
-    const th = keep.to ? keep.to.hi : -1;
-    const tl = keep.to ? keep.to.lo : 0;
-    const tt = keep.to ? keep.to.ties : 0;
+    // Magnitudes compare as numbers (the same order as their bits), NaN above all; a NaN boundary compares bits.
+    const from = keep.from ? magnitude(keep.from) : null;
+    const to = keep.to ? magnitude(keep.to) : null;
+    if ((from !== null && from !== from) || (to !== null && to !== to)) return this.tauByBits(keep, p, d, w, len, tau);
+    const F = from ?? Infinity;
+    const T = to ?? -1;
+    const ft = keep.from?.ties ?? 0;
+    const tt = keep.to?.ties ?? 0;
     let seenFrom = p.seenFrom;
     let seenTo = p.seenTo;
     for (let j = 0; j < len; j++) {
-      const hi = words[2 * j + 1] & 0x7fffffff;
-      const lo = words[2 * j];
-      let beforeTo = true;
-      if (th >= 0) beforeTo = hi > th || (hi === th && (lo > tl || (lo === tl && seenTo++ < tt)));
-      let beforeFrom = false;
-      if (fh >= 0) beforeFrom = hi > fh || (hi === fh && (lo > fl || (lo === fl && seenFrom++ < ft)));
+      const a = Math.abs(d[j]);
+      const beforeTo = a > T || (a === T && seenTo++ < tt) || a !== a;
+      const beforeFrom = from !== null && (a > F || (a === F && seenFrom++ < ft) || a !== a);
       tau[j] = beforeTo && !beforeFrom ? w * d[j] : 0;
     }
     p.seenFrom = seenFrom;
     p.seenTo = seenTo;
+  }
+
+  /** tau's ranking on bit patterns, for a NaN boundary (NaNs rank among themselves by payload). */
+  private tauByBits(keep: KeepRange, p: Progress, d: Float64Array, w: number, len: number, tau: Float64Array): void {
+    const words = this.words;
+    const before = (hi: number, lo: number, e: RankElement, seen: number) => hi > e.hi || (hi === e.hi && (lo > e.lo || (lo === e.lo && seen < e.ties)));
+    for (let j = 0; j < len; j++) {
+      const hi = (words[2 * j + 1] & 0x7fffffff) >>> 0;
+      const lo = words[2 * j];
+      let beforeTo = true;
+      if (keep.to) {
+        beforeTo = before(hi, lo, keep.to, p.seenTo);
+        if (hi === keep.to.hi && lo === keep.to.lo) p.seenTo++;
+      }
+      let beforeFrom = false;
+      if (keep.from) {
+        beforeFrom = before(hi, lo, keep.from, p.seenFrom);
+        if (hi === keep.from.hi && lo === keep.from.lo) p.seenFrom++;
+      }
+      tau[j] = beforeTo && !beforeFrom ? w * d[j] : 0;
+    }
   }
 
   /** m from the τ's: their sum in order, or (sign-electing) the sum of those agreeing with sign(Σ τ), maybe normalized. */
