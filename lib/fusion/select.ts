@@ -36,6 +36,32 @@ function digit(level: number, hi: number, lo: number): number {
 
 type Action = 'histogram' | 'collect';
 
+/** A histogram pass's arrays: counts, and per bin its first pattern and whether another followed. */
+interface Bins {
+  hist: Uint32Array;
+  firstHi: Uint32Array;
+  firstLo: Uint32Array;
+  mixed: Uint8Array;
+}
+// Reused from tensor to tensor (13 MiB a set at the first digit), so that a model of many tensors does not
+// leave a trail of them for the collector: peak memory stays at the sets in use at once.
+const spare: Bins[] = [];
+const SPARE_SETS = 4;
+
+function takeBins(bins: number): Bins {
+  const i = spare.findIndex((b) => b.hist.length === bins);
+  if (i < 0) return { hist: new Uint32Array(bins), firstHi: new Uint32Array(bins), firstLo: new Uint32Array(bins), mixed: new Uint8Array(bins) };
+  const b = spare.splice(i, 1)[0];
+  b.hist.fill(0);
+  b.mixed.fill(0);
+  return b;
+}
+
+function giveBins(b: Bins): void {
+  spare.push(b);
+  if (spare.length > SPARE_SETS) spare.shift();
+}
+
 /** The (hi, lo) masks of the top `bits` bits of the 64-bit pattern. */
 function masks(bits: number): [number, number] {
   const hiBits = Math.min(32, bits);
@@ -57,11 +83,8 @@ class RankSearch {
   /** Elements in the current bucket. */
   count: number;
   action: Action = 'histogram';
-  hist: Uint32Array | null = null;
-  /** Per bin of a histogram pass: its first element's pattern, and whether a different one followed (equal magnitudes are common). */
-  firstHi: Uint32Array | null = null;
-  firstLo: Uint32Array | null = null;
-  mixed: Uint8Array | null = null;
+  /** A histogram pass's bins: counts, and each bin's first element's pattern and whether a different one followed (equal magnitudes are common). */
+  bins: Bins | null = null;
   got: { hi: Uint32Array; lo: Uint32Array; n: number } | null = null;
   result: RankElement | null = null;
 
@@ -71,13 +94,7 @@ class RankSearch {
 
   begin(): void {
     this.action = this.count <= this.limit ? 'collect' : 'histogram';
-    if (this.action === 'histogram') {
-      const bins = 1 << WIDTHS[this.level];
-      this.hist = new Uint32Array(bins);
-      this.firstHi = new Uint32Array(bins);
-      this.firstLo = new Uint32Array(bins);
-      this.mixed = new Uint8Array(bins);
-    }
+    if (this.action === 'histogram') this.bins = takeBins(1 << WIDTHS[this.level]);
     if (this.action === 'collect') this.got = { hi: new Uint32Array(this.count), lo: new Uint32Array(this.count), n: 0 };
   }
 
@@ -86,10 +103,7 @@ class RankSearch {
     const L = this.level;
     const { maskHi: mh, maskLo: ml, valueHi: vh, valueLo: vl } = this;
     if (this.action === 'histogram') {
-      const h = this.hist!;
-      const fh = this.firstHi!;
-      const fl = this.firstLo!;
-      const mixed = this.mixed!;
+      const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
       for (let j = 0; j < n; j++) {
         const hi = (words[2 * j + 1] & 0x7fffffff) >>> 0;
         const lo = words[2 * j];
@@ -123,7 +137,7 @@ class RankSearch {
   end(): void {
     const need = this.rank - this.above;
     if (this.action === 'histogram') {
-      const h = this.hist!;
+      const { hist: h, firstHi, firstLo, mixed } = this.bins!;
       let cum = 0;
       let bin = h.length - 1;
       for (; bin >= 0; bin--) {
@@ -133,14 +147,14 @@ class RankSearch {
       if (bin < 0) throw changed();
       this.above += cum;
       this.count = h[bin];
-      const hi = this.firstHi![bin];
-      const lo = this.firstLo![bin];
+      const hi = firstHi[bin];
+      const lo = firstLo[bin];
       this.settle(this.bits + WIDTHS[this.level], hi, lo);
       this.level++;
       // A bin holding one magnitude only (or the last digit) settles the element: `need` of its kind rank before it.
-      if (!this.mixed![bin] || this.bits === 64) this.result = { hi, lo, ties: need - cum };
-      this.hist = this.firstHi = this.firstLo = null;
-      this.mixed = null;
+      if (!mixed[bin] || this.bits === 64) this.result = { hi, lo, ties: need - cum };
+      giveBins(this.bins!);
+      this.bins = null;
     } else if (this.action === 'collect') {
       const g = this.got!;
       if (g.n !== this.count) throw changed();
