@@ -20,6 +20,8 @@ export interface RankElement {
 const WIDTHS = [20, 16, 16, 12];
 /** A bucket at most this large is collected and sorted rather than histogrammed again (12 bytes an element). */
 export const COLLECT_LIMIT = 1 << 18;
+/** Before any histogram pass, a tensor is collected whole only when at most this large. */
+const FIRST_COLLECT_LIMIT = 1 << 14;
 
 function digit(level: number, hi: number, lo: number): number {
   switch (level) {
@@ -93,7 +95,8 @@ class RankSearch {
   }
 
   begin(): void {
-    this.action = this.count <= this.limit ? 'collect' : 'histogram';
+    // A whole small tensor is collected at once; a larger one is histogrammed first (cheaper than sorting it).
+    this.action = this.count <= (this.level === 0 ? Math.min(this.limit, FIRST_COLLECT_LIMIT) : this.limit) ? 'collect' : 'histogram';
     if (this.action === 'histogram') this.bins = takeBins(1 << WIDTHS[this.level]);
     if (this.action === 'collect') this.got = { hi: new Uint32Array(this.count), lo: new Uint32Array(this.count), n: 0 };
   }
