@@ -146,8 +146,14 @@ export class FusionKernel {
   combine(tensor: string, dtype: FloatDType, base: Uint8Array, operands: readonly FusionOperand[], start: number, n: number, out: Uint8Array): void {
     const size = dtype === 'F64' ? 8 : dtype === 'F32' ? 4 : 2;
     while (this.taus.length < operands.length) this.taus.push(new Float64Array(BLOCK));
+    const two = this.twoRanked(operands);
     for (let a = 0; a < n; a += BLOCK) {
       const len = Math.min(BLOCK, n - a);
+      if (two) {
+        this.ties2(tensor, dtype, base.subarray(a * size), operands, a, start + a, len, two);
+        narrow(dtype, this.base, len, out.subarray(a * size, (a + len) * size));
+        continue;
+      }
       operands.forEach((op, k) => this.tau(tensor, op, a, start + a, len, this.taus[k]));
       this.mix(operands, len);
       widen(dtype, base.subarray(a * size), len, this.base, this.scratch);
@@ -157,6 +163,84 @@ export class FusionKernel {
       for (let j = 0; j < len; j++) x[j] = x[j] + lambda * m[j];
       narrow(dtype, x, len, out.subarray(a * size, (a + len) * size));
     }
+  }
+
+  /** Two operands of a sign-electing rank method, neither empty nor with a NaN boundary: their cut-offs as numbers, for ties2. */
+  private twoRanked(ops: readonly FusionOperand[]): { F: number[]; T: number[] } | null {
+    if (ops.length !== 2 || !electsSign(this.spec.method) || usesDare(this.spec.method)) return null;
+    if (ops.some((o) => !o.keep || o.keep.none)) return null;
+    const F = ops.map((o) => (o.keep!.from ? magnitude(o.keep!.from) : Infinity));
+    const T = ops.map((o) => (o.keep!.to ? magnitude(o.keep!.to) : -1));
+    return [...F, ...T].some((v) => v !== v) ? null : { F, T };
+  }
+
+  /**
+   * The common case in one loop (the same arithmetic as tau, mix and the λ step, without their arrays):
+   * x = base + λ·m for two ranked operands, sign election, into this.base.
+   */
+  private ties2(tensor: string, dtype: FloatDType, base: Uint8Array, ops: readonly FusionOperand[], at: number, first: number, len: number, cut: { F: number[]; T: number[] }): void {
+    const d0 = this.delta;
+    const d1 = this.u;
+    const sz = (t: FloatDType) => (t === 'F64' ? 8 : t === 'F32' ? 4 : 2);
+    widen(ops[0].dtype, ops[0].data.subarray(at * sz(ops[0].dtype)), len, d0, this.scratch);
+    widen(ops[1].dtype, ops[1].data.subarray(at * sz(ops[1].dtype)), len, d1, this.scratch);
+    widen(dtype, base, len, this.base, this.scratch);
+    const p0 = this.advance(tensor, ops[0].delta, first, len);
+    const p1 = this.advance(tensor, ops[1].delta, first, len);
+    const x = this.base;
+    const [F0, F1] = cut.F;
+    const [T0, T1] = cut.T;
+    const hasF0 = ops[0].keep!.from !== undefined;
+    const hasF1 = ops[1].keep!.from !== undefined;
+    const ft0 = ops[0].keep!.from?.ties ?? 0;
+    const ft1 = ops[1].keep!.from?.ties ?? 0;
+    const tt0 = ops[0].keep!.to?.ties ?? 0;
+    const tt1 = ops[1].keep!.to?.ties ?? 0;
+    const w0 = ops[0].weight;
+    const w1 = ops[1].weight;
+    const ws = w0 + w1;
+    const normalize = this.spec.normalize !== false;
+    const lambda = this.spec.lambda;
+    let sf0 = p0.seenFrom;
+    let st0 = p0.seenTo;
+    let sf1 = p1.seenFrom;
+    let st1 = p1.seenTo;
+    for (let j = 0; j < len; j++) {
+      const v0 = d0[j];
+      const v1 = d1[j];
+      const a0 = Math.abs(v0);
+      const a1 = Math.abs(v1);
+      // Both counts advance whatever the other boundary says (no short circuit between them).
+      const to0 = a0 > T0 || (a0 === T0 && st0++ < tt0) || a0 !== a0;
+      const from0 = hasF0 && (a0 > F0 || (a0 === F0 && sf0++ < ft0) || a0 !== a0);
+      const to1 = a1 > T1 || (a1 === T1 && st1++ < tt1) || a1 !== a1;
+      const from1 = hasF1 && (a1 > F1 || (a1 === F1 && sf1++ < ft1) || a1 !== a1);
+      const keep0 = to0 && !from0;
+      const keep1 = to1 && !from1;
+      const t0 = keep0 ? w0 * v0 : 0;
+      const t1 = keep1 ? w1 * v1 : 0;
+      const s = t0 + t1;
+      const pa = s > 0 ? t0 > 0 : s < 0 ? t0 < 0 : false;
+      const pb = s > 0 ? t1 > 0 : s < 0 ? t1 < 0 : false;
+      let m = 0;
+      if (pa && pb) m = normalize ? (ws === 0 ? 0 : (t0 + t1) / ws) : t0 + t1;
+      else if (pa) m = normalize ? (w0 === 0 ? 0 : t0 / w0) : t0;
+      else if (pb) m = normalize ? (w1 === 0 ? 0 : t1 / w1) : t1;
+      x[j] = x[j] + lambda * m;
+    }
+    p0.seenFrom = sf0;
+    p0.seenTo = st0;
+    p1.seenFrom = sf1;
+    p1.seenTo = st1;
+  }
+
+  /** The operand's place in the tensor's stream, checked to continue where the last chunk ended. */
+  private advance(tensor: string, delta: number, first: number, len: number): Progress {
+    let p = this.progress.get(delta);
+    if (first === 0 || !p) this.progress.set(delta, (p = { next: 0, seenFrom: 0, seenTo: 0 }));
+    if (p.next !== first) throw new Error(`fusion: tensor "${tensor}" streamed out of order (${first}, expected ${p.next})`);
+    p.next = first + len;
+    return p;
   }
 
   /** τ[j] for one operand: wᵢ·Δᵢ where kept (DARE: wᵢ·(Δᵢ/density)), else 0. */
@@ -178,10 +262,7 @@ export class FusionKernel {
       tau.fill(0, 0, len);
       return;
     }
-    let p = this.progress.get(op.delta);
-    if (first === 0 || !p) this.progress.set(op.delta, (p = { next: 0, seenFrom: 0, seenTo: 0 }));
-    if (p.next !== first) throw new Error(`fusion: tensor "${tensor}" streamed out of order (${first}, expected ${p.next})`);
-    p.next = first + len;
+    const p = this.advance(tensor, op.delta, first, len);
     // An element is kept when it ranks before `to` and not before `from` (absent: rank 0, or past the end).
     // Magnitudes compare as numbers (the same order as their bits), NaN above all; a NaN boundary compares bits.
     const from = keep.from ? magnitude(keep.from) : null;
