@@ -198,7 +198,6 @@ export class FusionKernel {
     const tt1 = ops[1].keep!.to?.ties ?? 0;
     const w0 = ops[0].weight;
     const w1 = ops[1].weight;
-    const ws = w0 + w1;
     const normalize = this.spec.normalize !== false;
     const lambda = this.spec.lambda;
     let sf0 = p0.seenFrom;
@@ -220,12 +219,16 @@ export class FusionKernel {
       const t0 = keep0 ? w0 * v0 : 0;
       const t1 = keep1 ? w1 * v1 : 0;
       const s = t0 + t1;
-      const pa = s > 0 ? t0 > 0 : s < 0 ? t0 < 0 : false;
-      const pb = s > 0 ? t1 > 0 : s < 0 ? t1 < 0 : false;
-      let m = 0;
-      if (pa && pb) m = normalize ? (ws === 0 ? 0 : (t0 + t1) / ws) : t0 + t1;
-      else if (pa) m = normalize ? (w0 === 0 ? 0 : t0 / w0) : t0;
-      else if (pb) m = normalize ? (w1 === 0 ? 0 : t1 / w1) : t1;
+      // Agreeing: nonzero with the sign of s (none when s is ±0 or NaN). Adding a +0 for one that does not
+      // agree changes nothing (an agreeing τ is nonzero), so the sums below are those of the rules.
+      const sg = Math.sign(s);
+      const pa = t0 !== 0 && Math.sign(t0) === sg;
+      const pb = t1 !== 0 && Math.sign(t1) === sg;
+      let m = (pa ? t0 : 0) + (pb ? t1 : 0);
+      if (normalize) {
+        const wsum = (pa ? w0 : 0) + (pb ? w1 : 0);
+        m = wsum === 0 ? 0 : m / wsum;
+      }
       x[j] = x[j] + lambda * m;
     }
     p0.seenFrom = sf0;
