@@ -107,6 +107,19 @@ class RankSearch {
     const { maskHi: mh, maskLo: ml, valueHi: vh, valueLo: vl } = this;
     if (this.action === 'histogram') {
       const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
+      if (L === 0) {
+        // The first digit (every element counts): the top 20 bits, the sign bit being 0.
+        for (let j = 0; j < n; j++) {
+          const hi = words[2 * j + 1] & 0x7fffffff;
+          const lo = words[2 * j];
+          const b = hi >>> 12;
+          if (h[b]++ === 0) {
+            fh[b] = hi;
+            fl[b] = lo;
+          } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+        }
+        return;
+      }
       for (let j = 0; j < n; j++) {
         const hi = (words[2 * j + 1] & 0x7fffffff) >>> 0;
         const lo = words[2 * j];
