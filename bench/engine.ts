@@ -1,10 +1,12 @@
-// npm run bench [-- --size 1GiB --dir /tmp/x --keep --plain]
+// npm run bench [-- --size 1GiB --dir /tmp/x --keep --plain --fusion-only]
 // First the compact delta's size against the model's on the real fine-tune pairs of the shared fixtures.
 // Then generates a BF16 model family and times compute and apply (compact deltas; with --plain the plain
 // layout too) against the I/O floor measured in the same run: reading the same input files and writing
 // files of the same sizes with plain Node I/O, fsynced as the tool fsyncs them, on a cold page cache
 // (dropped before each step, where allowed) and on a warm one (inputs read just before, as after a
 // download). Each operation runs in a child process so its peak RSS and its fsync waits are its own.
+// Last, a TIES apply of two deltas against the linear apply of the same two, in the same run (--fusion-only:
+// that part alone).
 import { execSync, spawn } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { createReadStream } from 'node:fs';
@@ -24,6 +26,7 @@ const opt = (name: string, dflt: string) => {
 const size = parseSize(opt('--size', '1GiB'));
 const keep = args.includes('--keep');
 const withPlain = args.includes('--plain');
+const fusionOnly = args.includes('--fusion-only');
 const cli = fileURLToPath(new URL('../cli/index.js', import.meta.url));
 
 async function filesIn(dir: string): Promise<string[]> {
@@ -103,7 +106,7 @@ async function tensorBytesOf(dir: string): Promise<number> {
 
 // The real fine-tune pairs: delta bytes as stored ÷ the post model's tensor bytes, each layout.
 const fixtures = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
-for (const [pair, target] of [['stories260K-tuned-bf16', 0.6], ['stories260K-tuned-f32', 0.85]] as const) {
+for (const [pair, target] of fusionOnly ? [] : ([['stories260K-tuned-bf16', 0.6], ['stories260K-tuned-f32', 0.85]] as const)) {
   const dir = path.join(fixtures, pair);
   if (!existsSync(dir)) {
     console.log(`${pair}: not found under ${fixtures}; skipped`);
@@ -177,7 +180,7 @@ const shards = (d: string) => async () => (await filesIn(d)).filter((f) => /\.(s
 const both = (a: string, b: string) => async () => [...(await shards(a)()), ...(await shards(b)())];
 const caches: Cache[] = canDrop ? ['cold', 'warm'] : ['warm'];
 if (!canDrop) console.log('(cannot drop the page cache here: warm cache only)');
-for (const format of withPlain ? ['compact', 'safetensors'] : ['compact']) {
+for (const format of fusionOnly ? [] : withPlain ? ['compact', 'safetensors'] : ['compact']) {
   const delta = path.join(root, `delta-${format}`);
   const out = path.join(root, `reposted-${format}`);
   const tag = format === 'compact' ? '' : ' (plain)';
@@ -187,6 +190,33 @@ for (const format of withPlain ? ['compact', 'safetensors'] : ['compact']) {
   }
   const deltaBytes = await bytesOf(await shards(delta)());
   console.log(`${format} delta of the bench family: ${formatBytes(deltaBytes)} = ${(deltaBytes / fam.bytes).toFixed(3)}× the model (synthetic noise compresses only to its entropy)`);
+}
+
+// Sparse fusion: TIES (density 0.2) over two compact deltas ÷ the linear apply of the same two, warm cache,
+// best of ROUNDS each, alternated so both see the same machine. The family has one post: the second delta
+// is newbase − base.
+{
+  const d1 = path.join(root, 'delta-compact');
+  const d2 = path.join(root, 'delta2-compact');
+  if (!existsSync(path.join(d1, 'delta.json'))) await timed(['compute', '--base', fam.base, '--post', fam.post, '--out', d1, '--force']);
+  await timed(['compute', '--base', fam.base, '--post', fam.newbase, '--out', d2, '--force']);
+  const out = path.join(root, 'fused');
+  const common = ['apply', '--base', fam.newbase, '--delta', d1, '--scale', '0.7', '--delta', d2, '--scale', '0.5', '--out', out, '--force'];
+  const inputs = async () => [...(await shards(fam.newbase)()), ...(await shards(d1)()), ...(await shards(d2)())];
+  const best = { linear: { secs: Infinity, rss: 0 }, ties: { secs: Infinity, rss: 0 } };
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [method, extra] of [['linear', []], ['ties', ['--method', 'ties', '--density', '0.2']]] as const) {
+      await warmUp(await inputs());
+      const r = await timed([...common, ...extra]);
+      best[method].secs = Math.min(best[method].secs, r.secs);
+      best[method].rss = Math.max(best[method].rss, r.rss);
+    }
+  }
+  console.log(
+    `apply, two deltas: linear ${best.linear.secs.toFixed(2)} s (peak RSS ${formatBytes(best.linear.rss)}), ` +
+      `ties ${best.ties.secs.toFixed(2)} s (peak RSS ${formatBytes(best.ties.rss)}, target ≤ 256 MiB); ` +
+      `ties ÷ linear ${(best.ties.secs / best.linear.secs).toFixed(2)} (target ≤ 2.5)  warm cache, best of ${ROUNDS}`,
+  );
 }
 
 if (!keep) await rm(root, { recursive: true, force: true });

@@ -1,4 +1,5 @@
 import type { InspectResult } from '../lib/ops/inspect.js';
+import { describeFusion } from '../lib/fusion/options.js';
 import { formatBytes } from '../lib/ops/sizes.js';
 
 function humanCount(n: number): string {
@@ -23,6 +24,11 @@ export function printInspect(r: InspectResult, write = (s: string) => process.st
         `${(d.storedBytes / d.modelBytes).toFixed(3)}× the post model (${formatBytes(d.modelBytes)})`,
     );
     write(`carried files: ${r.delta.files.join(', ') || '(none)'}`);
+  }
+  if (r.model) {
+    const m = r.model;
+    write(`model: ${m.base} + ${m.deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')}, made by ${m.tool} at ${m.createdAt}`);
+    write(`method: ${m.fusion ? describeFusion(m.fusion) : 'linear'}`);
   }
   const compact = r.delta?.layout === 'compact' || r.tensors.some((t) => t.compressedBytes !== undefined);
   const nameWidth = Math.min(60, Math.max(...r.tensors.map((t) => t.name.length), 4));

@@ -2,6 +2,7 @@
 import type { DeltaDtypePolicy } from '../lib/ops/plan.js';
 import type { DeltaFormat } from '../lib/ops/manifest.js';
 import type { Gate } from '../lib/eval/gate.js';
+import type { FusionMethod } from '../lib/fusion/options.js';
 
 export interface ComputeDeltaInput {
   name: string;
@@ -25,6 +26,13 @@ export interface ApplyDeltasInput {
   output: string;
   /** Write the index under its pending name: the gate (evaluateModel) publishes it. Set by repostBase. */
   held?: boolean;
+  /** Fusion (absent: linear); the options as checkFusion filled them in, the seed as a decimal string. */
+  method?: FusionMethod;
+  density?: number;
+  gamma?: number;
+  lambda?: number;
+  seed?: string;
+  normalize?: boolean;
 }
 
 export interface RepostBaseInput {

@@ -3,6 +3,7 @@ import { InputError } from '../../lib/errors.js';
 import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { runApply } from '../../lib/ops/run.js';
 import { VOCAB_PAIRINGS, type VocabPairing } from '../../lib/ops/vocab.js';
+import { checkFusion, describeFusion, FUSION_METHODS } from '../../lib/fusion/options.js';
 import { parseSize } from '../../lib/ops/sizes.js';
 import { cliOutput } from '../storage.js';
 import { Progress } from '../progress.js';
@@ -31,27 +32,47 @@ export function registerApply(program: Command): void {
     })
     .addOption(new Option('--vocab <pairing>', 'pair vocabulary rows with the new base by token content, or by index (rows)').choices([...VOCAB_PAIRINGS]).default('tokens'))
     .option('--out <dir>', 'the model folder to write')
-    .addOption(new Option('--output <dir>').hideHelp());
+    .addOption(new Option('--output <dir>').hideHelp())
+    .addOption(new Option('--method <method>', 'how deltas combine (default linear: new base + Σ scale·Δ)').choices(FUSION_METHODS))
+    .option('--density <d>', 'sparse methods: the fraction of each delta kept, in (0, 1]', finite('--density'))
+    .option('--gamma <g>', 'breadcrumbs: the fraction of largest magnitudes dropped (default 0.01)', finite('--gamma'))
+    .option('--lambda <l>', 'sparse methods: x = new base + λ·m (default 1)', finite('--lambda'))
+    .option('--seed <u64>', 'DARE: the random numbers\' seed (default 0)')
+    .option('--normalize', 'sign-electing methods: divide by the agreeing weights\' sum (their default)')
+    .option('--no-normalize', 'sign-electing methods: do not normalize');
   writerOptions(applyCmd, 'largest output shard').action(async (o) => {
     const base = pick('--base', o.base, o.baseModel);
     const dir = pick('--out', o.out, o.output);
     if (!deltas.length) throw new InputError('--delta is required');
+    const fusion = checkFusion(
+      { method: o.method, density: o.density, gamma: o.gamma, lambda: o.lambda, seed: o.seed, normalize: o.normalize },
+      (f) => `--${f}`,
+    );
     const progress = new Progress(process.stderr.isTTY && !o.json);
     const inputs = [{ label: '--base', ref: base }, ...deltas.map((d) => ({ label: '--delta', ref: d.ref }))];
     try {
       const e = commandEnv(o, progress, [base, ...deltas.map((d) => d.ref), dir]);
       const output = await cliOutput(e.resolve, dir, OUTPUT_KINDS.model, { force: o.force, inputs });
-      const { plan } = await runApply(e, { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size'), vocab: o.vocab as VocabPairing }, output);
+      const { plan } = await runApply(e, { base, deltas, shardSize: parseSize(o.shardSize, '--shard-size'), vocab: o.vocab as VocabPairing, fusion }, output);
       progress.stop();
       let text = `wrote ${dir}: ${plan.shards.length} shard(s), ${deltas.map((d) => `${d.scale}·${d.ref}`).join(' + ')} applied`;
+      if (fusion) text += ` by ${describeFusion(fusion)}`;
       if (plan.copied.length) text += `\ncopied unchanged from the new base (no delta has them): ${plan.copied.join(', ')}`;
       const v = plan.vocab?.record;
       if (v) text += `\nvocabulary: ${v.rows} rows (new base ${v.newBaseRows}, delta's base ${v.deltaBaseRows}); ${v.carried.length} carried into the new base's rows, ${v.appended.length} appended`;
       if (plan.vocab) text += `\nlm_head: ${plan.vocab.tied ? 'tied to embed_tokens' : 'its own tensor'}`;
       text += `\nfiles: ${plan.files.map((f) => f.file).join(', ')}`;
-      print(o, text, { ok: true, out: dir, shards: plan.shards.map((s) => s.file), copied: plan.copied, files: plan.files, ...(plan.vocab ? { vocab: plan.vocab.record ?? null, tied: plan.vocab.tied } : {}) });
+      print(o, text, { ok: true, out: dir, shards: plan.shards.map((s) => s.file), copied: plan.copied, files: plan.files, ...(plan.vocab ? { vocab: plan.vocab.record ?? null, tied: plan.vocab.tied } : {}), ...(fusion ? { fusion } : {}) });
     } finally {
       progress.stop();
     }
   });
+}
+
+function finite(flag: string): (v: string) => number {
+  return (v) => {
+    const x = Number(v);
+    if (v.trim() === '' || !Number.isFinite(x)) throw new InputError(`${flag} ${v}: not a finite number`);
+    return x;
+  };
 }

@@ -1,4 +1,5 @@
-import { prepareApply } from '../../lib/ops/apply.js';
+import { prepareFusedApply } from '../../lib/ops/fuse.js';
+import { checkFusion } from '../../lib/fusion/options.js';
 import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { assertBlobOutputApart } from '../../lib/storage/overlap.js';
 import { type ApplyPlan } from '../../lib/ops/plan.js';
@@ -20,7 +21,8 @@ export async function planModel(input: ApplyDeltasInput & { runId: string }): Pr
       { label: 'base', ref: input.base },
       ...input.deltas.map((d, i) => ({ label: `deltas.${i}`, ref: d.ref })),
     ]);
-    plan = await prepareApply(p.env, input.base, input.deltas, { shardSize: p.settings.shardSize });
+    const fusion = checkFusion(input);
+    plan = await prepareFusedApply(p.env, input.base, input.deltas, { shardSize: p.settings.shardSize, fusion });
     // Refused unless empty or an earlier model output; then only its own files are cleared.
     await clearForRun(p.env.resolve(input.output), OUTPUT_KINDS.model, plan.shards.map((s) => s.file), `output ${input.output}`);
   } catch (e) {

@@ -14,9 +14,11 @@ import { withBuffers } from './buffers.js';
 import { openDelta } from './delta.js';
 import { SourceCache, streamTensors, alignedChunkElements, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
-import type { Kernels } from '../kernels/index.js';
+import type { Kernels, DeltaInput } from '../kernels/index.js';
 import { readTokenTable, withAddedTokens, TOKENIZER_FILE, type TokenTable } from '../format/tokenizer.js';
 import { mergeTokenizerConfig, renumberGenerationConfig, type VocabPairing } from './vocab.js';
+import { FusionKernel } from '../fusion/combine.js';
+import type { FusionSpec } from '../fusion/options.js';
 
 export interface ApplyShardResult {
   file: string;
@@ -28,14 +30,14 @@ export async function prepareApply(
   env: ExecEnv,
   baseRef: string,
   deltas: { ref: string; scale?: number }[],
-  opts: { shardSize: number; vocab?: VocabPairing },
+  opts: { shardSize: number; vocab?: VocabPairing; fusion?: FusionSpec | null },
 ): Promise<ApplyPlan> {
   const base = await openCheckpoint(env.resolve(baseRef), MODEL_LAYOUT);
   const opened = [];
   for (const d of deltas) opened.push(await openDelta(env.resolve, d.ref, d.scale ?? 1));
   const tokens = { pairing: opts.vocab ?? 'tokens', newBase: await readTokenTable(base.store), deltas: [] as (TokenTable | null)[] };
   for (const d of opened) tokens.deltas.push(d.manifest.files.some((f) => f.file === TOKENIZER_FILE) ? await readTokenTable(d.ckpt.store) : null);
-  const plan = planApply(base, opened, { shardSize: opts.shardSize, baseFiles: await base.store.list(), vocab: tokens });
+  const plan = planApply(base, opened, { shardSize: opts.shardSize, baseFiles: await base.store.list(), vocab: tokens, fusion: opts.fusion });
   // Files finalize will edit must parse now, before any shard is written.
   const edit = plan.vocab?.tokenizer;
   if (edit) {
@@ -65,9 +67,10 @@ export class ApplyChunks {
   private readonly compact: CompactShards;
   /** Per slot and delta: how the chunk read last into that slot is laid out (compact deltas only). */
   private readonly layouts = new WeakMap<Slot, (Piece[] | null)[]>();
+  private fusion: FusionKernel | null = null;
 
   constructor(
-    private readonly plan: Pick<ApplyPlan, 'base' | 'deltas'>,
+    private readonly plan: Pick<ApplyPlan, 'base' | 'deltas' | 'fusion'>,
     private readonly sources: SourceCache,
     private readonly kernels: Kernels,
     private readonly pool: CodecPool = codecPool(),
@@ -79,14 +82,15 @@ export class ApplyChunks {
     return 1 + plan.deltas.length;
   }
 
-  async read(t: ApplyTensorPlan, start: number, n: number, s: Slot): Promise<void> {
+  /** Reads a chunk of the new base (unless `base` is false: fusion's ranking passes read the deltas only) and of each delta. */
+  async read(t: ApplyTensorPlan, start: number, n: number, s: Slot, base = true): Promise<void> {
     const size = dtypeSize(t.dtype);
     const layout: (Piece[] | null)[] = this.plan.deltas.map(() => null);
     this.layouts.set(s, layout);
-    const base = t.base;
-    // Rows carried from post that the new base lacks: 0 + carried.
-    if (!base) s.inputs[0].fill(0, 0, n * size);
-    const reads: Promise<unknown>[] = base ? [this.sources.get(this.plan.base, base.file).then((src) => src.read(base.offset + start * size, n * size, s.inputs[0]))] : [];
+    const from = base ? t.base : null;
+    // Rows carried from post that the new base lacks: 0 + carried (fusion's ranking passes skip the base).
+    if (base && !from) s.inputs[0].fill(0, 0, n * size);
+    const reads: Promise<unknown>[] = from ? [this.sources.get(this.plan.base, from.file).then((src) => src.read(from.offset + start * size, n * size, s.inputs[0]))] : [];
     t.deltas.forEach((d, i) => {
       const source = this.plan.deltas[d.delta];
       const name = d.tensor ?? t.name;
@@ -112,8 +116,8 @@ export class ApplyChunks {
     await Promise.all(reads);
   }
 
-  /** The new tensor's bytes for this chunk, in the new base's dtype. */
-  compute(t: ApplyTensorPlan, n: number, s: Slot): Uint8Array {
+  /** The new tensor's bytes for this chunk (elements start … start+n−1), in the new base's dtype. */
+  compute(t: ApplyTensorPlan, n: number, s: Slot, start = 0): Uint8Array {
     const bytes = n * dtypeSize(t.dtype);
     const out = s.out.subarray(0, bytes);
     if (t.deltas.length === 0 || !isFloatDType(t.dtype)) {
@@ -122,6 +126,22 @@ export class ApplyChunks {
     }
     const dtype: FloatDType = t.dtype;
     const size = dtypeSize(dtype);
+    const fusion = this.plan.fusion;
+    for (const { a, b, deltas } of this.stretches(t, n, s)) {
+      if (!fusion) {
+        this.kernels.apply(dtype, s.inputs[0].subarray(a * size, b * size), deltas, b - a, dtype, out.subarray(a * size, b * size));
+        continue;
+      }
+      this.fusion ??= new FusionKernel(fusion);
+      const cut = fusion.cutoffs[t.name];
+      const operands = deltas.map((d, i) => ({ ...d, delta: t.deltas[i].delta, weight: d.scale, keep: cut?.[i] }));
+      this.fusion.combine(t.name, dtype, s.inputs[0].subarray(a * size, b * size), operands, start + a, b - a, out.subarray(a * size, b * size));
+    }
+    return out;
+  }
+
+  /** A filled slot's deltas as stretches [a, b) of the chunk in which no delta's dtype changes, one operand per delta of t. */
+  stretches(t: ApplyTensorPlan, n: number, s: Slot): { a: number; b: number; deltas: DeltaInput[] }[] {
     const layout = this.layouts.get(s) ?? [];
     // Codec workers decoded into shared memory: one copy into the kernels' own memory lets them run in place.
     layout.forEach((pieces, i) => {
@@ -132,7 +152,7 @@ export class ApplyChunks {
     const cuts = new Set<number>([0]);
     for (const pieces of layout) pieces?.forEach((p, j) => j > 0 && p.dtype !== pieces[j - 1].dtype && cuts.add(p.start));
     const starts = [...cuts].sort((a, b) => a - b);
-    starts.forEach((a, k) => {
+    return starts.map((a, k) => {
       const b = k + 1 < starts.length ? starts[k + 1] : n;
       const deltas = t.deltas.map((d, i) => {
         const pieces = layout[i];
@@ -146,9 +166,8 @@ export class ApplyChunks {
         const at = p.byteOffset + (a - p.start) * ds;
         return { dtype: p.dtype, data: s.inputs[1 + i].subarray(at, at + (b - a) * ds), scale };
       });
-      this.kernels.apply(dtype, s.inputs[0].subarray(a * size, b * size), deltas, b - a, dtype, out.subarray(a * size, b * size));
+      return { a, b, deltas };
     });
-    return out;
   }
 }
 
@@ -212,10 +231,10 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
           count: items.length,
           elements: (t) => items[t].elements,
           read: (t, start, n, s) => chunks.read(items[t], start, n, s),
-          compute: (t, _start, n, s) => {
+          compute: (t, start, n, s) => {
             const tp = items[t];
             env.onProgress?.(n * (dtypeSize(tp.dtype) + tp.deltas.reduce((a, d) => a + dtypeSize(d.ref.dtype), 0)));
-            return chunks.compute(tp, n, s);
+            return chunks.compute(tp, n, s, start);
           },
           write: (bytes) => sink.write(bytes),
         },
@@ -261,6 +280,10 @@ export async function finalizeApply(plan: ApplyPlan, env: ExecEnv, out: Store, o
     ...(plan.vocab?.record ? { vocab: plan.vocab.record } : {}),
     ...(plan.vocab ? { tied: plan.vocab.tied } : {}),
   };
+  if (plan.fusion) {
+    const { cutoffs: _, ...spec } = plan.fusion;
+    manifest.fusion = spec;
+  }
   await out.writeFile(MODEL_MANIFEST, JSON.stringify(manifest, null, 2) + '\n', { metadata: tags });
   const entries = plan.shards.flatMap((s) => s.tensors.map((t) => ({ name: t.name, file: s.file })));
   const total = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + t.elements * dtypeSize(t.dtype), 0), 0);

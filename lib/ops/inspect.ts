@@ -6,7 +6,7 @@ import { openCheckpoint, tensorBytes, MODEL_LAYOUT } from '../format/checkpoint.
 import { readTorchHeader, isTorchFile } from '../format/torch.js';
 import { LocalStore } from '../storage/local.js';
 import type { Store } from '../storage/types.js';
-import { DELTA_MANIFEST } from './manifest.js';
+import { DELTA_MANIFEST, MODEL_MANIFEST, type ModelManifest } from './manifest.js';
 import { CompactShard } from '../codec/reader.js';
 import { COMPACT_EXTENSION } from '../codec/format.js';
 import { openDelta } from './delta.js';
@@ -49,6 +49,8 @@ export interface InspectResult {
     /** Bytes of the post model's tensors. */
     modelBytes: number;
   };
+  /** A model paramdelta wrote (its paramdelta.json): the new base, the deltas with their scales, and the fusion method. */
+  model?: Pick<ModelManifest, 'base' | 'deltas' | 'fusion' | 'createdAt'> & { tool: string };
 }
 
 function summarize(kind: InspectResult['kind'], where: string, files: string[], tensors: InspectTensor[], config: InspectResult['config']): InspectResult {
@@ -121,5 +123,10 @@ export async function inspect(target: string, resolve: (ref: string) => Store = 
   }
   const c = await openCheckpoint(store, MODEL_LAYOUT);
   const tensors = c.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, parameters: t.elements, bytes: t.byteLength, file: t.file }));
-  return summarize('checkpoint', target, c.files, tensors, c.config);
+  const result = summarize('checkpoint', target, c.files, tensors, c.config);
+  if (await store.exists(MODEL_MANIFEST)) {
+    const m = JSON.parse(await store.readText(MODEL_MANIFEST)) as ModelManifest;
+    result.model = { base: m.base, deltas: m.deltas, createdAt: m.createdAt, tool: `${m.tool?.name} ${m.tool?.version}`, ...(m.fusion ? { fusion: m.fusion } : {}) };
+  }
+  return result;
 }

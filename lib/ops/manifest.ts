@@ -4,6 +4,7 @@ import { DTYPE_SIZES, FLOAT_DTYPES, type DType } from '../format/dtype.js';
 import type { Checkpoint, CheckpointLayout } from '../format/checkpoint.js';
 import { InputError } from '../errors.js';
 import { codecSchema } from '../codec/format.js';
+import type { FusionSpec } from '../fusion/options.js';
 
 export const DELTA_MANIFEST = 'delta.json';
 /** paramdelta's own record in a model folder it wrote (apply), written just before the index. */
@@ -136,6 +137,8 @@ export interface ModelManifest {
   vocab?: ModelVocabRecord;
   /** Whether the output ties lm_head to embed_tokens, when a delta or the new base has a head of its own. */
   tied?: boolean;
+  /** A sparse fusion method and its options (absent: linear, new base + Σ scale·Δ). */
+  fusion?: FusionSpec;
 }
 
 /** Where each row of the output's vocabulary-sized tensors came from. */

@@ -9,6 +9,8 @@ import {
   type ApplyVocabInputs, type TokenizerEdit,
 } from './vocab.js';
 import { COMPACT_EXTENSION, DEFAULT_CHUNK_ELEMENTS } from '../codec/format.js';
+import type { FusionSpec } from '../fusion/options.js';
+import type { KeepRange } from '../fusion/combine.js';
 import {
   CHAT_FILES, DELTA_LAYOUT, DELTA_SHARD_STEM, modelIdentity,
   type DeltaFormat, type DeltaManifest, type DeltaVocabRecord, type ModelIdentity, type ModelVocabRecord,
@@ -88,11 +90,24 @@ export interface ApplyPlan {
   files: { from: string; file: string }[];
   /** Rows of the vocabulary tensors and the tied head (lib/ops/vocab.ts): recorded, and written into config.json and the tokenizer files. */
   vocab?: { record?: ModelVocabRecord; tied: boolean; config: Record<string, unknown>; tokenizer: TokenizerEdit | null };
+  /** A sparse fusion method (absent: linear, new base + Σ wᵢ·Δᵢ); rank methods carry each tensor's kept ranges per delta. */
+  fusion?: FusionPlan;
   hash: string;
+}
+
+export interface FusionPlan extends FusionSpec {
+  /** Rank methods: per tensor, one kept range per entry of its `deltas`. */
+  cutoffs: Record<string, KeepRange[]>;
 }
 
 function ref(t: CheckpointTensor): TensorRef {
   return { file: t.file, offset: t.offset, dtype: t.dtype };
+}
+
+/** The plan with its hash computed again (after planning added to it). */
+export function rehash<T extends { hash: string }>(plan: T): T {
+  const { hash: _, ...rest } = plan;
+  return withHash<T>(rest);
 }
 
 function withHash<T extends { hash: string }>(plan: Omit<T, 'hash'>): T {
@@ -222,7 +237,7 @@ export function chatFilesIn(listing: readonly string[]): string[] {
 export function planApply(
   base: Checkpoint,
   deltas: OpenedDelta[],
-  opts: { shardSize: number; baseFiles: string[]; vocab?: Omit<ApplyVocabInputs, 'newBaseFiles'> },
+  opts: { shardSize: number; baseFiles: string[]; vocab?: Omit<ApplyVocabInputs, 'newBaseFiles'>; fusion?: FusionSpec | null },
 ): ApplyPlan {
   const problems: string[] = [];
   const perTensor = new Map<string, ApplyDeltaRef[]>();
@@ -266,6 +281,13 @@ export function planApply(
   );
   // A tied new base gets a head of its own when a delta has one.
   for (const t of vocabTensors.values()) if (!tensors.includes(t)) tensors.push(t);
+  // Sparse fusion ranks whole tensors of equal shape; rows gathered from several sources are not that.
+  const pieced = tensors.filter((t) => t.pieces);
+  if (opts.fusion && pieced.length) {
+    throw new PlanError([
+      `method ${opts.fusion.method}: tensor "${pieced[0].name}" takes rows from several sources (carried or appended vocabulary rows, a tied head); sparse fusion needs deltas whose tensors match the new base row for row: use the linear method`,
+    ]);
+  }
   const inputs = (t: ApplyTensorPlan): number =>
     t.pieces ? t.pieces.reduce((a, p) => a + inputs(p), 0) : (t.base ? tensorBytes(t.shape, t.dtype) : 0) + t.deltas.reduce((a, d) => a + tensorBytes(t.shape, d.ref.dtype), 0);
   const groups = splitShards(tensors, (t) => tensorBytes(t.shape, t.dtype), opts.shardSize);
@@ -308,6 +330,7 @@ export function planApply(
     ...(vocab && (vocab.record || Object.keys(vocab.config).length || vocab.tokenizer || vocab.tiedAnywhere)
       ? { vocab: { ...(vocab.record ? { record: vocab.record } : {}), tied: vocab.tied, config: vocab.config, tokenizer: vocab.tokenizer } }
       : {}),
+    ...(opts.fusion ? { fusion: { ...opts.fusion, cutoffs: {} } } : {}),
   });
 }
 

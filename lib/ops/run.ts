@@ -1,6 +1,8 @@
 import type { OutputTarget } from '../storage/output.js';
 import { prepareCompute, executeComputeShard, finalizeCompute } from './compute.js';
-import { prepareApply, executeApplyShard, finalizeApply } from './apply.js';
+import { executeApplyShard, finalizeApply } from './apply.js';
+import { prepareFusedApply } from './fuse.js';
+import type { FusionSpec } from '../fusion/options.js';
 import { prepareConvert, executeConvertShard, finalizeConvert, type ConvertPlan } from './convert.js';
 import type { DeltaFormat, DeltaManifest } from './manifest.js';
 import type { ApplyPlan, ComputePlan, DeltaDtypePolicy } from './plan.js';
@@ -36,10 +38,10 @@ export async function runCompute(
 /** Runs a whole apply in this process: plan, every shard, then the files and the index last. */
 export async function runApply(
   env: ExecEnv & RunHooks,
-  args: { base: string; deltas: { ref: string; scale?: number }[]; shardSize: number; vocab?: VocabPairing },
+  args: { base: string; deltas: { ref: string; scale?: number }[]; shardSize: number; vocab?: VocabPairing; fusion?: FusionSpec | null },
   output: (plan: ApplyPlan) => Promise<OutputTarget>,
 ): Promise<{ plan: ApplyPlan }> {
-  const plan = await prepareApply(env, args.base, args.deltas, { shardSize: args.shardSize, vocab: args.vocab });
+  const plan = await prepareFusedApply(env, args.base, args.deltas, { shardSize: args.shardSize, vocab: args.vocab, fusion: args.fusion });
   env.onPlan?.(plan, plan.shards.reduce((a, s) => a + s.inputBytes, 0));
   const out = await output(plan);
   try {

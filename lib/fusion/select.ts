@@ -1,0 +1,223 @@
+// Exact rank cut-offs in bounded memory: a radix select over the float64 bit patterns of |Δ| (which order
+// like the magnitudes, NaN above +Inf), a few streaming passes per tensor. Each pass histograms the next
+// digit of the elements that share the digits found so far; a bin that holds one magnitude only settles it
+// at once (common: deltas of 16-bit models have few distinct values), and a small mixed bin is collected
+// and sorted. Nothing holds or sorts a whole tensor.
+import { InputError } from '../errors.js';
+
+/**
+ * The element at some rank, as its |Δ| (float64 bits, hi and lo words) and how many elements of that same
+ * magnitude rank before it: equal magnitudes rank by flat index, so those are the first `ties` of them in
+ * index order. An element ranks before it when its |Δ| is larger, or equal and among those first `ties`.
+ */
+export interface RankElement {
+  hi: number;
+  lo: number;
+  ties: number;
+}
+
+/** Digits of the 63-bit pattern, from the top: widths 20, 16, 16, 12 (the sign bit is always 0). */
+const WIDTHS = [20, 16, 16, 12];
+/** A bucket at most this large is collected and sorted rather than histogrammed again (12 bytes an element). */
+export const COLLECT_LIMIT = 1 << 18;
+/** Before any histogram pass, a tensor is collected whole only when at most this large. */
+const FIRST_COLLECT_LIMIT = 1 << 14;
+
+function digit(level: number, hi: number, lo: number): number {
+  switch (level) {
+    case 0:
+      return hi >>> 12;
+    case 1:
+      return ((hi & 0xfff) << 4) | (lo >>> 28);
+    case 2:
+      return (lo >>> 12) & 0xffff;
+    default:
+      return lo & 0xfff;
+  }
+}
+
+type Action = 'histogram' | 'collect';
+
+/** A histogram pass's arrays: counts, and per bin its first pattern and whether another followed. */
+interface Bins {
+  hist: Uint32Array;
+  firstHi: Uint32Array;
+  firstLo: Uint32Array;
+  mixed: Uint8Array;
+}
+// Reused from tensor to tensor (13 MiB a set at the first digit), so that a model of many tensors does not
+// leave a trail of them for the collector: peak memory stays at the sets in use at once.
+const spare: Bins[] = [];
+const SPARE_SETS = 4;
+
+function takeBins(bins: number): Bins {
+  const i = spare.findIndex((b) => b.hist.length === bins);
+  if (i < 0) return { hist: new Uint32Array(bins), firstHi: new Uint32Array(bins), firstLo: new Uint32Array(bins), mixed: new Uint8Array(bins) };
+  const b = spare.splice(i, 1)[0];
+  b.hist.fill(0);
+  b.mixed.fill(0);
+  return b;
+}
+
+function giveBins(b: Bins): void {
+  spare.push(b);
+  if (spare.length > SPARE_SETS) spare.shift();
+}
+
+/** The (hi, lo) masks of the top `bits` bits of the 64-bit pattern. */
+function masks(bits: number): [number, number] {
+  const hiBits = Math.min(32, bits);
+  const loBits = Math.max(0, bits - 32);
+  return [hiBits === 0 ? 0 : (0xffffffff << (32 - hiBits)) >>> 0, loBits === 0 ? 0 : (0xffffffff << (32 - loBits)) >>> 0];
+}
+
+/** Finds the element at rank r of one tensor's delta, ranks ordering |Δ| descending and then flat index ascending. */
+class RankSearch {
+  level = 0;
+  /** Top bits settled so far, and their value: an element is in the current bucket when its top bits equal it. */
+  bits = 0;
+  maskHi = 0;
+  maskLo = 0;
+  valueHi = 0;
+  valueLo = 0;
+  /** Elements ranked strictly before the current bucket. */
+  above = 0;
+  /** Elements in the current bucket. */
+  count: number;
+  action: Action = 'histogram';
+  /** A histogram pass's bins: counts, and each bin's first element's pattern and whether a different one followed (equal magnitudes are common). */
+  bins: Bins | null = null;
+  got: { hi: Uint32Array; lo: Uint32Array; n: number } | null = null;
+  result: RankElement | null = null;
+
+  constructor(readonly rank: number, n: number, private readonly limit: number) {
+    this.count = n;
+  }
+
+  begin(): void {
+    // A whole small tensor is collected at once; a larger one is histogrammed first (cheaper than sorting it).
+    this.action = this.count <= (this.level === 0 ? Math.min(this.limit, FIRST_COLLECT_LIMIT) : this.limit) ? 'collect' : 'histogram';
+    if (this.action === 'histogram') this.bins = takeBins(1 << WIDTHS[this.level]);
+    if (this.action === 'collect') this.got = { hi: new Uint32Array(this.count), lo: new Uint32Array(this.count), n: 0 };
+  }
+
+  /** Values of the next n elements (in flat-index order) as float64, viewed as u32 words (little-endian: lo, hi). */
+  visit(words: Uint32Array, n: number): void {
+    const L = this.level;
+    const { maskHi: mh, maskLo: ml, valueHi: vh, valueLo: vl } = this;
+    if (this.action === 'histogram') {
+      const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
+      if (L === 0) {
+        // The first digit (every element counts): the top 20 bits, the sign bit being 0.
+        for (let j = 0; j < n; j++) {
+          const hi = words[2 * j + 1] & 0x7fffffff;
+          const lo = words[2 * j];
+          const b = hi >>> 12;
+          if (h[b]++ === 0) {
+            fh[b] = hi;
+            fl[b] = lo;
+          } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+        }
+        return;
+      }
+      for (let j = 0; j < n; j++) {
+        const hi = (words[2 * j + 1] & 0x7fffffff) >>> 0;
+        const lo = words[2 * j];
+        if (((hi & mh) >>> 0) !== vh || ((lo & ml) >>> 0) !== vl) continue;
+        const b = digit(L, hi, lo);
+        if (h[b]++ === 0) {
+          fh[b] = hi;
+          fl[b] = lo;
+        } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+      }
+    } else if (this.action === 'collect') {
+      const g = this.got!;
+      for (let j = 0; j < n; j++) {
+        const hi = (words[2 * j + 1] & 0x7fffffff) >>> 0;
+        const lo = words[2 * j];
+        if (((hi & mh) >>> 0) !== vh || ((lo & ml) >>> 0) !== vl) continue;
+        if (g.n === this.count) throw changed();
+        g.hi[g.n] = hi;
+        g.lo[g.n++] = lo;
+      }
+    }
+  }
+
+  private settle(bits: number, hi: number, lo: number): void {
+    this.bits = bits;
+    [this.maskHi, this.maskLo] = masks(bits);
+    this.valueHi = (hi & this.maskHi) >>> 0;
+    this.valueLo = (lo & this.maskLo) >>> 0;
+  }
+
+  end(): void {
+    const need = this.rank - this.above;
+    if (this.action === 'histogram') {
+      const { hist: h, firstHi, firstLo, mixed } = this.bins!;
+      let cum = 0;
+      let bin = h.length - 1;
+      for (; bin >= 0; bin--) {
+        if (cum + h[bin] > need) break;
+        cum += h[bin];
+      }
+      if (bin < 0) throw changed();
+      this.above += cum;
+      this.count = h[bin];
+      const hi = firstHi[bin];
+      const lo = firstLo[bin];
+      this.settle(this.bits + WIDTHS[this.level], hi, lo);
+      this.level++;
+      // A bin holding one magnitude only (or the last digit) settles the element: `need` of its kind rank before it.
+      if (!mixed[bin] || this.bits === 64) this.result = { hi, lo, ties: need - cum };
+      giveBins(this.bins!);
+      this.bins = null;
+    } else if (this.action === 'collect') {
+      const g = this.got!;
+      if (g.n !== this.count) throw changed();
+      // Collected in flat-index order; a stable sort by magnitude keeps equal ones in that order.
+      const order = Array.from({ length: g.n }, (_, i) => i);
+      order.sort((a, b) => g.hi[b] - g.hi[a] || g.lo[b] - g.lo[a]);
+      const at = order[need];
+      let first = need;
+      while (first > 0 && g.hi[order[first - 1]] === g.hi[at] && g.lo[order[first - 1]] === g.lo[at]) first--;
+      this.result = { hi: g.hi[at], lo: g.lo[at], ties: need - first };
+      this.got = null;
+    }
+  }
+}
+
+const changed = () => new InputError(`a delta changed while apply was ranking its magnitudes; plan again`);
+
+/** Several rank searches over the same stream of values (one delta of one tensor), pass by pass. */
+export class RankSelect {
+  private readonly searches: RankSearch[];
+  /** `limit`: the largest bucket collected (smaller in tests, to exercise every kind of pass). */
+  constructor(ranks: number[], n: number, limit = COLLECT_LIMIT) {
+    this.searches = ranks.map((r) => {
+      if (!(Number.isSafeInteger(r) && r >= 0 && r < n)) throw new RangeError(`rank ${r} outside [0, ${n})`);
+      return new RankSearch(r, n, limit);
+    });
+  }
+
+  get pending(): boolean {
+    return this.searches.some((s) => s.result === null);
+  }
+
+  begin(): void {
+    for (const s of this.searches) if (s.result === null) s.begin();
+  }
+
+  /** The next n elements' values, in flat-index order, as float64 viewed as u32 words. */
+  visit(words: Uint32Array, n: number): void {
+    for (const s of this.searches) if (s.result === null) s.visit(words, n);
+  }
+
+  end(): void {
+    for (const s of this.searches) if (s.result === null) s.end();
+  }
+
+  /** The elements at the given ranks, once no search is pending. */
+  results(): RankElement[] {
+    return this.searches.map((s) => s.result!);
+  }
+}
