@@ -218,17 +218,22 @@ export async function removePrefix(service: BlobServiceClient, container: string
   for await (const b of c.listBlobsFlat({ prefix: `${prefix}/` })) await c.getBlobClient(b.name).deleteIfExists();
 }
 
-/** Files written by the pipeline but not by the CLI, which an uninterrupted CLI run cannot be compared with. */
-const PIPELINE_ONLY = new Set(['registration.json']);
+/**
+ * Files written by the pipeline but not by the CLI, which an uninterrupted CLI run cannot be compared
+ * with: the registration, the delta's analysis, the posted model's evaluation and gate records.
+ */
+const PIPELINE_ONLY = new Set(['registration.json', 'analysis.json', 'paramdelta-eval.json', 'gate.json']);
 
 /**
- * delta.json and paramdelta.json record their creation time, and paramdelta.json the references of
- * its inputs (which differ from run to run here): "byte for byte" leaves those out.
+ * delta.json and paramdelta.json record their creation time, and the references of their inputs
+ * (which differ from run to run here): "byte for byte" leaves those out.
  */
 function comparable(file: string, bytes: Buffer): Buffer {
   if (file !== 'delta.json' && file !== 'paramdelta.json') return bytes;
   const j = JSON.parse(bytes.toString('utf8'));
   delete j.createdAt;
+  // Where base and post were: the pipeline records it for the quality gate, the CLI does not.
+  delete j.sources;
   if (file === 'paramdelta.json') {
     delete j.base;
     j.deltas = j.deltas.map((d: { scale: number }) => d.scale);
