@@ -353,6 +353,37 @@ describe('the CLI', () => {
   });
 });
 
+describe('rank select from F32 patterns', () => {
+  it('finds the same elements as the sort when the first digit comes from F32 bits (zeros, subnormals, Inf, NaN, stretches of float64 between)', () => {
+    let state = 11;
+    const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const special = [0, -0, 2 ** -149, -(2 ** -140), 3 * 2 ** -130, Infinity, -Infinity, 1.5, -1.5];
+    for (const [n, distinct, mixedDtypes] of [[20000, 4, true], [40000, 6000, false], [40000, 6000, true], [20000, 30, true]] as const) {
+      const values = Float32Array.from({ length: n }, () => (rand() < 0.1 ? special[Math.floor(rand() * special.length)] : (rand() < 0.5 ? -1 : 1) * 2 ** -Math.floor(rand() * 3) * (1 + Math.floor(rand() * distinct) / 8192)));
+      const order = [...values.keys()].sort((a, b) => Math.abs(values[b]) - Math.abs(values[a]) || a - b);
+      const ranks = [0, 7, Math.floor(n / 5), n - 1];
+      const sel = new RankSelect(ranks, n, 64);
+      const bits = new Uint32Array(values.buffer);
+      while (sel.pending) {
+        sel.begin();
+        for (let at = 0, block = 0; at < n; at += 2000, block++) {
+          const e = Math.min(n, at + 2000);
+          // Every third block through visit (a stretch of another dtype) or none, the rest as F32 patterns while allowed.
+          if ((!mixedDtypes || block % 3 !== 2) && sel.takesF32) sel.visitF32(bits.slice(at, e), e - at);
+          else sel.visit(new Uint32Array(Float64Array.from(values.subarray(at, e)).buffer), e - at);
+        }
+        sel.end();
+      }
+      const want = ranks.map((r) => {
+        const mag = Math.abs(values[order[r]]);
+        return { mag, ties: order.slice(0, r).filter((j) => Math.abs(values[j]) === mag).length };
+      });
+      const got = sel.results().map((e) => ({ mag: new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0], ties: e.ties }));
+      expect(got).toEqual(want);
+    }
+  });
+});
+
 describe('the WebAssembly two-delta TIES kernel', () => {
   it('gives the JavaScript loop\'s bytes on adversarial inputs (ties at cut-offs, signed zeros, subnormals, NaN/Inf, midpoints)', async () => {
     await loadWabt();
