@@ -27,23 +27,24 @@ function load(t: Ties2DType, at: number): string {
   return `(f64.promote_f32 (f32.reinterpret_i32 (i32.shl (i32.load16_u ${addr(2)}) (i32.const 16))))`;
 }
 
-/** `v` where mask bit `k` (i32 0/1) is set, else +0: the branch-free `k ? v : 0`. */
+/** `v` where mask bit `k` (i32 0/1) is set, else +0: the JavaScript loop's `k ? v : 0` without a branch. */
 const keep = (k: string, v: string) => `(f64.reinterpret_i64 (i64.and (i64.reinterpret_f64 ${v}) (i64.sub (i64.const 0) (i64.extend_i32_u ${k}))))`;
 
 function wat(b: Ties2DType, t0: Ties2DType, t1: Ties2DType): string {
-  // One operand's mask, counting the elements equal to each boundary as the JavaScript loop does (the count
-  // before this element decides; both counts advance whatever the other boundary says).
+  // One operand's mask. An element equal to a boundary is rare: it takes a branch, where the count before it
+  // decides and the count advances (whatever the other boundary says), as in the JavaScript loop.
   const mask = (i: number) => `
       (local.set $a (f64.abs (local.get $v${i})))
-      (local.set $nan (f64.ne (local.get $a) (local.get $a)))
-      (local.set $eq (i64.extend_i32_u (f64.eq (local.get $a) (local.get $T${i}))))
-      (local.set $to (i32.or (i32.or (f64.gt (local.get $a) (local.get $T${i})) (local.get $nan))
-        (i32.and (i32.wrap_i64 (local.get $eq)) (i64.lt_u (local.get $st${i}) (local.get $tt${i})))))
-      (local.set $st${i} (i64.add (local.get $st${i}) (local.get $eq)))
-      (local.set $eq (i64.extend_i32_u (i32.and (local.get $hasF${i}) (f64.eq (local.get $a) (local.get $F${i})))))
-      (local.set $from (i32.and (local.get $hasF${i}) (i32.or (i32.or (f64.gt (local.get $a) (local.get $F${i})) (local.get $nan))
-        (i32.and (i32.wrap_i64 (local.get $eq)) (i64.lt_u (local.get $sf${i}) (local.get $ft${i}))))))
-      (local.set $sf${i} (i64.add (local.get $sf${i}) (local.get $eq)))
+      (local.set $to (i32.eqz (f64.le (local.get $a) (local.get $T${i}))))
+      (if (f64.eq (local.get $a) (local.get $T${i})) (then
+        (local.set $to (i64.lt_u (local.get $st${i}) (local.get $tt${i})))
+        (local.set $st${i} (i64.add (local.get $st${i}) (i64.const 1)))))
+      (local.set $from (i32.const 0))
+      (if (local.get $hasF${i}) (then
+        (local.set $from (i32.eqz (f64.le (local.get $a) (local.get $F${i}))))
+        (if (f64.eq (local.get $a) (local.get $F${i})) (then
+          (local.set $from (i64.lt_u (local.get $sf${i}) (local.get $ft${i})))
+          (local.set $sf${i} (i64.add (local.get $sf${i}) (i64.const 1)))))))
       (local.set $t${i} ${keep(`(i32.and (local.get $to) (i32.xor (local.get $from) (i32.const 1)))`, `(f64.mul (local.get $w${i}) (local.get $v${i}))`)})`;
   const agrees = (i: number) =>
     `(i32.or (i32.and (f64.gt (local.get $t${i}) (f64.const 0)) (f64.gt (local.get $s) (f64.const 0))) (i32.and (f64.lt (local.get $t${i}) (f64.const 0)) (f64.lt (local.get $s) (f64.const 0))))`;
@@ -65,7 +66,7 @@ function wat(b: Ties2DType, t0: Ties2DType, t1: Ties2DType): string {
     (param $w0 f64) (param $w1 f64) (param $norm i32) (param $lambda f64) (result i32)
     (local $j i32) (local $tt0 i64) (local $ft0 i64) (local $tt1 i64) (local $ft1 i64)
     (local $st0 i64) (local $sf0 i64) (local $st1 i64) (local $sf1 i64)
-    (local $v0 f64) (local $v1 f64) (local $a f64) (local $nan i32) (local $eq i64) (local $to i32) (local $from i32)
+    (local $v0 f64) (local $v1 f64) (local $a f64) (local $to i32) (local $from i32)
     (local $t0 f64) (local $t1 f64) (local $s f64) (local $pa i32) (local $pb i32) (local $m f64) (local $ws f64)
     (local $x f64) (local $f f32) (local $bits i32) (local $hard i32)
     (local.set $tt0 (i64.trunc_f64_u (local.get $tt0f)))
