@@ -408,7 +408,7 @@ describe('the WebAssembly two-delta TIES kernel', () => {
     let compared = 0;
     for (const [base, t0, t1] of combos) {
       for (const normalize of [true, false]) {
-        const n = 9000;
+        const n = 9003;
         const d0 = Array.from({ length: n }, () => pick(pool));
         const d1 = Array.from({ length: n }, () => (rand() < 0.3 ? pick(pool) * 0.75 : pick(pool)));
         const b = Array.from({ length: n }, () => pick(bases));
@@ -431,7 +431,7 @@ describe('the WebAssembly two-delta TIES kernel', () => {
           if (!wasm) (k as unknown as { wasm: null }).wasm = null;
           const out = new Uint8Array(n * size);
           // Two chunks, so that the tie counts carry from one call to the next.
-          for (const [a, e] of [[0, 5000], [5000, n]]) {
+          for (const [a, e] of [[0, 5001], [5001, n]]) {
             const ops = operands.map((o) => ({ ...o, data: o.data.subarray(a * (o.dtype === 'F64' ? 8 : o.dtype === 'F32' ? 4 : 2)) }));
             k.combine('t', base, baseBytes.subarray(a * size), ops, a, e - a, out.subarray(a * size, e * size));
           }
