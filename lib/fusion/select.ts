@@ -105,7 +105,10 @@ class RankSearch {
 
   /** Whether visitF32 may take this pass's elements: the first digit's histogram. */
   get takesF32(): boolean {
-    return this.level === 0 && this.action === 'histogram';
+    if (this.action !== 'histogram') return false;
+    // The second digit too, when the bucket holds normal F32 magnitudes (float64 exponents 897 … 1150).
+    const e = this.valueHi >>> 20;
+    return this.level === 0 || (this.level === 1 && e >= 897 && e <= 1150);
   }
 
   /**
@@ -115,6 +118,7 @@ class RankSearch {
    * NaN are widened and counted as visit does.
    */
   visitF32(bits: Uint32Array, n: number): void {
+    if (this.level === 1) return this.visitF32Second(bits, n);
     const k = (this.keys ??= { hist: new Uint32Array(1 << 16), first: new Uint32Array(1 << 16), mixed: new Uint8Array(1 << 16) });
     const { hist: kh, first: kf, mixed: km } = k;
     const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
@@ -139,6 +143,26 @@ class RankSearch {
     }
   }
 
+  /**
+   * The second digit from F32 patterns: the bucket's elements are the normal F32s whose top 16 magnitude bits
+   * are its key, and the digit, float64 bits 43 … 28, is then their low 15 bits shifted left once.
+   */
+  private visitF32Second(bits: Uint32Array, n: number): void {
+    const key = (((this.valueHi >>> 20) - 896) << 8) | ((this.valueHi >>> 12) & 0xff);
+    const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
+    for (let j = 0; j < n; j++) {
+      const w = bits[j] & 0x7fffffff;
+      if (w >>> 15 !== key) continue;
+      const hi = ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
+      const lo = ((w & 7) << 29) >>> 0;
+      const b = (w & 0x7fff) << 1;
+      if (h[b]++ === 0) {
+        fh[b] = hi;
+        fl[b] = lo;
+      } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+    }
+  }
+
   /** Folds visitF32's counts into the bins (normal F32 magnitudes only: exponent + 896 is the float64's). */
   private foldF32(): void {
     const k = this.keys;
@@ -151,7 +175,7 @@ class RankSearch {
       const w = k.first[key];
       const hi = ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
       const b = hi >>> 12;
-      const lo = (w & 7) << 29;
+      const lo = ((w & 7) << 29) >>> 0;
       // The bin may also hold elements visit counted (a stretch of another dtype): merge as visit would.
       if (h[b] === 0) {
         fh[b] = hi;
