@@ -359,11 +359,12 @@ describe('rank select from F32 patterns', () => {
     const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
     const special = [0, -0, 2 ** -149, -(2 ** -140), 3 * 2 ** -130, Infinity, -Infinity, 1.5, -1.5];
     let secondDigits = 0;
-    for (const [n, distinct, mixedDtypes] of [[20000, 4, true], [40000, 6000, false], [40000, 6000, true], [20000, 30, true]] as const) {
+    for (const [n, distinct, mixedDtypes, limit] of [[20000, 4, true, 64], [40000, 6000, false, 64], [40000, 6000, true, 64], [40000, 6000, true, 1 << 18], [20000, 30, true, 64]] as const) {
       const values = Float32Array.from({ length: n }, () => (rand() < 0.1 ? special[Math.floor(rand() * special.length)] : (rand() < 0.5 ? -1 : 1) * 2 ** -Math.floor(rand() * 3) * (1 + (Math.floor(rand() * distinct) * 977) / 2 ** 23)));
       const order = [...values.keys()].sort((a, b) => Math.abs(values[b]) - Math.abs(values[a]) || a - b);
       const ranks = [0, 7, Math.floor(n / 5), n - 1];
-      const sel = new RankSelect(ranks, n, 64);
+      // A small collect limit histograms the second digit; the default collects the bucket.
+      const sel = new RankSelect(ranks, n, limit);
       const bits = new Uint32Array(values.buffer);
       for (let pass = 0; sel.pending; pass++) {
         sel.begin();

@@ -105,10 +105,11 @@ class RankSearch {
 
   /** Whether visitF32 may take this pass's elements: the first digit's histogram. */
   get takesF32(): boolean {
-    if (this.action !== 'histogram') return false;
-    // The second digit too, when the bucket holds normal F32 magnitudes (float64 exponents 897 … 1150).
+    // The second digit too (or the bucket's collection), when the bucket holds normal F32 magnitudes
+    // (float64 exponents 897 … 1150).
     const e = this.valueHi >>> 20;
-    return this.level === 0 || (this.level === 1 && e >= 897 && e <= 1150);
+    if (this.level === 0) return this.action === 'histogram';
+    return this.level === 1 && e >= 897 && e <= 1150;
   }
 
   /**
@@ -144,11 +145,22 @@ class RankSearch {
   }
 
   /**
-   * The second digit from F32 patterns: the bucket's elements are the normal F32s whose top 16 magnitude bits
+   * The second digit (or the bucket's collection) from F32 patterns: the bucket's elements are the normal F32s whose top 16 magnitude bits
    * are its key, and the digit, float64 bits 43 … 28, is then their low 15 bits shifted left once.
    */
   private visitF32Second(bits: Uint32Array, n: number): void {
     const key = (((this.valueHi >>> 20) - 896) << 8) | ((this.valueHi >>> 12) & 0xff);
+    if (this.action === 'collect') {
+      const g = this.got!;
+      for (let j = 0; j < n; j++) {
+        const w = bits[j] & 0x7fffffff;
+        if (w >>> 15 !== key) continue;
+        if (g.n === this.count) throw changed();
+        g.hi[g.n] = ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
+        g.lo[g.n++] = ((w & 7) << 29) >>> 0;
+      }
+      return;
+    }
     const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
     for (let j = 0; j < n; j++) {
       const w = bits[j] & 0x7fffffff;
