@@ -125,8 +125,9 @@ class RankSearch {
     const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
     for (let j = 0; j < n; j++) {
       const w = bits[j] & 0x7fffffff;
-      const e = w >>> 23;
-      if (e === 0 || e === 0xff) {
+      // Zeros (common in deltas) take the key path too, as key 0 (subnormals, the other patterns of that key,
+      // do not); the test is branch-free, so that only a rare subnormal, Inf or NaN branches.
+      if ((+(((w - 0x800000) >>> 0) >= 0x7f000000) & +(w !== 0)) !== 0) {
         f32Bits[0] = w;
         f64Value[0] = f32Value[0];
         const hi = f64Words[1] & 0x7fffffff;
@@ -140,7 +141,7 @@ class RankSearch {
       }
       const key = w >>> 15;
       if (kh[key]++ === 0) kf[key] = w;
-      else if (kf[key] !== w) km[key] = 1;
+      km[key] |= +(kf[key] !== w);
     }
   }
 
@@ -185,7 +186,8 @@ class RankSearch {
       const c = k.hist[key];
       if (c === 0) continue;
       const w = k.first[key];
-      const hi = ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
+      // Key 0 holds zeros only (float64 pattern 0).
+      const hi = key === 0 ? 0 : ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
       const b = hi >>> 12;
       const lo = ((w & 7) << 29) >>> 0;
       // The bin may also hold elements visit counted (a stretch of another dtype): merge as visit would.
