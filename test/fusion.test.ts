@@ -15,6 +15,8 @@ import { localOutput } from '../lib/storage/output.js';
 import { LocalStore } from '../lib/storage/local.js';
 import { checkFusion, type FusionRequest } from '../lib/fusion/options.js';
 import { RankSelect } from '../lib/fusion/select.js';
+import { FusionKernel } from '../lib/fusion/combine.js';
+import { loadWabt } from '../lib/kernels/wasm.js';
 import { dareKey, dareUniforms } from '../lib/fusion/rng.js';
 import type { ApplyPlan } from '../lib/ops/plan.js';
 import type { DeltaFormat } from '../lib/ops/manifest.js';
@@ -348,5 +350,103 @@ describe('the CLI', () => {
       expect(e.code, bad.join(' ')).toBe(2);
       expect(await new LocalStore(path.join(tmp, 'cli-bad')).exists('model.safetensors.index.json').catch(() => false)).toBe(false);
     }
+  });
+});
+
+describe('rank select from F32 patterns', () => {
+  it('finds the same elements as the sort when the first digit comes from F32 bits (zeros, subnormals, Inf, NaN, stretches of float64 between)', () => {
+    let state = 11;
+    const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const special = [0, -0, 2 ** -149, -(2 ** -140), 3 * 2 ** -130, Infinity, -Infinity, 1.5, -1.5];
+    let secondDigits = 0;
+    for (const [n, distinct, mixedDtypes, limit] of [[20000, 4, true, 64], [40000, 6000, false, 64], [40000, 6000, true, 64], [40000, 6000, true, 1 << 18], [20000, 30, true, 64]] as const) {
+      const values = Float32Array.from({ length: n }, () => (rand() < 0.1 ? special[Math.floor(rand() * special.length)] : (rand() < 0.5 ? -1 : 1) * 2 ** -Math.floor(rand() * 3) * (1 + (Math.floor(rand() * distinct) * 977) / 2 ** 23)));
+      const order = [...values.keys()].sort((a, b) => Math.abs(values[b]) - Math.abs(values[a]) || a - b);
+      const ranks = [0, 7, Math.floor(n / 5), n - 1];
+      // A small collect limit histograms the second digit; the default collects the bucket.
+      const sel = new RankSelect(ranks, n, limit);
+      const bits = new Uint32Array(values.buffer);
+      for (let pass = 0; sel.pending; pass++) {
+        sel.begin();
+        if (pass === 1 && sel.takesF32) secondDigits++;
+        for (let at = 0, block = 0; at < n; at += 2000, block++) {
+          const e = Math.min(n, at + 2000);
+          // Every third block through visit (a stretch of another dtype) or none, the rest as F32 patterns while allowed.
+          if ((!mixedDtypes || block % 3 !== 2) && sel.takesF32) sel.visitF32(bits.slice(at, e), e - at);
+          else sel.visit(new Uint32Array(Float64Array.from(values.subarray(at, e)).buffer), e - at);
+        }
+        sel.end();
+      }
+      const want = ranks.map((r) => {
+        const mag = Math.abs(values[order[r]]);
+        return { mag, ties: order.slice(0, r).filter((j) => Math.abs(values[j]) === mag).length };
+      });
+      const got = sel.results().map((e) => ({ mag: new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0], ties: e.ties }));
+      expect(got).toEqual(want);
+    }
+    // The second digit came from F32 patterns too, in some case.
+    expect(secondDigits).toBeGreaterThan(0);
+  });
+});
+
+describe('the WebAssembly two-delta TIES kernel', () => {
+  it('gives the JavaScript loop\'s bytes on adversarial inputs (ties at cut-offs, signed zeros, subnormals, NaN/Inf, midpoints)', async () => {
+    await loadWabt();
+    let state = 7;
+    const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const pick = <T,>(xs: readonly T[]) => xs[Math.floor(rand() * xs.length)];
+    // Deltas from a small pool, so that many equal the cut-offs and sums land on BF16 midpoints (1 + 2^-8)
+    // or next to one (2^-8 + 2^-40: an F32 midpoint the float64 is not).
+    const pool = [0, -0, 2 ** -8, -(2 ** -8), 3 * 2 ** -9, -(3 * 2 ** -9), 2 ** -8 + 2 ** -40, 2 ** -140, -(2 ** -149), 1, -1, 0.5, Infinity, -Infinity, NaN, 2 ** 127, -(2 ** 127)];
+    const bases = [1, -1, 0, -0, 2 ** -130, 3 * 2 ** -9, 2 ** 127 * 1.9921875, NaN, Infinity, -Infinity, 65504];
+    const enc = (dt: Dt, xs: number[]): Uint8Array => {
+      if (dt === 'F64') return new Uint8Array(Float64Array.from(xs).buffer);
+      if (dt === 'F32') return new Uint8Array(Float32Array.from(xs).buffer);
+      const f = Float32Array.from(xs);
+      return new Uint8Array(Uint16Array.from(new Uint32Array(f.buffer), (b) => b >>> 16).buffer);
+    };
+    const bitsOf = (mag: number, ties: number) => {
+      const w = new Uint32Array(Float64Array.of(mag).buffer);
+      return { lo: w[0], hi: w[1], ties };
+    };
+    const combos: [Dt, Dt, Dt][] = [['BF16', 'F32', 'F32'], ['BF16', 'BF16', 'F32'], ['BF16', 'BF16', 'BF16'], ['BF16', 'F64', 'F32'], ['F32', 'F32', 'BF16'], ['F64', 'F64', 'F64']];
+    let compared = 0;
+    for (const [base, t0, t1] of combos) {
+      for (const normalize of [true, false]) {
+        const n = 9003;
+        const d0 = Array.from({ length: n }, () => pick(pool));
+        const d1 = Array.from({ length: n }, () => (rand() < 0.3 ? pick(pool) * 0.75 : pick(pool)));
+        const b = Array.from({ length: n }, () => pick(bases));
+        const range = (d: number[], from: boolean) => {
+          const mags = d.map(Math.abs).filter((v) => v === v);
+          const to = pick(mags);
+          const r: { to?: ReturnType<typeof bitsOf>; from?: ReturnType<typeof bitsOf> } = { to: bitsOf(to, Math.floor(rand() * 50)) };
+          if (from) r.from = bitsOf(Math.max(to, pick(mags)), Math.floor(rand() * 50));
+          return r;
+        };
+        const spec = { method: 'breadcrumbs-ties' as const, density: 0.2, lambda: pick([1, 0.5, -1.5]), normalize };
+        const operands = [
+          { delta: 0, weight: pick([0.7, 1, -0.5]), dtype: t0, data: enc(t0, d0), keep: range(d0, rand() < 0.5) },
+          { delta: 1, weight: pick([0.5, 2, 0]), dtype: t1, data: enc(t1, d1), keep: range(d1, rand() < 0.5) },
+        ];
+        const baseBytes = enc(base, b);
+        const size = base === 'F64' ? 8 : base === 'F32' ? 4 : 2;
+        const outs = [true, false].map((wasm) => {
+          const k = new FusionKernel(spec as never);
+          if (!wasm) (k as unknown as { wasm: null }).wasm = null;
+          const out = new Uint8Array(n * size);
+          // Two chunks, so that the tie counts carry from one call to the next.
+          for (const [a, e] of [[0, 5001], [5001, n]]) {
+            const ops = operands.map((o) => ({ ...o, data: o.data.subarray(a * (o.dtype === 'F64' ? 8 : o.dtype === 'F32' ? 4 : 2)) }));
+            k.combine('t', base, baseBytes.subarray(a * size), ops, a, e - a, out.subarray(a * size, e * size));
+          }
+          expect((k as unknown as { wasm: unknown }).wasm === null).toBe(!wasm);
+          return out;
+        });
+        expect(Buffer.from(outs[0]).equals(Buffer.from(outs[1]))).toBe(true);
+        compared++;
+      }
+    }
+    expect(compared).toBe(combos.length * 2);
   });
 });

@@ -6,6 +6,7 @@ import { f16BitsToF64, f64ToBf16Bits, f64ToF16Bits } from '../kernels/reference.
 import { electsSign, usesDare, type FusionSpec } from './options.js';
 import { dareKey, dareUniforms } from './rng.js';
 import type { RankElement } from './select.js';
+import { Ties2Wasm, ties2Supported, type Ties2DType, type Ties2Operand } from './ties2.js';
 
 /** Which ranks of one delta's tensor are kept: [from, to) as the elements at those ranks (absent: 0, or n). */
 export interface KeepRange {
@@ -124,6 +125,8 @@ export class FusionKernel {
   private readonly keys = new Map<string, [number, number]>();
   private readonly progress = new Map<number, Progress>();
   private readonly seed: bigint;
+  /** The WebAssembly ties2 (null: not available in this process). */
+  private wasm: Ties2Wasm | null | undefined;
 
   constructor(private readonly spec: FusionSpec) {
     this.seed = BigInt(spec.seed ?? '0');
@@ -150,8 +153,10 @@ export class FusionKernel {
     for (let a = 0; a < n; a += BLOCK) {
       const len = Math.min(BLOCK, n - a);
       if (two) {
+        const o = out.subarray(a * size, (a + len) * size);
+        if (this.ties2Wasm(tensor, dtype, base.subarray(a * size), operands, a, start + a, len, two, o)) continue;
         this.ties2(tensor, dtype, base.subarray(a * size), operands, a, start + a, len, two);
-        narrow(dtype, this.base, len, out.subarray(a * size, (a + len) * size));
+        narrow(dtype, this.base, len, o);
         continue;
       }
       operands.forEach((op, k) => this.tau(tensor, op, a, start + a, len, this.taus[k]));
@@ -172,6 +177,33 @@ export class FusionKernel {
     const F = ops.map((o) => (o.keep!.from ? magnitude(o.keep!.from) : Infinity));
     const T = ops.map((o) => (o.keep!.to ? magnitude(o.keep!.to) : -1));
     return [...F, ...T].some((v) => v !== v) ? null : { F, T };
+  }
+
+  /** ties2 as a WebAssembly kernel where the dtypes allow and wabt is loaded; false where it did nothing. */
+  private ties2Wasm(tensor: string, dtype: FloatDType, base: Uint8Array, ops: readonly FusionOperand[], at: number, first: number, len: number, cut: { F: number[]; T: number[] }, out: Uint8Array): boolean {
+    const [o0, o1] = ops;
+    const d0 = o0.dtype;
+    const d1 = o1.dtype;
+    if (!ties2Supported(dtype) || !ties2Supported(d0) || !ties2Supported(d1)) return false;
+    if (this.wasm === undefined) this.wasm = Ties2Wasm.create();
+    if (!this.wasm) return false;
+    const p0 = this.advance(tensor, o0.delta, first, len);
+    const p1 = this.advance(tensor, o1.delta, first, len);
+    const operand = (o: FusionOperand, dt: Ties2DType, k: number): Ties2Operand => ({
+      dtype: dt,
+      data: o.data,
+      weight: o.weight,
+      T: cut.T[k],
+      F: cut.F[k],
+      hasF: o.keep!.from !== undefined,
+      tt: o.keep!.to?.ties ?? 0,
+      ft: o.keep!.from?.ties ?? 0,
+    });
+    const seen = [p0.seenTo, p0.seenFrom, p1.seenTo, p1.seenFrom];
+    const done = this.wasm.run(dtype, base, [operand(o0, d0, 0), operand(o1, d1, 1)], at, len, seen, this.spec.normalize !== false, this.spec.lambda, out);
+    [p0.seenTo, p0.seenFrom, p1.seenTo, p1.seenFrom] = seen;
+    if (!done) narrow(dtype, this.wasm.x, len, out);
+    return true;
   }
 
   /**

@@ -87,6 +87,8 @@ class RankSearch {
   action: Action = 'histogram';
   /** A histogram pass's bins: counts, and each bin's first element's pattern and whether a different one followed (equal magnitudes are common). */
   bins: Bins | null = null;
+  /** visitF32's counts, by the top 16 bits of the F32 magnitude (see visitF32). */
+  keys: { hist: Uint32Array; first: Uint32Array; mixed: Uint8Array } | null = null;
   got: { hi: Uint32Array; lo: Uint32Array; n: number } | null = null;
   result: RankElement | null = null;
 
@@ -99,6 +101,103 @@ class RankSearch {
     this.action = this.count <= (this.level === 0 ? Math.min(this.limit, FIRST_COLLECT_LIMIT) : this.limit) ? 'collect' : 'histogram';
     if (this.action === 'histogram') this.bins = takeBins(1 << WIDTHS[this.level]);
     if (this.action === 'collect') this.got = { hi: new Uint32Array(this.count), lo: new Uint32Array(this.count), n: 0 };
+  }
+
+  /** Whether visitF32 may take this pass's elements: the first digit's histogram. */
+  get takesF32(): boolean {
+    // The second digit too (or the bucket's collection), when the bucket holds normal F32 magnitudes
+    // (float64 exponents 897 … 1150).
+    const e = this.valueHi >>> 20;
+    if (this.level === 0) return this.action === 'histogram';
+    return this.level === 1 && e >= 897 && e <= 1150;
+  }
+
+  /**
+   * The first digit's histogram from F32 bit patterns, without widening: a normal F32's top 16 magnitude bits
+   * (exponent, 8 mantissa bits) map one to one onto the float64 pattern's top 20, so they are counted in a
+   * small array of their own (cache-resident) and folded into the bins at end(); zeros, subnormals, Inf and
+   * NaN are widened and counted as visit does.
+   */
+  visitF32(bits: Uint32Array, n: number): void {
+    if (this.level === 1) return this.visitF32Second(bits, n);
+    const k = (this.keys ??= { hist: new Uint32Array(1 << 16), first: new Uint32Array(1 << 16), mixed: new Uint8Array(1 << 16) });
+    const { hist: kh, first: kf, mixed: km } = k;
+    const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
+    for (let j = 0; j < n; j++) {
+      const w = bits[j] & 0x7fffffff;
+      // Zeros (common in deltas) take the key path too, as key 0 (subnormals, the other patterns of that key,
+      // do not); the test is branch-free, so that only a rare subnormal, Inf or NaN branches.
+      if ((+(((w - 0x800000) >>> 0) >= 0x7f000000) & +(w !== 0)) !== 0) {
+        f32Bits[0] = w;
+        f64Value[0] = f32Value[0];
+        const hi = f64Words[1] & 0x7fffffff;
+        const lo = f64Words[0];
+        const b = hi >>> 12;
+        if (h[b]++ === 0) {
+          fh[b] = hi;
+          fl[b] = lo;
+        } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+        continue;
+      }
+      const key = w >>> 15;
+      if (kh[key]++ === 0) kf[key] = w;
+      km[key] |= +(kf[key] !== w);
+    }
+  }
+
+  /**
+   * The second digit (or the bucket's collection) from F32 patterns: the bucket's elements are the normal F32s whose top 16 magnitude bits
+   * are its key, and the digit, float64 bits 43 … 28, is then their low 15 bits shifted left once.
+   */
+  private visitF32Second(bits: Uint32Array, n: number): void {
+    const key = (((this.valueHi >>> 20) - 896) << 8) | ((this.valueHi >>> 12) & 0xff);
+    if (this.action === 'collect') {
+      const g = this.got!;
+      for (let j = 0; j < n; j++) {
+        const w = bits[j] & 0x7fffffff;
+        if (w >>> 15 !== key) continue;
+        if (g.n === this.count) throw changed();
+        g.hi[g.n] = ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
+        g.lo[g.n++] = ((w & 7) << 29) >>> 0;
+      }
+      return;
+    }
+    const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
+    for (let j = 0; j < n; j++) {
+      const w = bits[j] & 0x7fffffff;
+      if (w >>> 15 !== key) continue;
+      const hi = ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
+      const lo = ((w & 7) << 29) >>> 0;
+      const b = (w & 0x7fff) << 1;
+      if (h[b]++ === 0) {
+        fh[b] = hi;
+        fl[b] = lo;
+      } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+    }
+  }
+
+  /** Folds visitF32's counts into the bins (normal F32 magnitudes only: exponent + 896 is the float64's). */
+  private foldF32(): void {
+    const k = this.keys;
+    if (!k) return;
+    this.keys = null;
+    const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
+    for (let key = 0; key < 1 << 16; key++) {
+      const c = k.hist[key];
+      if (c === 0) continue;
+      const w = k.first[key];
+      // Key 0 holds zeros only (float64 pattern 0).
+      const hi = key === 0 ? 0 : ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
+      const b = hi >>> 12;
+      const lo = ((w & 7) << 29) >>> 0;
+      // The bin may also hold elements visit counted (a stretch of another dtype): merge as visit would.
+      if (h[b] === 0) {
+        fh[b] = hi;
+        fl[b] = lo;
+        mixed[b] = k.mixed[key];
+      } else if (k.mixed[key] || fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+      h[b] += c;
+    }
   }
 
   /** Values of the next n elements (in flat-index order) as float64, viewed as u32 words (little-endian: lo, hi). */
@@ -151,6 +250,7 @@ class RankSearch {
   }
 
   end(): void {
+    this.foldF32();
     const need = this.rank - this.above;
     if (this.action === 'histogram') {
       const { hist: h, firstHi, firstLo, mixed } = this.bins!;
@@ -186,6 +286,11 @@ class RankSearch {
   }
 }
 
+const f32Bits = new Uint32Array(1);
+const f32Value = new Float32Array(f32Bits.buffer);
+const f64Value = new Float64Array(1);
+const f64Words = new Uint32Array(f64Value.buffer);
+
 const changed = () => new InputError(`a delta changed while apply was ranking its magnitudes; plan again`);
 
 /** Several rank searches over the same stream of values (one delta of one tensor), pass by pass. */
@@ -210,6 +315,16 @@ export class RankSelect {
   /** The next n elements' values, in flat-index order, as float64 viewed as u32 words. */
   visit(words: Uint32Array, n: number): void {
     for (const s of this.searches) if (s.result === null) s.visit(words, n);
+  }
+
+  /** Whether visitF32 may take the next elements (every pending search is at its first histogram). */
+  get takesF32(): boolean {
+    return this.searches.every((s) => s.result !== null || s.takesF32);
+  }
+
+  /** The next n elements as F32 bit patterns (only where takesF32). */
+  visitF32(bits: Uint32Array, n: number): void {
+    for (const s of this.searches) if (s.result === null) s.visitF32(bits, n);
   }
 
   end(): void {

@@ -28,8 +28,13 @@ interface Wabt {
 let wabtLoading: Promise<Wabt> | undefined;
 let wabt: Wabt | undefined;
 
+/** Whether wabt is loaded (compileKernel then works synchronously). */
+export function wabtLoaded(): boolean {
+  return wabt !== undefined;
+}
+
 /** Loads wabt once per process (asynchronously); kernels are then assembled synchronously, on first use. */
-async function loadWabt(): Promise<void> {
+export async function loadWabt(): Promise<void> {
   if (wabt) return;
   if (!wabtLoading) {
     wabtLoading = import('wabt').then((m) => m.default() as Promise<Wabt>);
@@ -41,7 +46,7 @@ async function loadWabt(): Promise<void> {
 /** Compiled kernel modules by export name, shared by every instance (the memory is imported). */
 const modules = new Map<string, object>();
 
-function compileKernel(name: string, text: () => string): object {
+export function compileKernel(name: string, text: () => string): object {
   let module = modules.get(name);
   if (!module) {
     if (!wabt) throw new Error('wabt is not loaded');
