@@ -23,6 +23,7 @@ import { loadTensors, withTempDir } from './helpers/models.js';
 import { uploadFolder } from './helpers/blob.js';
 import { roundTo } from './helpers/floats.js';
 import { analysisOf, deltaOf, type DeltaOf } from './helpers/delta-analysis.js';
+import { serveApi } from './helpers/serve-api.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
@@ -35,6 +36,7 @@ let work: string;
 let family: { base: string; post: string; newbase: string };
 let azurite: Azurite;
 let serve: ServeHandle;
+const { api, waitFor } = serveApi(() => serve.url);
 let service: BlobServiceClient;
 let browser: Browser;
 let chatAnalysis: DeltaAnalysis;
@@ -52,25 +54,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function api(method: string, route: string, body?: unknown): Promise<{ status: number; json: any; headers: Headers }> {
-  const res = await fetch(`${serve.url}/api/${route}`, {
-    method, redirect: 'manual',
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text && /json/.test(res.headers.get('content-type') ?? '') ? JSON.parse(text) : text, headers: res.headers };
-}
 
-async function waitFor(id: string, timeoutMs = 60_000): Promise<any> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await api('GET', `runs/${encodeURIComponent(id)}`);
-    if (['Completed', 'Failed', 'Terminated'].includes(r.json.status)) return r.json;
-    if (Date.now() > deadline) throw new Error(`run ${id} still ${r.json.status}`);
-    await new Promise((res) => setTimeout(res, 100));
-  }
-}
 
 async function readJson(container: ContainerClient, name: string): Promise<any> {
   return JSON.parse((await container.getBlobClient(name).downloadToBuffer()).toString('utf8'));

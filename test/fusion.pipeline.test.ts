@@ -9,32 +9,16 @@ import { downloadFolder, uploadFolder } from './helpers/blob.js';
 import { runCli } from './helpers/cli.js';
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
 import { startServe, type ServeHandle } from '../cli/host/serve.js';
+import { serveApi } from './helpers/serve-api.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 let azurite: Azurite;
 let serve: ServeHandle;
+const { api, waitFor } = serveApi(() => serve.url);
 let service: BlobServiceClient;
 const shardSetting = process.env.PARAMDELTA_SHARD_SIZE;
 
-async function api(method: string, route: string, body?: unknown): Promise<{ status: number; json: any }> {
-  const res = await fetch(`${serve.url}/api/${route}`, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text ? JSON.parse(text) : null };
-}
 
-async function waitFor(id: string, timeoutMs = 90_000): Promise<any> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await api('GET', `runs/${encodeURIComponent(id)}`);
-    if (['Completed', 'Failed', 'Terminated'].includes(r.json.status)) return r.json;
-    if (Date.now() > deadline) throw new Error(`run ${id} still ${r.json.status}`);
-    await new Promise((res) => setTimeout(res, 100));
-  }
-}
 
 beforeAll(async () => {
   // Small output shards: the pipeline fans the model out over several shard activities.
@@ -57,8 +41,8 @@ describe('fusion through the pipeline', () => {
   it('POST /api/models with dare-ties and with ties writes what the CLI writes', async () => {
     const a = await api('POST', 'deltas', { name: 'chat', base: 'models/tiny/base', post: 'models/tiny/post', autoApply: false });
     const b = await api('POST', 'deltas', { name: 'math', base: 'models/tiny/base', post: 'models/tiny/post2', autoApply: false, deltaFormat: 'safetensors' });
-    expect((await waitFor(a.json.id)).status).toBe('Completed');
-    expect((await waitFor(b.json.id)).status).toBe('Completed');
+    expect((await waitFor(a.json.id, 90_000)).status).toBe('Completed');
+    expect((await waitFor(b.json.id, 90_000)).status).toBe('Completed');
     const runs = [
       { output: 'posted-models/dare', options: { method: 'dare-ties', density: 0.4, seed: '12345678901234567890', lambda: 1.1 }, cli: ['--method', 'dare-ties', '--density', '0.4', '--seed', '12345678901234567890', '--lambda', '1.1'] },
       { output: 'posted-models/ties', options: { method: 'ties', density: 0.3, normalize: false }, cli: ['--method', 'ties', '--density', '0.3', '--no-normalize'] },
@@ -72,7 +56,7 @@ describe('fusion through the pipeline', () => {
       for (const run of runs) {
         const m = await api('POST', 'models', { base: 'models/tiny/newbase', deltas: [{ name: 'chat', scale: 0.7 }, { name: 'math', scale: 0.5 }], output: run.output, ...run.options });
         expect(m.status, JSON.stringify(m.json)).toBe(202);
-        const done = await waitFor(m.json.id);
+        const done = await waitFor(m.json.id, 90_000);
         expect(done.status, JSON.stringify(done)).toBe('Completed');
         const local = path.join(tmp, `cli-${path.basename(run.output)}`);
         const r = await runCli(['apply', '--base', path.join(BF16, 'newbase'), '--delta', path.join(tmp, 'chat'), '--scale', '0.7', '--delta', path.join(tmp, 'math'), '--scale', '0.5', ...run.cli, '--out', local]);

@@ -18,24 +18,17 @@ import { DEFAULT_SHARD_SIZE } from '../lib/ops/plan.js';
 import { OUTPUT_KINDS } from '../lib/ops/outputs.js';
 import { localOutput } from '../lib/storage/output.js';
 import { readSettings } from '../functions/settings.js';
+import { serveApi } from './helpers/serve-api.js';
 
 const S = path.join(fixturesDir, 'stories260K-tuned-bf16');
 /** The default gate for this serve: impossibly strict, so a delta without a gate of its own is withheld. */
 const DEFAULT_GATE = '{"maxLossRatio": 0.000001}';
 let azurite: Azurite;
 let serve: ServeHandle;
+const { api } = serveApi(() => serve.url);
 let service: BlobServiceClient;
 let savedGate: string | undefined;
 
-async function api(method: string, route: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any }> {
-  const res = await fetch(`${serve.url}/api/${route}`, {
-    method,
-    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text ? JSON.parse(text) : null };
-}
 
 const finished = (id: string): Promise<InstanceStatus> => serve.runtime.waitForCompletion(id, 60_000);
 

@@ -20,6 +20,7 @@ import { OUTPUT_KINDS } from '../lib/ops/outputs.js';
 import { prepareCompute, executeComputeShard } from '../lib/ops/compute.js';
 import { planModel } from '../functions/activities/planModel.js';
 import { planDelta } from '../functions/activities/planDelta.js';
+import { serveApi } from './helpers/serve-api.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 const USER_CONTAINERS = ['models', 'deltas', 'base-models', 'posted-models'];
@@ -248,29 +249,13 @@ describe('Azurite, through the CLI (az://) and the HTTP API', () => {
     return out;
   }
 
+  const { api, waitFor } = serveApi(() => serve.url);
+
   function expectKept(before: Record<string, string>, after: Record<string, string>): void {
     for (const [k, v] of Object.entries(before)) expect(after[k], k).toBe(v);
   }
 
-  async function api(method: string, route: string, body?: unknown): Promise<{ status: number; json: any }> {
-    const res = await fetch(`${serve.url}/api/${route}`, {
-      method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, json: text ? JSON.parse(text) : null };
-  }
 
-  async function waitFor(id: string, timeoutMs = 60_000): Promise<any> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const r = await api('GET', `runs/${encodeURIComponent(id)}`);
-      if (['Completed', 'Failed', 'Terminated'].includes(r.json?.status)) return r.json;
-      if (Date.now() > deadline) throw new Error(`run ${id} still ${r.json?.status}`);
-      await new Promise((res) => setTimeout(res, 100));
-    }
-  }
 
   const models = (): ContainerClient => service.getContainerClient('models');
   const deltas = (): ContainerClient => service.getContainerClient('deltas');

@@ -14,10 +14,12 @@ import { DELTA_LAYOUT, DELTA_MANIFEST } from '../lib/ops/manifest.js';
 import { ANALYSIS_FILE, analysisSchema, type DeltaAnalysis } from '../lib/analyze/report.js';
 import { KIND_TAG } from '../lib/storage/types.js';
 import { decodeFloats } from './helpers/floats.js';
+import { serveApi } from './helpers/serve-api.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 let azurite: Azurite;
 let serve: ServeHandle;
+const { api, waitFor } = serveApi(() => serve.url);
 let service: BlobServiceClient;
 /** Every activity call, in order: a second run of the same id would show as a second plan. */
 const calls: { name: string; input: any }[] = [];
@@ -27,26 +29,7 @@ const recordCalls = (name: string, fn: ActivityFn): ActivityFn => (input, ctx) =
   return fn(input, ctx);
 };
 
-async function api(method: string, route: string, body?: unknown): Promise<{ status: number; json: any }> {
-  const res = await fetch(`${serve.url}/api/${route}`, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text ? JSON.parse(text) : null };
-}
 
-async function waitFor(id: string, timeoutMs = 60_000): Promise<any> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await api('GET', `runs/${encodeURIComponent(id)}`);
-    expect(r.status).toBe(200);
-    if (['Completed', 'Failed', 'Terminated'].includes(r.json.status)) return r.json;
-    if (Date.now() > deadline) throw new Error(`run ${id} still ${r.json.status}`);
-    await new Promise((res) => setTimeout(res, 100));
-  }
-}
 
 async function expectDelta(ref: string, expected: string, layout: 'compact' | 'safetensors') {
   await withTempDir(async (tmp) => {

@@ -12,11 +12,13 @@ import { startServe, type ServeHandle } from '../cli/host/serve.js';
 import type { ActivityFn, InstanceStatus } from '../cli/host/runtime.js';
 import { baseModelUploaded } from '../functions/triggers/baseModelUploaded.js';
 import type { ShardDone, ShardTask } from '../functions/contracts.js';
+import { serveApi } from './helpers/serve-api.js';
 
 const BF16 = path.join(fixturesDir, 'tiny-llama-bf16');
 const F32 = path.join(fixturesDir, 'tiny-llama-f32');
 let azurite: Azurite;
 let serve: ServeHandle;
+const { api } = serveApi(() => serve.url);
 let service: BlobServiceClient;
 
 // What the tests switch on in the activities, and what the activities saw.
@@ -47,15 +49,6 @@ function activities(name: string, fn: ActivityFn): ActivityFn {
   };
 }
 
-async function api(method: string, route: string, body?: unknown): Promise<{ status: number; json: any }> {
-  const res = await fetch(`${serve.url}/api/${route}`, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text ? JSON.parse(text) : null };
-}
 
 async function finished(id: string): Promise<InstanceStatus> {
   return serve.runtime.waitForCompletion(id, 60_000);

@@ -5,7 +5,6 @@ import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { connect } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BlobServiceClient, ContainerClient } from '@azure/storage-blob';
@@ -59,21 +58,11 @@ export async function runCliOk(args: string[], env: Record<string, string> = {})
   return r.ms;
 }
 
-import { freePorts } from '../../cli/host/azurite.js';
+import { accepts, freePorts } from '../../cli/host/azurite.js';
 
 /** Free loopback ports, held together so they differ (the host's own helper). */
 export { freePorts };
 
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = connect({ host: '127.0.0.1', port });
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Azurite that an outage can pause or stop. cli/host/azurite.ts picks new ports each start; an outage
@@ -210,6 +199,14 @@ export async function uploadDir(service: BlobServiceClient, container: string, p
   const files = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort();
   const order = last ? [...files.filter((f) => f !== last), ...files.filter((f) => f === last)] : files;
   for (const f of order) await c.getBlockBlobClient(`${prefix}/${f}`).uploadFile(path.join(dir, f), { blockSize: 8 << 20, concurrency: 4 });
+}
+
+/** The family under models/chaos/{base,post,newbase} and the reference delta under deltas/<name>, delta.json last. */
+export async function seedStorage(service: BlobServiceClient, family: { base: string; post: string; newbase: string }, refDelta: string, deltaName: string): Promise<void> {
+  for (const [prefix, dir] of [['chaos/base', family.base], ['chaos/post', family.post], ['chaos/newbase', family.newbase]] as const) {
+    await uploadDir(service, 'models', prefix, dir);
+  }
+  await uploadDir(service, 'deltas', deltaName, refDelta, 'delta.json');
 }
 
 /** Deletes every blob under a prefix. */

@@ -2,7 +2,7 @@
 // every output must be exact, and never look complete before it is.
 import { BlobServiceClient } from '@azure/storage-blob';
 import { startAzurite } from '../../cli/host/azurite.js';
-import { CompletionWatch, api, blobFolder, differsFrom, log, startServeProcess, uploadDir, waitForRun, type ServeProcess } from './common.js';
+import { CompletionWatch, api, blobFolder, differsFrom, log, startServeProcess, seedStorage, waitForRun, type ServeProcess } from './common.js';
 
 export interface ConcurrentOptions {
   root: string;
@@ -30,10 +30,7 @@ export async function concurrentRuns(o: ConcurrentOptions): Promise<ConcurrentRe
   const report: ConcurrentReport = { runs: o.runs, computes: 0, applies: 0, exact: 0, ms: 0, violations: [] };
   let serve: ServeProcess | null = null;
   try {
-    for (const [prefix, dir] of [['chaos/base', o.family.base], ['chaos/post', o.family.post], ['chaos/newbase', o.family.newbase]] as const) {
-      await uploadDir(service, 'models', prefix, dir);
-    }
-    await uploadDir(service, 'deltas', 'chat', o.refDelta, 'delta.json');
+    await seedStorage(service, o.family, o.refDelta, 'chat');
     serve = await startServeProcess(azurite.connectionString, { PARAMDELTA_SHARD_SIZE: o.shardSize });
     const url = serve.url;
     const jobs = Array.from({ length: o.runs }, (_, i) => {

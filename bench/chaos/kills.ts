@@ -5,7 +5,7 @@ import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { startAzurite } from '../../cli/host/azurite.js';
-import { CLI, CompletionWatch, blobFolder, differsFrom, localFolder, log, removePrefix, rng, runNode, sleep, uploadDir, type Folder } from './common.js';
+import { CLI, CompletionWatch, blobFolder, differsFrom, localFolder, log, removePrefix, rng, runNode, sleep, seedStorage, type Folder } from './common.js';
 
 export interface KillsOptions {
   root: string;
@@ -50,10 +50,7 @@ export async function killedCliRuns(o: KillsOptions): Promise<KillsReport> {
   const service = BlobServiceClient.fromConnectionString(azurite.connectionString);
   const report: KillsReport = { points: [], uninterruptedMs: {}, samples: 0, checks: 0, violations: [], leftoverStaging: 0, ms: 0 };
   try {
-    for (const [prefix, dir] of [['chaos/base', o.family.base], ['chaos/post', o.family.post], ['chaos/newbase', o.family.newbase]] as const) {
-      await uploadDir(service, 'models', prefix, dir);
-    }
-    await uploadDir(service, 'deltas', 'chaos-ref', o.refDelta, 'delta.json');
+    await seedStorage(service, o.family, o.refDelta, 'chaos-ref');
     await service.getContainerClient('posted-models').createIfNotExists();
     const storage = ['--storage', azurite.connectionString];
     const runsDir = path.join(o.root, 'kills');

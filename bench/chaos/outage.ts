@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { BlobServiceClient } from '@azure/storage-blob';
 import {
-  ChaosAzurite, CompletionWatch, api, blobFolder, differsFrom, log, rng, sleep, startServeProcess, uploadDir, waitForRun,
+  ChaosAzurite, CompletionWatch, api, blobFolder, differsFrom, log, rng, sleep, startServeProcess, seedStorage, waitForRun,
   type ServeProcess,
 } from './common.js';
 
@@ -46,10 +46,7 @@ export async function storageOutages(o: OutageOptions): Promise<OutageReport> {
   const service = BlobServiceClient.fromConnectionString(azurite.connectionString);
   let serve: ServeProcess | null = null;
   try {
-    for (const [prefix, dir] of [['chaos/base', o.family.base], ['chaos/post', o.family.post], ['chaos/newbase', o.family.newbase]] as const) {
-      await uploadDir(service, 'models', prefix, dir);
-    }
-    await uploadDir(service, 'deltas', 'chat', o.refDelta, 'delta.json');
+    await seedStorage(service, o.family, o.refDelta, 'chat');
     serve = await startServeProcess(azurite.connectionString, { PARAMDELTA_SHARD_SIZE: o.shardSize });
     const url = serve.url;
 

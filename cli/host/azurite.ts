@@ -91,7 +91,8 @@ export function portsNote(a: Pick<Azurite, 'blobPort' | 'queuePort' | 'tablePort
   return asked === 'standard' ? `${which}: the standard ports ${STANDARD_PORTS.join(', ')} were taken` : which;
 }
 
-function accepts(port: number): Promise<boolean> {
+/** True when something listens on the loopback port. */
+export function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = connect({ host: '127.0.0.1', port });
     sock.once('connect', () => {
