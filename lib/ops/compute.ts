@@ -246,43 +246,68 @@ async function executeCompactShard(plan: ComputePlan, index: number, env: ExecEn
   return withBuffers(buffers.key, buffers.create, async ({ encoder, slots, chunk }) => {
     const sources = new SourceCache(env.resolve);
     const state = shard.tensors.map((t) => ({ hint: speculate(t.candidates), stats: newSubtractStats() }));
-    let writer: CompactShardWriter | null = null;
     try {
-      const w = (writer = await CompactShardWriter.create(
-        out,
-        shard.file,
-        shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.candidates[0] })),
-        ch,
-        outputTags('delta', plan.hash),
-      ));
-      await streamTensors<EncodedChunk[]>(
-        {
-          count: shard.tensors.length,
-          elements: (t) => shard.tensors[t].elements,
-          read: chunkReader(plan, shard, sources),
-          compute: (t, _start, n, s) => {
-            const tp = shard.tensors[t];
-            env.onProgress?.(2 * n * dtypeSize(tp.modelDtype));
-            return encodeCompactChunks(encoder, t, tp.modelDtype, tp.candidates, n, s, state[t]);
-          },
-          write: (chunks) => writeEncoded(w, chunks),
+      return await writeCompactShard(out, shard.file, plan.hash, ch, slots, chunk, {
+        tensors: shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.candidates[0], elements: t.elements })),
+        read: chunkReader(plan, shard, sources),
+        compute: (t, n, s) => {
+          const tp = shard.tensors[t];
+          env.onProgress?.(2 * n * dtypeSize(tp.modelDtype));
+          return encodeCompactChunks(encoder, t, tp.modelDtype, tp.candidates, n, s, state[t]);
         },
-        slots,
-        chunk,
-      );
-      const result = await w.commit();
-      const tensors: Record<string, DeltaTensorEntry> = {};
-      result.header.tensors.forEach((h, i) => {
-        tensors[h.name] = { ...tensorEntry(shard.tensors[i], shard.file, h.dtype, state[i].stats), compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
+        entry: (h, i) => tensorEntry(shard.tensors[i], shard.file, h.dtype, state[i].stats),
       });
-      return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
-    } catch (e) {
-      await writer?.abort().catch(() => undefined);
-      throw e;
     } finally {
       await sources.closeAll();
     }
   });
+}
+
+/** What one compact shard is written from: its tensors, how a chunk is read and encoded, and each tensor's manifest entry. */
+export interface CompactShardSource {
+  tensors: (Parameters<typeof CompactShardWriter.create>[2][number] & { elements: number })[];
+  read: (t: number, start: number, n: number, s: Slot) => Promise<void>;
+  compute: (t: number, n: number, s: Slot) => EncodedChunk[] | Promise<EncodedChunk[]>;
+  entry: (h: { name: string; dtype: FloatDType }, i: number) => DeltaTensorEntry;
+}
+
+/**
+ * The one loop that writes a compact shard (compute and convert): chunks streamed through the slots,
+ * encoded, appended in order, then committed; the shard is aborted, never left half-written, on failure.
+ */
+export async function writeCompactShard(
+  out: Store, file: string, planHash: string, chunkElements: number, slots: Slot[], chunk: number, src: CompactShardSource,
+): Promise<ComputeShardResult> {
+  let writer: CompactShardWriter | null = null;
+  try {
+    const w = (writer = await CompactShardWriter.create(
+      out,
+      file,
+      src.tensors.map(({ elements: _, ...t }) => t),
+      chunkElements,
+      outputTags('delta', planHash),
+    ));
+    await streamTensors<EncodedChunk[]>(
+      {
+        count: src.tensors.length,
+        elements: (t) => src.tensors[t].elements,
+        read: src.read,
+        compute: (t, _start, n, s) => src.compute(t, n, s),
+        write: (chunks) => writeEncoded(w, chunks),
+      },
+      slots,
+      chunk,
+    );
+    const result = await w.commit();
+    const tensors: Record<string, DeltaTensorEntry> = {};
+    result.header.tensors.forEach((h, i) => {
+      tensors[h.name] = { ...src.entry(h, i), compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
+    });
+    return { file, sha256: result.sha256, bytes: result.bytes, tensors };
+  } catch (e) {
+    await writer?.abort().catch(() => undefined);
+    throw e;
+  }
 }
 
 /** Writes one plain (safetensors) delta shard: each tensor in one dtype, a tensor guessed wrong streamed again. */

@@ -5,7 +5,6 @@ import { indexJson, shardFileName, tensorBytes } from '../format/checkpoint.js';
 import { newSubtractStats } from '../kernels/index.js';
 import { CODEC, COMPACT_EXTENSION, COMPACT_FORMAT_VERSION, DEFAULT_CHUNK_ELEMENTS, TRANSFORM, chunkBound } from '../codec/format.js';
 import { CompactShards, type Piece } from '../codec/reader.js';
-import { CompactShardWriter } from '../codec/writer.js';
 import { codecPool, sharedBytes } from '../codec/pool.js';
 import { InputError, PlanError } from '../errors.js';
 import type { Store } from '../storage/types.js';
@@ -14,7 +13,7 @@ import { TOOL_VERSION } from '../version.js';
 import { DELTA_LAYOUT, DELTA_MANIFEST, DELTA_SHARD_STEM, type DeltaFormat, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
 import { deltaCandidates, SHARD_METADATA, type ShardPlan } from './plan.js';
 import { openDelta } from './delta.js';
-import { compactSlots, encodeCompactChunks, writeEncoded, type ComputeShardResult, type EncodedChunk } from './compute.js';
+import { compactSlots, encodeCompactChunks, writeCompactShard, type ComputeShardResult } from './compute.js';
 import { SourceCache, alignedChunkElements, streamTensors, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 import { withBuffers } from './buffers.js';
@@ -102,44 +101,22 @@ async function toCompact(plan: ConvertPlan, index: number, env: ExecEnv, out: St
     for (const s of slots) s.inputs[0].fill(0);
     const sources = new SourceCache(env.resolve);
     const state = shard.tensors.map((t) => ({ hint: t.dtype, stats: newSubtractStats() }));
-    let writer: CompactShardWriter | null = null;
     try {
-      const w = (writer = await CompactShardWriter.create(
-        out,
-        shard.file,
-        shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.dtype })),
-        ch,
-        outputTags('delta', plan.hash),
-      ));
-      await streamTensors<EncodedChunk[]>(
-        {
-          count: shard.tensors.length,
-          elements: (t) => shard.tensors[t].elements,
-          read: async (t, start, n, s) => {
-            const tp = shard.tensors[t];
-            const size = dtypeSize(tp.dtype);
-            const src = await sources.get(plan.delta, tp.file);
-            await src.read(tp.offset + start * size, n * size, s.inputs[1]);
-          },
-          compute: (t, _start, n, s) => {
-            const tp = shard.tensors[t];
-            env.onProgress?.(n * dtypeSize(tp.dtype));
-            return encodeCompactChunks(encoder, t, tp.dtype, tp.candidates, n, s, state[t]);
-          },
-          write: (chunks) => writeEncoded(w, chunks),
+      return await writeCompactShard(out, shard.file, plan.hash, ch, slots, chunk, {
+        tensors: shard.tensors.map((t) => ({ name: t.name, shape: t.shape, modelDtype: t.modelDtype, emptyDtype: t.dtype, elements: t.elements })),
+        read: async (t, start, n, s) => {
+          const tp = shard.tensors[t];
+          const size = dtypeSize(tp.dtype);
+          const src = await sources.get(plan.delta, tp.file);
+          await src.read(tp.offset + start * size, n * size, s.inputs[1]);
         },
-        slots,
-        chunk,
-      );
-      const result = await w.commit();
-      const tensors: Record<string, DeltaTensorEntry> = {};
-      result.header.tensors.forEach((h) => {
-        tensors[h.name] = { ...plan.manifest.tensors[h.name], file: shard.file, dtype: h.dtype, compressedBytes: h.compressedBytes, rawBytes: h.rawBytes };
+        compute: (t, n, s) => {
+          const tp = shard.tensors[t];
+          env.onProgress?.(n * dtypeSize(tp.dtype));
+          return encodeCompactChunks(encoder, t, tp.dtype, tp.candidates, n, s, state[t]);
+        },
+        entry: (h) => ({ ...plan.manifest.tensors[h.name], file: shard.file, dtype: h.dtype }),
       });
-      return { file: shard.file, sha256: result.sha256, bytes: result.bytes, tensors };
-    } catch (e) {
-      await writer?.abort().catch(() => undefined);
-      throw e;
     } finally {
       await sources.closeAll();
     }
