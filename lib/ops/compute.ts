@@ -398,8 +398,29 @@ async function executePlainShard(plan: ComputePlan, index: number, env: ExecEnv,
   }
 }
 
-/** Writes the delta index, the post model's chat files, and `delta.json` last: the mark of a complete delta. */
-/** `sources`: base and post references to record in delta.json (the pipeline's, inside its containers). */
+/** The tensors of every shard result, in shard order: the manifest's entries, the index's, and their plain bytes. */
+export function shardTensors(shards: readonly Pick<ComputeShardResult, 'file' | 'tensors'>[]): {
+  tensors: DeltaManifest['tensors'];
+  entries: { name: string; file: string }[];
+  total: number;
+} {
+  const tensors: DeltaManifest['tensors'] = {};
+  const entries: { name: string; file: string }[] = [];
+  let total = 0;
+  for (const s of shards) {
+    for (const [name, t] of Object.entries(s.tensors)) {
+      tensors[name] = t;
+      entries.push({ name, file: s.file });
+      total += t.shape.reduce((a, b) => a * b, 1) * dtypeSize(t.dtype);
+    }
+  }
+  return { tensors, entries, total };
+}
+
+/**
+ * Writes the delta index, the post model's chat files, and `delta.json` last: the mark of a complete delta.
+ * `sources`: base and post references to record in delta.json (the pipeline's, inside its containers).
+ */
 export async function finalizeCompute(
   plan: ComputePlan,
   shards: ComputeShardResult[],
@@ -421,16 +442,7 @@ export async function finalizeCompute(
     await out.writeFile(file, data, { metadata: tags });
     files.push({ file, sha256: createHash('sha256').update(data).digest('hex'), bytes: data.length });
   }
-  const tensors: DeltaManifest['tensors'] = {};
-  const entries: { name: string; file: string }[] = [];
-  let total = 0;
-  for (const s of shards) {
-    for (const [name, t] of Object.entries(s.tensors)) {
-      tensors[name] = t;
-      entries.push({ name, file: s.file });
-      total += t.shape.reduce((a, b) => a * b, 1) * dtypeSize(t.dtype);
-    }
-  }
+  const { tensors, entries, total } = shardTensors(shards);
   const compact = (plan.format ?? 'safetensors') === 'compact';
   // Compact shards describe themselves; the plain layout keeps the index transformers reads.
   if (!compact) await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total), { metadata: tags });

@@ -13,7 +13,7 @@ import { TOOL_VERSION } from '../version.js';
 import { DELTA_LAYOUT, DELTA_MANIFEST, DELTA_SHARD_STEM, type DeltaFormat, type DeltaManifest, type DeltaTensorEntry } from './manifest.js';
 import { deltaCandidates, SHARD_METADATA, type ShardPlan } from './plan.js';
 import { openDelta } from './delta.js';
-import { compactSlots, encodeCompactChunks, writeCompactShard, type ComputeShardResult } from './compute.js';
+import { compactSlots, encodeCompactChunks, shardTensors, writeCompactShard, type ComputeShardResult } from './compute.js';
 import { SourceCache, alignedChunkElements, streamTensors, type Slot } from './stream.js';
 import { DEFAULT_BUFFER_BYTES, kernelsFor, slotsFor, type ExecEnv } from './env.js';
 import { withBuffers } from './buffers.js';
@@ -198,16 +198,7 @@ export async function finalizeConvert(plan: ConvertPlan, shards: ComputeShardRes
       await src.close();
     }
   }
-  const tensors: DeltaManifest['tensors'] = {};
-  const entries: { name: string; file: string }[] = [];
-  let total = 0;
-  for (const s of shards) {
-    for (const [name, t] of Object.entries(s.tensors)) {
-      tensors[name] = t;
-      entries.push({ name, file: s.file });
-      total += tensorBytes(t.shape, t.dtype);
-    }
-  }
+  const { tensors, entries, total } = shardTensors(shards);
   const compact = plan.to === 'compact';
   if (!compact) await out.writeFile(DELTA_LAYOUT.index, indexJson(entries, total), { metadata: outputTags('delta') });
   const { compact: _c, index: _i, ...rest } = plan.manifest;
