@@ -14,9 +14,12 @@ import { modelIdentity } from '../ops/manifest.js';
 import type { OpenedDelta } from '../ops/plan.js';
 import { SourceCache, streamTensors, alignedChunkElements, type Slot } from '../ops/stream.js';
 import { DEFAULT_BUFFER_BYTES, slotsFor, type ExecEnv } from '../ops/env.js';
-import { ANALYSIS_FORMAT, TENSOR_KINDS, analysisSchema, type DeltaAnalysis, type Norms, type Similarity, type TensorAnalysis, type TensorKind } from './report.js';
+import { ANALYSIS_FORMAT, TENSOR_KINDS, analysisSchema, type DeltaAnalysis, type FusionAnalysis, type FusionCounts, type Norms, type SignCounts, type Similarity, type TensorAnalysis, type TensorKind } from './report.js';
 import { kindOf, layerOf } from './kinds.js';
 import { widen } from './widen.js';
+import { addSigns, countSigns, noSigns } from './signs.js';
+import { addFusionCounts, FusionTally, noFusionCounts } from './fusion.js';
+import { electsSign, usesRanks, type FusionSpec } from '../fusion/options.js';
 
 export interface AnalyzeOptions {
   /** Deltas to compare with: a reference (the report names it as given), or a reference and the name to show. */
@@ -25,6 +28,14 @@ export interface AnalyzeOptions {
   base?: string;
   /** Called once before any tensor data is read, with the bytes the analysis will stream (0: none). */
   onStart?: (bytes: number) => void;
+  /**
+   * A sparse fusion method (checkFusion's spec): count what it keeps of each delta and the signs among the
+   * kept elements. The deltas are this one and then each `against`, in that order (as apply takes them); they
+   * must hold the same tensors with the same shapes, taken from the same base.
+   */
+  fusion?: FusionSpec | null;
+  /** With `fusion`: each delta's weight wᵢ, in the same order (default 1 each). */
+  scales?: number[];
 }
 
 /** One input streamed alongside the delta: the delta itself, a delta to compare with, or the base. */
@@ -39,8 +50,17 @@ interface Source {
 interface Sums {
   delta: number;
   base: number;
-  /** Per delta compared with: Σ Δ·Δⱼ and Σ Δⱼ², or null where it lacks the tensor (or holds another shape). */
-  against: ({ dot: number; sq: number } | null)[];
+  /** Per delta compared with: Σ Δ·Δⱼ, Σ Δⱼ² and the signs, or null where it lacks the tensor (or holds another shape). */
+  against: ({ dot: number; sq: number; signs: SignCounts } | null)[];
+}
+
+/** A tensor the analysis streams, and which sources hold it (the delta itself always first). */
+interface Streamed {
+  name: string;
+  elements: number;
+  sources: { k: number; t: CheckpointTensor }[];
+  /** Counted for the fusion method too. */
+  fused: boolean;
 }
 
 /** A stretch of a chunk as read: its elements from `start`, in `dtype`. */
@@ -67,6 +87,12 @@ export async function analyzeDelta(env: ExecEnv, ref: string, opts: AnalyzeOptio
     const r = typeof a === 'string' ? { ref: a, label: a } : a;
     against.push({ label: r.label, d: await openDelta(env.resolve, r.ref) });
   }
+  const fusion = opts.fusion ?? null;
+  const deltaCount = 1 + against.length;
+  if (!fusion && opts.scales !== undefined) throw new InputError('--scale: has no meaning without a sparse --method');
+  const scales = opts.scales ?? new Array<number>(deltaCount).fill(1);
+  if (scales.length !== deltaCount || !scales.every(Number.isFinite)) throw new InputError(`--scale: ${deltaCount} finite weights expected (one per delta), got ${JSON.stringify(opts.scales)}`);
+  if (fusion) checkFusable(ref, delta, against.map((a) => a.d));
   let base: Checkpoint | null = null;
   if (opts.base !== undefined) {
     base = await openCheckpoint(env.resolve(opts.base), MODEL_LAYOUT);
@@ -83,8 +109,7 @@ export async function analyzeDelta(env: ExecEnv, ref: string, opts: AnalyzeOptio
     ...(base ? [{ ref: opts.base!, layout: 'safetensors' as const, ckpt: base }] : []),
   ];
   const baseIndex = base ? sources.length - 1 : -1;
-  // Per streamed tensor: which sources hold it (the delta itself always first).
-  const streamed: { name: string; elements: number; sources: { k: number; t: CheckpointTensor }[] }[] = [];
+  const streamed: Streamed[] = [];
   for (const t of delta.ckpt.tensors) {
     const list = [{ k: 0, t }];
     sources.forEach((s, k) => {
@@ -92,19 +117,25 @@ export async function analyzeDelta(env: ExecEnv, ref: string, opts: AnalyzeOptio
       const o = s.ckpt.byName.get(t.name);
       if (o && isFloatDType(o.dtype) && sameShape(o.shape, t.shape)) list.push({ k, t: o });
     });
-    const needed = m.tensors[t.name].deltaNorm === undefined || list.length > 1;
-    sums.set(t.name, { delta: 0, base: 0, against: against.map((_, j) => (list.some((x) => x.k === j + 1) ? { dot: 0, sq: 0 } : null)) });
-    if (needed && t.elements > 0) streamed.push({ name: t.name, elements: t.elements, sources: list });
+    // checkFusable made every delta hold the tensor; a non-float one takes no part in fusion (apply copies it).
+    const fused = fusion !== null && isFloatDType(t.dtype) && list.filter((x) => x.k < deltaCount).length === deltaCount;
+    const needed = m.tensors[t.name].deltaNorm === undefined || list.length > 1 || fused;
+    sums.set(t.name, { delta: 0, base: 0, against: against.map((_, j) => (list.some((x) => x.k === j + 1) ? { dot: 0, sq: 0, signs: noSigns() } : null)) });
+    if (needed && t.elements > 0) streamed.push({ name: t.name, elements: t.elements, sources: list, fused });
   }
+  const tally = fusion ? new FusionTally(fusion, scales) : null;
 
   const cache = new SourceCache(env.resolve);
   try {
     const dtypes = await dtypeMix(delta, cache);
     const size = (t: CheckpointTensor) => dtypeSize(t.dtype);
-    const total = streamed.reduce((a, s) => a + s.sources.reduce((b, x) => b + s.elements * size(x.t), 0), 0);
+    // A rank method reads the deltas once more (at least) to find the cut-offs.
+    const rankPass = fusion && usesRanks(fusion.method) ? 1 : 0;
+    const total = streamed.reduce((a, s) => a + s.sources.reduce((b, x) => b + s.elements * size(x.t) * (s.fused && x.k < deltaCount ? 1 + rankPass : 1), 0), 0);
     opts.onStart?.(total);
-    if (streamed.length) await streamSums(env, sources, streamed, sums, baseIndex, cache);
-    return report(ref, delta, against.map((a) => a.label), names, sums, dtypes, base !== null, streamed);
+    if (streamed.length) await streamSums(env, sources, streamed, sums, baseIndex, cache, tally, deltaCount);
+    const fusionReport = tally ? fusionAnalysis(tally, fusion!, [ref, ...against.map((a) => a.label)], scales, streamed.filter((s) => s.fused).map((s) => s.name)) : undefined;
+    return report(ref, delta, against.map((a) => a.label), names, sums, dtypes, base !== null, streamed, fusionReport);
   } finally {
     await cache.closeAll();
   }
@@ -127,14 +158,20 @@ async function dtypeMix(delta: OpenedDelta, cache: SourceCache): Promise<Record<
   return mix;
 }
 
-/** Streams every listed tensor of every source that holds it, accumulating sums of squares and dot products. */
+/**
+ * Streams every listed tensor of every source that holds it, accumulating sums of squares, dot products and
+ * signs, and the fusion tally's counts. A tensor a rank method needs cut-offs for streams its deltas first in
+ * ranking passes (the radix select's, as many as it takes), then once more for the counts.
+ */
 async function streamSums(
   env: ExecEnv,
   sources: Source[],
-  streamed: { name: string; elements: number; sources: { k: number; t: CheckpointTensor }[] }[],
+  streamed: Streamed[],
   sums: Map<string, Sums>,
   baseIndex: number,
   cache: SourceCache,
+  tally: FusionTally | null,
+  deltaCount: number,
 ): Promise<void> {
   const width = sources.map((_, k) => Math.max(1, ...streamed.flatMap((s) => s.sources.filter((x) => x.k === k).map((x) => dtypeSize(x.t.dtype)))));
   const compact = sources.map((s) => s.layout === 'compact');
@@ -142,7 +179,7 @@ async function streamSums(
   const unit = sources.reduce((u, s) => (s.chunkElements ? (u * s.chunkElements) / gcd(u, s.chunkElements) : u), 1);
   const count = slotsFor(env);
   // Per element in flight: each source's bytes (a compact one's frames and decoded chunk too), and its float64 copy.
-  const perElement = width.reduce((a, w, k) => a + w + 8 + (compact[k] ? 2 * w + 1 : 0), 0);
+  const perElement = width.reduce((a, w, k) => a + w + 8 + (compact[k] ? 2 * w + 1 : 0), 0) + (tally ? 8 * deltaCount + 8 : 0);
   const chunk = alignedChunkElements(perElement, env.bufferBytes ?? DEFAULT_BUFFER_BYTES, count, unit);
   const slots: Slot[] = Array.from({ length: count }, () => ({
     inputs: width.map((w, k) => new Uint8Array(compact[k] ? 0 : chunk * w)),
@@ -153,6 +190,8 @@ async function streamSums(
   }));
   const auxAt = sources.map((_, k) => 2 * compact.slice(0, k).filter(Boolean).length);
   const scratch = sources.map(() => new Float64Array(chunk));
+  const words = scratch.map((x) => new Uint32Array(x.buffer));
+  const ranking = (st: Streamed) => tally !== null && st.fused && tally.ranking(st.name, st.elements);
   const shards = new CompactShards((r, f) => cache.get(r, f));
   const pool = codecPool();
   const layouts = new WeakMap<Slot, Piece[][]>();
@@ -164,8 +203,11 @@ async function streamSums(
       read: async (i, start, n, slot) => {
         const pieces: Piece[][] = sources.map(() => []);
         layouts.set(slot, pieces);
+        // A ranking pass reads the deltas only.
+        const deltasOnly = ranking(streamed[i]);
         await Promise.all(
           streamed[i].sources.map(async ({ k, t }) => {
+            if (deltasOnly && k >= deltaCount) return;
             const s = sources[k];
             if (compact[k]) {
               const shard = await shards.get(s.ref, t.file);
@@ -182,11 +224,22 @@ async function streamSums(
           }),
         );
       },
-      compute: (i, _start, n, slot) => {
+      compute: (i, start, n, slot) => {
         const st = streamed[i];
         const acc = sums.get(st.name)!;
         const pieces = layouts.get(slot)!;
         let bytes = 0;
+        if (ranking(st)) {
+          if (start === 0) tally!.rankBegin(st.name, st.elements);
+          for (const { k, t } of st.sources) {
+            if (k >= deltaCount) continue;
+            for (const p of pieces[k]) widen(p.dtype, p.bytes, p.n, scratch[k], p.start);
+            tally!.rankVisit(st.name, k, words[k], n);
+            bytes += n * dtypeSize(t.dtype);
+          }
+          env.onProgress?.(bytes);
+          return null;
+        }
         for (const { k, t } of st.sources) {
           for (const p of pieces[k]) widen(p.dtype, p.bytes, p.n, scratch[k], p.start);
           bytes += n * dtypeSize(t.dtype);
@@ -206,11 +259,21 @@ async function streamSums(
             }
             a.dot += dot;
             a.sq += sumSquares(y, n);
+            countSigns(x, y, n, a.signs);
           }
         }
+        if (tally && st.fused) tally.count(st.name, st.elements, start, n, scratch.slice(0, deltaCount));
         env.onProgress?.(bytes);
         return null;
       },
+      // A tensor that was ranking streams again: for another ranking pass, or (its cut-offs found) for the counts.
+      finish: (i) => {
+        const st = streamed[i];
+        if (!ranking(st)) return 'next';
+        tally!.rankEnd(st.name);
+        return 'redo';
+      },
+      redo: async () => undefined,
     },
     slots,
     chunk,
@@ -245,6 +308,7 @@ function report(
   dtypes: Record<string, number>,
   baseStreamed: boolean,
   streamed: { name: string; sources: { k: number }[] }[],
+  fusion?: FusionAnalysis,
 ): DeltaAnalysis {
   const m = delta.manifest;
   const baseIndex = baseStreamed ? labels.length + 1 : -1;
@@ -314,39 +378,52 @@ function report(
   }
 
   const similarity: Similarity[] = labels.map((label, j) => {
-    const total = { dot: 0, a: 0, b: 0 };
+    const fresh = () => ({ dot: 0, a: 0, b: 0, signs: noSigns() });
+    const total = fresh();
     const perLayer = new Map<number, typeof total>();
     const perKind = new Map<TensorKind, typeof total>();
+    const perTensor: NonNullable<Similarity['tensors']> = [];
     let shared = 0;
     for (const t of tensors) {
       const acc = sums.get(t.name)!;
       const o = acc.against[j];
       if (!o) continue;
       shared++;
+      // The stored delta: ‖Δ‖² as streamed (delta.json's deltaNorm is of the exact delta, before any rounding).
+      const dsq = acc.delta;
       const add = (s: typeof total) => {
         s.dot += o.dot;
-        s.a += acc.delta;
+        s.a += dsq;
         s.b += o.sq;
+        addSigns(s.signs, o.signs);
       };
       add(total);
       if (t.layer !== null) {
-        if (!perLayer.has(t.layer)) perLayer.set(t.layer, { dot: 0, a: 0, b: 0 });
+        if (!perLayer.has(t.layer)) perLayer.set(t.layer, fresh());
         add(perLayer.get(t.layer)!);
       }
-      if (!perKind.has(t.kind)) perKind.set(t.kind, { dot: 0, a: 0, b: 0 });
+      if (!perKind.has(t.kind)) perKind.set(t.kind, fresh());
       add(perKind.get(t.kind)!);
+      perTensor.push({ name: t.name, cosine: cosine(o.dot, dsq, o.sq), signs: o.signs });
     }
     const kindCos: Partial<Record<TensorKind, number>> = {};
+    const kindSigns: NonNullable<Similarity['kindSigns']> = {};
     for (const kind of TENSOR_KINDS) {
       const s = perKind.get(kind);
-      if (s) kindCos[kind] = cosine(s.dot, s.a, s.b);
+      if (s) {
+        kindCos[kind] = cosine(s.dot, s.a, s.b);
+        kindSigns[kind] = s.signs;
+      }
     }
     return {
       against: label,
       cosine: cosine(total.dot, total.a, total.b),
       sharedTensors: shared,
-      layers: [...perLayer.entries()].sort((a, b) => a[0] - b[0]).map(([layer, s]) => ({ layer, cosine: cosine(s.dot, s.a, s.b) })),
+      layers: [...perLayer.entries()].sort((a, b) => a[0] - b[0]).map(([layer, s]) => ({ layer, cosine: cosine(s.dot, s.a, s.b), signs: s.signs })),
       kinds: kindCos,
+      signs: total.signs,
+      kindSigns,
+      tensors: perTensor,
     };
   });
 
@@ -374,7 +451,61 @@ function report(
     tensors,
     lossy: tensors.some((t) => t.rounded > 0),
     similarity,
+    ...(fusion ? { fusion } : {}),
   };
   // The schema is the contract with the dashboard: a figure it would refuse is a bug here, not bad input.
   return analysisSchema.parse(analysis);
+}
+
+/** --method fuses deltas as apply would: each must hold the same tensors with the same shapes, from the same base. */
+function checkFusable(ref: string, delta: OpenedDelta, others: OpenedDelta[]): void {
+  const shape = (x: readonly number[]) => `[${x.join(', ')}]`;
+  for (const o of others) {
+    for (const t of delta.ckpt.tensors) {
+      const u = o.ckpt.byName.get(t.name);
+      if (!u) throw new InputError(`tensor "${t.name}": in ${ref} but not in ${o.ref}; --method counts deltas that hold the same tensors`);
+      if (!sameShape(u.shape, t.shape)) throw new InputError(`tensor "${t.name}": shape ${shape(t.shape)} in ${ref} but ${shape(u.shape)} in ${o.ref}`);
+    }
+    for (const u of o.ckpt.tensors) if (!delta.ckpt.byName.has(u.name)) throw new InputError(`tensor "${u.name}": in ${o.ref} but not in ${ref}; --method counts deltas that hold the same tensors`);
+    if (o.manifest.base.signature !== delta.manifest.base.signature) {
+      throw new InputError(`${o.ref}: taken from another base than ${ref} (their delta.json base signatures differ: tensor dtypes or shapes of the bases differ); --method counts deltas of the same base`);
+    }
+  }
+}
+
+/** The fusion counts per tensor, layer, kind and in all (groups sum the integer counts). */
+function fusionAnalysis(tally: FusionTally, spec: FusionSpec, refs: string[], scales: number[], names: string[]): FusionAnalysis {
+  const electing = electsSign(spec.method);
+  const K = refs.length;
+  const tensors = names.map((name) => ({ name, ...tally.counts(name) }));
+  const totals = noFusionCounts(K, electing);
+  const layers = new Map<number, { all: FusionCounts; kinds: Partial<Record<TensorKind, FusionCounts>> }>();
+  const kinds: Partial<Record<TensorKind, FusionCounts>> = {};
+  for (const t of tensors) {
+    addFusionCounts(totals, t);
+    const kind = kindOf(t.name);
+    addFusionCounts((kinds[kind] ??= noFusionCounts(K, electing)), t);
+    const layer = layerOf(t.name);
+    if (layer === null) continue;
+    let l = layers.get(layer);
+    if (!l) layers.set(layer, (l = { all: noFusionCounts(K, electing), kinds: {} }));
+    addFusionCounts(l.all, t);
+    addFusionCounts((l.kinds[kind] ??= noFusionCounts(K, electing)), t);
+  }
+  // Kinds in TENSOR_KINDS order, as the rest of the report lists them.
+  const ordered = <V>(r: Partial<Record<TensorKind, V>>) => Object.fromEntries(TENSOR_KINDS.filter((k) => r[k]).map((k) => [k, r[k]!])) as Partial<Record<TensorKind, V>>;
+  const { method, density, gamma, lambda, seed, normalize } = spec;
+  return {
+    method,
+    density,
+    ...(gamma !== undefined ? { gamma } : {}),
+    lambda,
+    ...(seed !== undefined ? { seed } : {}),
+    ...(normalize !== undefined ? { normalize } : {}),
+    deltas: refs.map((r, i) => ({ ref: r, scale: scales[i] })),
+    totals,
+    layers: [...layers.entries()].sort((a, b) => a[0] - b[0]).map(([layer, l]) => ({ layer, ...l.all, kinds: ordered(l.kinds) })),
+    kinds: ordered(kinds),
+    tensors,
+  };
 }

@@ -1,0 +1,199 @@
+// What a sparse fusion method does to each delta, counted as the deltas stream: the elements each mask
+// keeps, those that survive the sign election, and the signs between deltas, in all and among the kept
+// elements. The rules are lib/fusion's (options, rank cut-offs by its radix select, DARE's numbers); the
+// masks are applied here to count, not to combine.
+import type { KeepRange } from '../fusion/combine.js';
+import { electsSign, usesDare, usesRanks, type FusionSpec } from '../fusion/options.js';
+import { boundaryRanks, keepRange } from '../fusion/ranks.js';
+import { dareKey, dareUniforms } from '../fusion/rng.js';
+import { RankSelect, type RankElement } from '../fusion/select.js';
+import type { FusionCounts } from './report.js';
+import { addSigns, countSigns, noSigns } from './signs.js';
+
+export function noFusionCounts(deltas: number, electing: boolean): FusionCounts {
+  const pairs: FusionCounts['pairs'] = [];
+  for (let a = 0; a < deltas; a++) for (let b = a + 1; b < deltas; b++) pairs.push({ a, b, signs: noSigns(), kept: noSigns() });
+  const zeros = () => new Array<number>(deltas).fill(0);
+  return { elements: 0, kept: zeros(), nonzero: zeros(), ...(electing ? { elected: zeros() } : {}), pairs };
+}
+
+export function addFusionCounts(into: FusionCounts, from: FusionCounts): void {
+  into.elements += from.elements;
+  from.kept.forEach((x, k) => (into.kept[k] += x));
+  from.nonzero.forEach((x, k) => (into.nonzero[k] += x));
+  from.elected?.forEach((x, k) => (into.elected![k] += x));
+  from.pairs.forEach((p, i) => {
+    addSigns(into.pairs[i].signs, p.signs);
+    addSigns(into.pairs[i].kept, p.kept);
+  });
+}
+
+/** One tensor's state: its rank searches while ranking, then its kept ranges and tie counts while counting. */
+interface TensorState {
+  elements: number;
+  selects: RankSelect[] | null;
+  keep: KeepRange[] | null;
+  /** Per delta: elements equal to each boundary's magnitude seen so far (equal magnitudes rank by flat index). */
+  seenFrom: number[];
+  seenTo: number[];
+  next: number;
+  counts: FusionCounts;
+}
+
+/** Whether |x| (float64 bits hi:lo, sign cleared) ranks before the element e, `seen` of e's magnitude having gone by. */
+const before = (hi: number, lo: number, e: RankElement, seen: number) => hi > e.hi || (hi === e.hi && (lo > e.lo || (lo === e.lo && seen < e.ties)));
+
+/** Counts per tensor for one sparse method over K deltas with weights `scales`. */
+export class FusionTally {
+  private readonly states = new Map<string, TensorState>();
+  private readonly electing: boolean;
+  private readonly seed: bigint;
+  private taus: Float64Array[] = [];
+  private u = new Float64Array(0);
+
+  constructor(
+    readonly spec: FusionSpec,
+    readonly scales: readonly number[],
+  ) {
+    this.electing = electsSign(spec.method);
+    this.seed = BigInt(spec.seed ?? '0');
+  }
+
+  private state(name: string, elements: number): TensorState {
+    let s = this.states.get(name);
+    if (!s) {
+      const K = this.scales.length;
+      const ranked = usesRanks(this.spec.method);
+      const needsPasses = ranked && boundaryRanks(this.spec, elements).length > 0;
+      s = {
+        elements,
+        selects: null,
+        // Ranges that need no cut-off (keep all, or nothing) are known at once.
+        keep: ranked && !needsPasses ? this.scales.map(() => keepRange(this.spec, elements, [])) : null,
+        seenFrom: new Array<number>(K).fill(0),
+        seenTo: new Array<number>(K).fill(0),
+        next: 0,
+        counts: noFusionCounts(K, this.electing),
+      };
+      this.states.set(name, s);
+    }
+    return s;
+  }
+
+  /** Whether the tensor's deltas still need a ranking pass before counting. */
+  ranking(name: string, elements: number): boolean {
+    return usesRanks(this.spec.method) && this.state(name, elements).keep === null;
+  }
+
+  /** Starts a ranking pass over the tensor (its first or a further one). */
+  rankBegin(name: string, elements: number): void {
+    const s = this.state(name, elements);
+    s.selects ??= this.scales.map(() => new RankSelect(boundaryRanks(this.spec, elements), elements));
+    s.selects.forEach((r) => r.begin());
+  }
+
+  /** Delta k's next n elements, in flat-index order, as float64 words. */
+  rankVisit(name: string, k: number, words: Uint32Array, n: number): void {
+    const r = this.states.get(name)!.selects![k];
+    if (r.pending) r.visit(words, n);
+  }
+
+  /** Ends a ranking pass; true when the cut-offs are found (otherwise the tensor needs another pass). */
+  rankEnd(name: string): boolean {
+    const s = this.states.get(name)!;
+    s.selects!.forEach((r) => r.end());
+    if (s.selects!.some((r) => r.pending)) return false;
+    s.keep = s.selects!.map((r) => keepRange(this.spec, s.elements, r.results()));
+    s.selects = null;
+    return true;
+  }
+
+  /** Counts elements start … start+n−1 of the tensor; deltas[k][0..n) holds delta k's values (widened), chunks in order. */
+  count(name: string, elements: number, start: number, n: number, deltas: Float64Array[]): void {
+    const s = this.state(name, elements);
+    if (s.next !== start) throw new Error(`analyze: tensor "${name}" streamed out of order (${start}, expected ${s.next})`);
+    s.next = start + n;
+    const K = this.scales.length;
+    if (this.taus.length < K || this.taus[0].length < n) this.taus = Array.from({ length: K }, () => new Float64Array(Math.max(n, this.taus[0]?.length ?? 0)));
+    const c = s.counts;
+    c.elements += n;
+    const p = this.spec.density;
+    for (let k = 0; k < K; k++) {
+      const d = deltas[k];
+      const tau = this.taus[k];
+      const w = this.scales[k];
+      let kept = 0;
+      let nonzero = 0;
+      if (usesDare(this.spec.method)) {
+        if (this.u.length < n) this.u = new Float64Array(n);
+        const [kh, kl] = dareKey(k, name, this.seed);
+        dareUniforms(kh, kl, start, n, this.u);
+        const u = this.u;
+        for (let e = 0; e < n; e++) {
+          if (u[e] < p) {
+            kept++;
+            const t = w * (d[e] / p);
+            tau[e] = t;
+            if (t !== 0) nonzero++;
+          } else tau[e] = 0;
+        }
+      } else {
+        const keep = s.keep![k];
+        const words = new Uint32Array(d.buffer, d.byteOffset, 2 * n);
+        const { from, to } = keep;
+        let seenFrom = s.seenFrom[k];
+        let seenTo = s.seenTo[k];
+        for (let e = 0; e < n; e++) {
+          if (keep.none) {
+            tau[e] = 0;
+            continue;
+          }
+          const hi = (words[2 * e + 1] & 0x7fffffff) >>> 0;
+          const lo = words[2 * e];
+          let beforeTo = true;
+          if (to) {
+            beforeTo = before(hi, lo, to, seenTo);
+            if (hi === to.hi && lo === to.lo) seenTo++;
+          }
+          let beforeFrom = false;
+          if (from) {
+            beforeFrom = before(hi, lo, from, seenFrom);
+            if (hi === from.hi && lo === from.lo) seenFrom++;
+          }
+          if (beforeTo && !beforeFrom) {
+            kept++;
+            const t = w * d[e];
+            tau[e] = t;
+            if (t !== 0) nonzero++;
+          } else tau[e] = 0;
+        }
+        s.seenFrom[k] = seenFrom;
+        s.seenTo[k] = seenTo;
+      }
+      c.kept[k] += kept;
+      c.nonzero[k] += nonzero;
+    }
+    if (this.electing) {
+      // σ = sign(Σ τᵢ in order); τᵢ enters the merge when nonzero with sign σ (none where σ is ±0 or NaN).
+      const elected = c.elected!;
+      for (let e = 0; e < n; e++) {
+        let sum = this.taus[0][e];
+        for (let k = 1; k < K; k++) sum = sum + this.taus[k][e];
+        const sigma = Math.sign(sum);
+        for (let k = 0; k < K; k++) {
+          const t = this.taus[k][e];
+          if (t !== 0 && Math.sign(t) === sigma) elected[k]++;
+        }
+      }
+    }
+    for (const pair of c.pairs) {
+      countSigns(deltas[pair.a], deltas[pair.b], n, pair.signs);
+      countSigns(this.taus[pair.a], this.taus[pair.b], n, pair.kept);
+    }
+  }
+
+  /** The tensor's counts once streamed (zeros for a tensor never streamed). */
+  counts(name: string): FusionCounts {
+    return this.states.get(name)?.counts ?? noFusionCounts(this.scales.length, this.electing);
+  }
+}

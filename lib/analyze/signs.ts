@@ -1,0 +1,40 @@
+// Sign counts of two arrays compared element by element (SignCounts in report.ts).
+import type { SignCounts } from './report.js';
+
+export const noSigns = (): SignCounts => ({ elements: 0, agree: 0, disagree: 0, oneZero: 0, bothZero: 0 });
+
+/** Adds the signs of x[0..n) against y[0..n) to `into`: zero is ±0, NaN is nonzero without a sign. */
+export function countSigns(x: Float64Array, y: Float64Array, n: number, into: SignCounts): void {
+  let agree = 0;
+  let disagree = 0;
+  let oneZero = 0;
+  let bothZero = 0;
+  for (let e = 0; e < n; e++) {
+    const a = x[e];
+    const b = y[e];
+    if (a === 0) {
+      if (b === 0) bothZero++;
+      else oneZero++;
+    } else if (b === 0) oneZero++;
+    else if (a > 0) {
+      if (b > 0) agree++;
+      else if (b < 0) disagree++;
+    } else if (a < 0) {
+      if (b < 0) agree++;
+      else if (b > 0) disagree++;
+    }
+  }
+  into.elements += n;
+  into.agree += agree;
+  into.disagree += disagree;
+  into.oneZero += oneZero;
+  into.bothZero += bothZero;
+}
+
+export function addSigns(into: SignCounts, from: SignCounts): void {
+  into.elements += from.elements;
+  into.agree += from.agree;
+  into.disagree += from.disagree;
+  into.oneZero += from.oneZero;
+  into.bothZero += from.bothZero;
+}
