@@ -1,0 +1,337 @@
+// analyze's sign agreement between deltas and, with a sparse --method, each delta's kept fraction, the share
+// that survives the sign election and the signs among kept elements (issue 12). Every count is computed here
+// from the fixture tensors (post − base in float64) by the issue's rules, written out independently of
+// lib/fusion and lib/analyze (full sorts for the ranks, BigInt random numbers), and compared exactly.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import path from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { fixturesDir } from './helpers/fixtures.js';
+import { loadTensors, localEnv } from './helpers/models.js';
+import { decodeFloats } from './helpers/floats.js';
+import { runCli } from './helpers/cli.js';
+import { runCompute } from '../lib/ops/run.js';
+import { localOutput } from '../lib/storage/output.js';
+import { analyzeDelta, analysisSchema, type DeltaAnalysis } from '../lib/analyze/index.js';
+import { checkFusion, type FusionRequest } from '../lib/fusion/options.js';
+import { InputError } from '../lib/errors.js';
+
+const TINY = path.join(fixturesDir, 'tiny-llama-bf16');
+const STORIES = path.join(fixturesDir, 'stories260K-tuned-f32');
+const STORIES_BF16 = path.join(fixturesDir, 'stories260K-tuned-bf16');
+/** Small chunk buffers: every tensor streams in several chunks, and each ranking pass too. */
+const smallEnv = { ...localEnv, bufferBytes: 1 << 16 };
+
+// ---- The rules, written out here ----
+
+const M64 = (1n << 64n) - 1n;
+function fnv1a64(s: string): bigint {
+  let h = 0xcbf29ce484222325n;
+  for (const b of Buffer.from(s, 'utf8')) h = ((h ^ BigInt(b)) * 0x100000001b3n) & M64;
+  return h;
+}
+function splitmix64(x: bigint): bigint {
+  let z = (x + 0x9e3779b97f4a7c15n) & M64;
+  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M64;
+  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M64;
+  return z ^ (z >> 31n);
+}
+
+interface Signs {
+  elements: number;
+  agree: number;
+  disagree: number;
+  oneZero: number;
+  bothZero: number;
+}
+/** Signs of x against y, element by element: both nonzero and the same sign, opposite signs, one zero, both zero. */
+function signs(x: ArrayLike<number>, y: ArrayLike<number>): Signs {
+  const s = { elements: x.length, agree: 0, disagree: 0, oneZero: 0, bothZero: 0 };
+  for (let j = 0; j < x.length; j++) {
+    const a = x[j];
+    const b = y[j];
+    if (a === 0 && b === 0) s.bothZero++;
+    else if (a === 0 || b === 0) s.oneZero++;
+    else if (Math.sign(a) === Math.sign(b)) s.agree++;
+    else s.disagree++;
+  }
+  return s;
+}
+const sumSigns = (all: Signs[]): Signs =>
+  all.reduce((a, s) => ({ elements: a.elements + s.elements, agree: a.agree + s.agree, disagree: a.disagree + s.disagree, oneZero: a.oneZero + s.oneZero, bothZero: a.bothZero + s.bothZero }), {
+    elements: 0, agree: 0, disagree: 0, oneZero: 0, bothZero: 0,
+  });
+
+interface Counts {
+  elements: number;
+  kept: number[];
+  nonzero: number[];
+  elected?: number[];
+  pairs: { a: number; b: number; signs: Signs; kept: Signs }[];
+}
+
+type Method = 'ties' | 'dare-linear' | 'dare-ties' | 'breadcrumbs' | 'breadcrumbs-ties';
+interface Spec {
+  method: Method;
+  density: number;
+  gamma?: number;
+  seed?: string;
+}
+
+/** One tensor's counts: masks by full sorts (ties) or BigInt DARE numbers, τ, sign election, and signs per pair. */
+function tensorCounts(name: string, deltas: number[][], weights: number[], s: Spec): Counts {
+  const n = deltas[0].length;
+  const k = (f: number) => Math.floor(f * n + 0.5);
+  const masks = deltas.map((d, i) => {
+    if (s.method.startsWith('dare')) {
+      const key = fnv1a64(`${i}:${name}`) ^ BigInt(s.seed ?? '0');
+      return d.map((_, j) => Number(splitmix64((key + BigInt(j)) & M64) >> 11n) * 2 ** -53 < s.density);
+    }
+    const order = d.map((_, j) => j).sort((a, b) => Math.abs(d[b]) - Math.abs(d[a]) || a - b);
+    const rank = new Array<number>(n);
+    order.forEach((j, r) => (rank[j] = r));
+    const lo = s.method === 'ties' ? 0 : k(s.gamma ?? 0.01);
+    const hi = lo + k(s.density);
+    return d.map((_, j) => rank[j] >= lo && rank[j] < hi);
+  });
+  const taus = deltas.map((d, i) => d.map((x, j) => (!masks[i][j] ? 0 : s.method.startsWith('dare') ? weights[i] * (x / s.density) : weights[i] * x)));
+  const c: Counts = {
+    elements: n,
+    kept: masks.map((m) => m.filter(Boolean).length),
+    nonzero: taus.map((t, i) => t.filter((x, j) => masks[i][j] && x !== 0).length),
+    pairs: [],
+  };
+  if (s.method.endsWith('ties')) {
+    c.elected = taus.map(() => 0);
+    for (let j = 0; j < n; j++) {
+      let sum = taus[0][j];
+      for (let i = 1; i < taus.length; i++) sum = sum + taus[i][j];
+      taus.forEach((t, i) => {
+        if (t[j] !== 0 && Math.sign(t[j]) === Math.sign(sum)) c.elected![i]++;
+      });
+    }
+  }
+  for (let a = 0; a < deltas.length; a++) for (let b = a + 1; b < deltas.length; b++) c.pairs.push({ a, b, signs: signs(deltas[a], deltas[b]), kept: signs(taus[a], taus[b]) });
+  return c;
+}
+
+function sumCounts(all: Counts[]): Counts {
+  const first = all[0];
+  return {
+    elements: all.reduce((a, c) => a + c.elements, 0),
+    kept: first.kept.map((_, i) => all.reduce((a, c) => a + c.kept[i], 0)),
+    nonzero: first.nonzero.map((_, i) => all.reduce((a, c) => a + c.nonzero[i], 0)),
+    ...(first.elected ? { elected: first.elected.map((_, i) => all.reduce((a, c) => a + c.elected![i], 0)) } : {}),
+    pairs: first.pairs.map((p, i) => ({ a: p.a, b: p.b, signs: sumSigns(all.map((c) => c.pairs[i].signs)), kept: sumSigns(all.map((c) => c.pairs[i].kept)) })),
+  };
+}
+
+/** Llama names, spelled out for these fixtures. */
+function kind(name: string): string {
+  if (name.endsWith('norm.weight')) return 'norm';
+  if (name === 'model.embed_tokens.weight') return 'embedding';
+  if (name === 'lm_head.weight') return 'head';
+  if (name.includes('.self_attn.')) return 'attention';
+  return name.includes('.mlp.') ? 'mlp' : 'other';
+}
+const layer = (name: string) => (name.startsWith('model.layers.') ? Number(name.split('.')[2]) : null);
+
+/** Every fusion figure of the report: per tensor, per layer (and kind within it), per kind and in all. */
+function expectFusion(a: DeltaAnalysis, deltas: Map<string, number[]>[], weights: number[], s: Spec) {
+  expect(analysisSchema.parse(JSON.parse(JSON.stringify(a)))).toBeTruthy();
+  const f = a.fusion!;
+  expect(f.method).toBe(s.method);
+  expect(f.deltas.map((d) => d.scale)).toEqual(weights);
+  const names = [...deltas[0].keys()];
+  const want = new Map(names.map((name) => [name, tensorCounts(name, deltas.map((d) => d.get(name)!), weights, s)]));
+  expect(f.tensors.map((t) => t.name).sort()).toEqual([...names].sort());
+  for (const t of f.tensors) {
+    const { name, ...got } = t;
+    expect(got, name).toEqual(want.get(name));
+  }
+  const group = (pick: (name: string) => boolean) => sumCounts(names.filter(pick).map((x) => want.get(x)!));
+  expect(f.totals).toEqual(group(() => true));
+  const kinds = [...new Set(names.map(kind))].sort();
+  expect(Object.keys(f.kinds).sort()).toEqual(kinds);
+  for (const k of kinds) expect((f.kinds as Record<string, Counts>)[k], k).toEqual(group((x) => kind(x) === k));
+  const layers = [...new Set(names.map(layer).filter((l) => l !== null))].sort();
+  expect(f.layers.map((l) => l.layer)).toEqual(layers);
+  for (const l of f.layers) {
+    const { layer: id, kinds: lk, ...all } = l;
+    expect(all).toEqual(group((x) => layer(x) === id));
+    for (const [k, c] of Object.entries(lk)) expect(c, `${id}/${k}`).toEqual(group((x) => layer(x) === id && kind(x) === k));
+  }
+  // Sanity on the rules: a rank method keeps k(density) of each tensor (within the ranks that exist).
+  if (!s.method.startsWith('dare')) for (const t of f.tensors) expect(t.kept.every((x) => x <= t.elements)).toBe(true);
+  return f;
+}
+
+// ---- Fixtures: the deltas, computed by paramdelta; their values, from the fixture models ----
+
+async function floats(dir: string): Promise<Map<string, number[]>> {
+  const out = new Map<string, number[]>();
+  for (const [name, t] of await loadTensors(dir)) out.set(name, decodeFloats(t.dtype, t.bytes));
+  return out;
+}
+/** post − base per tensor, in float64 (exact: the deltas are lossless). */
+async function deltaOf(family: string, post: string): Promise<Map<string, number[]>> {
+  const [b, p] = await Promise.all([floats(path.join(family, 'base')), floats(path.join(family, post))]);
+  return new Map([...b].map(([name, v]) => [name, p.get(name)!.map((x, i) => x - v[i])]));
+}
+
+let tmp: string;
+const dir = (name: string) => path.join(tmp, name);
+function compute(family: string, post: string, out: string, format: 'compact' | 'safetensors', chunkElements?: number) {
+  return runCompute(localEnv, { base: path.join(family, 'base'), post: path.join(family, post), shardSize: 5e9, format, ...(chunkElements ? { chunkElements } : {}) }, () => localOutput(dir(out)));
+}
+const spec = (r: FusionRequest) => checkFusion(r)!;
+let tiny: Map<string, number[]>[];
+let stories: Map<string, number[]>[];
+
+beforeAll(async () => {
+  tmp = await mkdtemp(path.join(tmpdir(), 'paramdelta-analyze-fusion-'));
+  await Promise.all([
+    compute(TINY, 'post', 'chat', 'compact', 1024),
+    compute(TINY, 'post2', 'math', 'safetensors'),
+    // A third delta, synthesized from the family: newbase − base.
+    compute(TINY, 'newbase', 'third', 'compact', 4096),
+    compute(STORIES, 'post', 'stories-chat', 'compact', 2048),
+    compute(STORIES, 'newbase', 'stories-other', 'safetensors'),
+    compute(STORIES_BF16, 'post', 'stories-bf16', 'compact'),
+  ]);
+  tiny = await Promise.all(['post', 'post2', 'newbase'].map((p) => deltaOf(TINY, p)));
+  stories = await Promise.all(['post', 'newbase'].map((p) => deltaOf(STORIES, p)));
+}, 60_000);
+
+afterAll(async () => {
+  if (tmp) await rm(tmp, { recursive: true, force: true });
+});
+
+describe('analyze: sign agreement with each --against delta', () => {
+  it('per tensor, layer, kind and in all, over the tensors both hold with the same shape (compact against plain)', async () => {
+    const a = await analyzeDelta(smallEnv, dir('chat'), { against: [dir('math'), dir('third')] });
+    expect(a.fusion).toBeUndefined();
+    for (const [j, other] of [tiny[1], tiny[2]].entries()) {
+      const s = a.similarity[j];
+      const per = new Map([...tiny[0]].map(([name, d]) => [name, signs(d, other.get(name)!)]));
+      expect(new Map(s.tensors!.map((t) => [t.name, t.signs]))).toEqual(per);
+      expect(s.signs).toEqual(sumSigns([...per.values()]));
+      for (const l of s.layers) expect(l.signs).toEqual(sumSigns([...per].filter(([n]) => layer(n) === l.layer).map(([, x]) => x)));
+      const kinds = [...new Set([...per.keys()].map(kind))].sort();
+      expect(Object.keys(s.kindSigns!).sort()).toEqual(kinds);
+      for (const k of kinds) expect(s.kindSigns![k as 'mlp']).toEqual(sumSigns([...per].filter(([n]) => kind(n) === k).map(([, x]) => x)));
+    }
+    // These posts were trained apart: about half the signs agree, and few elements are zero in both.
+    const s = a.similarity[0].signs!;
+    expect(s.agree + s.disagree + s.oneZero + s.bothZero).toBe(s.elements);
+  });
+
+  it('against a delta of another model: only the tensors of the same shape count', async () => {
+    const a = await analyzeDelta(smallEnv, dir('stories-chat'), { against: [dir('chat')] });
+    const s = a.similarity[0];
+    const [mine, theirs] = await Promise.all([loadTensors(path.join(STORIES, 'base')), loadTensors(path.join(TINY, 'base'))]);
+    const shared = [...mine].filter(([n, t]) => JSON.stringify(theirs.get(n)?.shape) === JSON.stringify(t.shape)).map(([n]) => n);
+    expect(shared.length).toBeGreaterThan(0);
+    expect(shared.length).toBeLessThan(mine.size);
+    expect(s.tensors!.map((t) => t.name).sort()).toEqual([...shared].sort());
+    expect(s.signs).toEqual(sumSigns(shared.map((n) => signs(stories[0].get(n)!, tiny[0].get(n)!))));
+  });
+});
+
+describe('analyze --method: kept fraction, elected share and signs among kept elements', () => {
+  it('ties, two deltas (compact and plain), several chunks per tensor', async () => {
+    const s: Spec = { method: 'ties', density: 0.3 };
+    const a = await analyzeDelta(smallEnv, dir('chat'), { against: [dir('math')], fusion: spec(s) });
+    const f = expectFusion(a, tiny.slice(0, 2), [1, 1], s);
+    // ties keeps k(density) of every tensor.
+    for (const t of f.tensors) expect(t.kept).toEqual([0, 1].map(() => Math.floor(0.3 * t.elements + 0.5)));
+    // The pair's signs are the similarity's.
+    expect(f.totals.pairs[0].signs).toEqual(a.similarity[0].signs);
+  });
+
+  it('breadcrumbs-ties over three deltas, with weights (one negative: its τ flips sign)', async () => {
+    const s: Spec = { method: 'breadcrumbs-ties', density: 0.4, gamma: 0.05 };
+    const weights = [1, 0.5, -2];
+    const a = await analyzeDelta(smallEnv, dir('chat'), { against: [dir('math'), dir('third')], fusion: spec(s), scales: weights });
+    const f = expectFusion(a, tiny, weights, s);
+    expect(f.deltas.map((d) => d.ref)).toEqual([dir('chat'), dir('math'), dir('third')]);
+    expect(f.totals.pairs.map((p) => [p.a, p.b])).toEqual([[0, 1], [0, 2], [1, 2]]);
+  });
+
+  it.each([
+    [{ method: 'dare-ties', density: 0.25, seed: '0' }],
+    [{ method: 'dare-ties', density: 0.25, seed: '18446744073709551615' }],
+    [{ method: 'dare-linear', density: 0.6, seed: '7' }],
+    [{ method: 'breadcrumbs', density: 0.5 }],
+  ] as [Spec][])('%o: two deltas', async (s) => {
+    const a = await analyzeDelta(smallEnv, dir('chat'), { against: [dir('math')], fusion: spec(s) });
+    const f = expectFusion(a, tiny.slice(0, 2), [1, 1], s);
+    expect(f.totals.elected === undefined).toBe(!s.method.endsWith('ties'));
+  });
+
+  it('a real fine-tune (stories260K-tuned-f32, larger tensors: histogram passes) and its newbase delta, ties and dare-ties', async () => {
+    for (const s of [{ method: 'ties', density: 0.2 }, { method: 'dare-ties', density: 0.3, seed: '42' }] as Spec[]) {
+      const a = await analyzeDelta(smallEnv, dir('stories-chat'), { against: [dir('stories-other')], fusion: spec(s) });
+      expectFusion(a, stories, [1, 1], s);
+    }
+  });
+
+  it('refuses deltas that do not hold the same tensors, shapes and base, naming the tensor, before reading any tensor', async () => {
+    const ties = spec({ method: 'ties', density: 0.5 });
+    let started = false;
+    const err = await analyzeDelta(localEnv, dir('chat'), { against: [dir('stories-chat')], fusion: ties, onStart: () => (started = true) }).catch((e) => e);
+    expect(err).toBeInstanceOf(InputError);
+    expect(err.message).toMatch(/^tensor "model\.embed_tokens\.weight": shape \[\d+, \d+\] in .*chat but \[\d+, \d+\] in .*stories-chat$/);
+    expect(started).toBe(false);
+    // Same tensors and shapes, another base (stories260K-tuned-bf16 against -f32: the dtypes differ).
+    await expect(analyzeDelta(localEnv, dir('stories-bf16'), { against: [dir('stories-chat')], fusion: ties })).rejects.toThrow(/taken from another base/);
+    await expect(analyzeDelta(localEnv, dir('chat'), { against: [dir('math')], fusion: ties, scales: [1] })).rejects.toThrow(/--scale: 2 finite weights expected/);
+    await expect(analyzeDelta(localEnv, dir('chat'), { against: [dir('math')], scales: [1, 1] })).rejects.toThrow(/--scale: has no meaning without a sparse --method/);
+  });
+});
+
+describe('paramdelta analyze --method', () => {
+  it('--json holds the fusion counts; the text shows kept, elected and agreement; --scale follows its delta', async () => {
+    const args = ['analyze', dir('chat'), '--scale', '2', '--against', dir('math'), '--against', dir('third'), '--scale', '-1', '--method', 'ties', '--density', '0.3'];
+    const j = await runCli([...args, '--json']);
+    expect(j.code, j.stderr).toBe(0);
+    const a = analysisSchema.parse(JSON.parse(j.stdout));
+    expectFusion(a, tiny, [2, 1, -1], { method: 'ties', density: 0.3 });
+    expect(a.fusion).toMatchObject({ method: 'ties', density: 0.3, lambda: 1, normalize: true });
+    const t = await runCli([...args, '--top', '2']);
+    expect(t.code, t.stderr).toBe(0);
+    const f = a.fusion!;
+    const pct = (x: number, n: number) => `${((100 * x) / n).toFixed(1)}%`;
+    expect(t.stdout).toContain(`fusion by ties (density 0.3, λ 1, normalize): deltas 0 ${dir('chat')} (scale 2), 1 ${dir('math')} (scale 1), 2 ${dir('third')} (scale -1)`);
+    expect(t.stdout).toContain(`   1 kept ${pct(f.totals.kept[1], f.totals.elements)}, kept≠0 ${pct(f.totals.nonzero[1], f.totals.elements)}, elected ${pct(f.totals.elected![1], f.totals.elements)}`);
+    const p = f.totals.pairs[2].signs;
+    expect(t.stdout).toContain(`sign agreement 1–2: all ${pct(p.agree, p.agree + p.disagree)} of the ${pct(p.agree + p.disagree, p.elements)} of elements where both are nonzero`);
+    expect(t.stdout).toContain('2 tensors with the least sign agreement 0–1');
+    const plain = await runCli(['analyze', dir('chat'), '--against', dir('math')]);
+    expect(plain.stdout).toMatch(/sign agreement: \d+\.\d% of the \d+\.\d% of elements where both are nonzero/);
+    expect(plain.stdout).toContain('kept fractions: pass a sparse --method');
+  });
+
+  it.each([
+    [['--density', '0.3'], /--density: has no meaning for method linear/],
+    [['--method', 'ties'], /--density: required for method ties/],
+    [['--method', 'ties', '--density', '1.5'], /--density: 1.5 is not a number in \(0, 1\]/],
+    [['--method', 'ties', '--density', 'x'], /--density x: not a finite number/],
+    [['--method', 'dare-ties', '--density', '0.3', '--seed', '-1'], /--seed: -1 is not a u64/],
+    [['--method', 'ties', '--density', '0.3', '--seed', '1'], /--seed: has no meaning for method ties/],
+    [['--method', 'magic', '--density', '0.3'], /argument 'magic' is invalid/],
+    [['--scale', '2'], /--scale: has no meaning without a sparse --method/],
+    [['--method', 'ties', '--density', '0.3', '--scale', '1', '--scale', '2'], /--scale 2: that --against already has a --scale/],
+  ])('%o exits 2 naming the option', async (extra, message) => {
+    const r = await runCli(['analyze', dir('chat'), '--against', dir('math'), ...extra]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stdout).toBe('');
+  });
+
+  it('mismatched deltas exit 2 naming the tensor', async () => {
+    const r = await runCli(['analyze', dir('chat'), '--against', dir('stories-chat'), '--method', 'ties', '--density', '0.2']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^paramdelta: error: tensor "model\.embed_tokens\.weight": shape/);
+  });
+});
