@@ -5,7 +5,7 @@ import {
   BarController, BarElement, CategoryScale, Chart, Legend, LinearScale, LineController, LineElement, PointElement, Tooltip,
   type ChartConfiguration,
 } from 'chart.js';
-import type { DeltaAnalysis, TensorKind } from '../../lib/analyze/report.js';
+import type { DeltaAnalysis, FusionCounts, SignCounts, TensorKind } from '../../lib/analyze/report.js';
 import { bytes, count, h, percent, ratio, shortHash } from './dom.js';
 
 Chart.register(BarController, BarElement, CategoryScale, LinearScale, LineController, LineElement, PointElement, Tooltip, Legend);
@@ -126,12 +126,67 @@ function summary(a: DeltaAnalysis): HTMLElement {
   return h('dl', { class: 'facts' }, ...rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
 }
 
+/** Sign agreement: agree ÷ (agree + disagree), over the elements where both are nonzero. */
+const agreement = (s: Pick<SignCounts, 'agree' | 'disagree'>) => percent(s.agree, s.agree + s.disagree);
+
 function similarityTable(a: DeltaAnalysis): HTMLElement {
   const kinds = KINDS.filter((k) => a.similarity.some((s) => s.kinds[k] !== undefined));
-  return h('table', { class: 'grid' },
-    h('thead', {}, h('tr', {}, h('th', {}, 'against'), h('th', {}, 'cosine'), h('th', {}, 'shared tensors'), ...kinds.map((k) => h('th', {}, k)))),
+  const signs = a.similarity.some((s) => s.signs);
+  return h('table', { class: 'grid', 'data-table': 'similarity' },
+    h('thead', {}, h('tr', {}, h('th', {}, 'against'), h('th', {}, 'cosine'), h('th', {}, 'shared tensors'), ...kinds.map((k) => h('th', {}, k)),
+      ...(signs ? [h('th', { title: 'agree ÷ (agree + disagree): among the elements where both deltas are nonzero' }, 'sign agreement'), h('th', {}, 'both nonzero'), h('th', {}, 'one zero')] : []))),
     h('tbody', {}, ...a.similarity.map((s) => h('tr', {}, h('td', {}, s.against), h('td', {}, s.cosine.toFixed(4)), h('td', {}, count(s.sharedTensors)),
-      ...kinds.map((k) => h('td', {}, s.kinds[k] === undefined ? '' : s.kinds[k]!.toFixed(4)))))));
+      ...kinds.map((k) => h('td', {}, s.kinds[k] === undefined ? '' : s.kinds[k]!.toFixed(4))),
+      ...(signs ? s.signs ? [h('td', { class: 'sign-agreement' }, agreement(s.signs)), h('td', {}, percent(s.signs.agree + s.signs.disagree, s.signs.elements)), h('td', {}, percent(s.signs.oneZero, s.signs.elements))] : [h('td', {}), h('td', {}), h('td', {})] : [])))));
+}
+
+/** analyze --method: per layer, each delta's share that enters the merge (elected, or kept), and each pair's sign agreement among kept elements. */
+function fusionChart(a: DeltaAnalysis): HTMLElement {
+  const f = a.fusion!;
+  const electing = f.totals.elected !== undefined;
+  const share = (c: FusionCounts, k: number) => (c.elements ? (electing ? c.elected![k] : c.kept[k]) / c.elements : null);
+  const datasets = [
+    ...f.deltas.map((d, k) => {
+      const c = PALETTE[k % PALETTE.length];
+      return { label: `${electing ? 'elected' : 'kept'}: ${k} ${d.ref}`, data: f.layers.map((l) => share(l, k)), borderColor: c, backgroundColor: c, borderWidth: 2, pointRadius: 3 };
+    }),
+    ...f.totals.pairs.map((p, i) => {
+      const c = PALETTE[(f.deltas.length + i) % PALETTE.length];
+      return {
+        label: `kept sign agreement ${p.a}–${p.b}`, data: f.layers.map((l) => { const s = l.pairs[i].kept; return s.agree + s.disagree ? s.agree / (s.agree + s.disagree) : null; }),
+        borderColor: c, backgroundColor: c, borderWidth: 1.5, borderDash: [4, 3], pointRadius: 2,
+      };
+    }),
+  ];
+  const opts = baseOptions('share', 'layer');
+  return figure('fusion', `${f.method} by layer`, electing ? 'share of each delta that enters the merge, and sign agreement among kept elements' : 'share of each delta kept, and sign agreement among kept elements', {
+    type: 'line', data: { labels: f.layers.map((l) => String(l.layer)), datasets }, options: { ...opts, scales: { ...opts.scales, y: { ...opts.scales.y, suggestedMax: 1 } } },
+  });
+}
+
+/** analyze --method: what the method keeps of each delta, and the signs per pair, in all and by kind. */
+function fusionTables(a: DeltaAnalysis): HTMLElement {
+  const f = a.fusion!;
+  const electing = f.totals.elected !== undefined;
+  const t = f.totals;
+  const opts = [`density ${f.density}`, ...(f.gamma !== undefined ? [`gamma ${f.gamma}`] : []), ...(f.seed !== undefined ? [`seed ${f.seed}`] : [])].join(', ');
+  const kinds = KINDS.filter((k) => f.kinds[k]);
+  return h('section', { class: 'fusion' },
+    h('h2', {}, `Fusion by ${f.method} (${opts})`),
+    h('table', { class: 'grid', 'data-table': 'fusion-deltas' },
+      h('thead', {}, h('tr', {}, ...['delta', 'scale', 'kept', 'kept, τ ≠ 0', ...(electing ? ['elected'] : []), ...kinds.map((k) => `${electing ? 'elected' : 'kept'}: ${k}`)].map((c) => h('th', {}, c)))),
+      h('tbody', {}, ...f.deltas.map((d, k) => h('tr', {}, h('td', {}, `${k} ${d.ref}`), h('td', {}, String(d.scale)), h('td', { class: 'kept' }, percent(t.kept[k], t.elements)), h('td', {}, percent(t.nonzero[k], t.elements)),
+        ...(electing ? [h('td', { class: 'elected' }, percent(t.elected![k], t.elements))] : []),
+        ...kinds.map((kind) => { const c = f.kinds[kind]!; return h('td', {}, percent(electing ? c.elected![k] : c.kept[k], c.elements)); }))))),
+    t.pairs.length
+      ? h('table', { class: 'grid', 'data-table': 'fusion-pairs' },
+        h('thead', {}, h('tr', {}, ...['pair', 'sign agreement', 'both nonzero', 'kept sign agreement', 'both kept, τ ≠ 0', ...kinds.map((k) => `kept agreement: ${k}`)].map((c) => h('th', {}, c)))),
+        h('tbody', {}, ...t.pairs.map((p, i) => h('tr', {}, h('td', {}, `${p.a}–${p.b}`), h('td', {}, agreement(p.signs)), h('td', {}, percent(p.signs.agree + p.signs.disagree, p.signs.elements)),
+          h('td', { class: 'kept-agreement' }, agreement(p.kept)), h('td', {}, percent(p.kept.agree + p.kept.disagree, p.kept.elements)),
+          ...kinds.map((k) => h('td', {}, agreement(f.kinds[k]!.pairs[i].kept)))))))
+      : null,
+    h('p', { class: 'muted small' }, `Of each delta's ${count(t.elements)} elements: kept by its mask; kept with τ = w·Δ nonzero${electing ? '; elected: τ nonzero with the sign of Σ τ, entering the merge' : ''}. Sign agreement is agree ÷ (agree + disagree), over the elements where both are nonzero (kept: both τ nonzero).`),
+  );
 }
 
 function topTensors(a: DeltaAnalysis, n = 15): HTMLElement {
@@ -152,8 +207,10 @@ export function drawAnalysis(root: HTMLElement, a: DeltaAnalysis): void {
       layersChart(a),
       kindsChart(a),
       a.lossy ? roundingChart(a) : null,
-      a.similarity.length ? similarityChart(a) : null),
+      a.similarity.length ? similarityChart(a) : null,
+      a.fusion && a.fusion.layers.length ? fusionChart(a) : null),
     a.similarity.length ? similarityTable(a) : h('p', { class: 'muted' }, 'No other delta on the same base to compare with.'),
+    ...(a.fusion ? [fusionTables(a)] : []),
     topTensors(a),
     h('p', { class: 'muted small' }, `Analysis by ${a.tool.name} ${a.tool.version}, ${a.createdAt}.`),
   );
