@@ -4,7 +4,7 @@
 // lib/fusion and lib/analyze (full sorts for the ranks, BigInt random numbers), and compared exactly.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import path from 'node:path';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { fixturesDir } from './helpers/fixtures.js';
 import { loadTensors, localEnv } from './helpers/models.js';
@@ -327,6 +327,16 @@ describe('paramdelta analyze --method', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(message);
     expect(r.stdout).toBe('');
+  });
+
+  it('--html holds the same report, fusion included', async () => {
+    const page = path.join(tmp, 'fusion.html');
+    const r = await runCli(['analyze', dir('chat'), '--against', dir('math'), '--method', 'dare-ties', '--density', '0.4', '--html', page, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const data = /<script id="paramdelta-analysis" type="application\/json">([\s\S]*?)<\/script>/.exec(await readFile(page, 'utf8'));
+    const inPage = analysisSchema.parse(JSON.parse(data![1]));
+    expect(inPage.fusion).toEqual(analysisSchema.parse(JSON.parse(r.stdout)).fusion);
+    expectFusion(inPage, tiny.slice(0, 2), [1, 1], { method: 'dare-ties', density: 0.4 });
   });
 
   it('mismatched deltas exit 2 naming the tensor', async () => {
