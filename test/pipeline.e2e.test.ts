@@ -55,7 +55,7 @@ async function values(dir: string): Promise<Map<string, number[]>> {
 
 /**
  * Each delta has its analysis.json, tagged as part of the delta, with ‖Δ‖ and ‖W‖ computed here from the
- * fixtures; the later of the two to finish lists the other, with their cosine.
+ * fixtures; the later of the two to finish lists the other, with their cosine and sign counts.
  */
 async function expectAnalyses() {
   const deltas = service.getContainerClient('deltas');
@@ -73,11 +73,24 @@ async function expectAnalyses() {
   near(chat.totals.weightNorm, Math.sqrt(sq(base)));
   let dot = 0;
   for (const [name, a] of d1) a.forEach((x, i) => (dot += x * d2.get(name)![i]));
+  // Signs element by element: both nonzero alike or opposite, one zero, both zero (symmetric, so either way round).
+  const signs = { elements: 0, agree: 0, disagree: 0, oneZero: 0, bothZero: 0 };
+  for (const [name, a] of d1) {
+    a.forEach((x, i) => {
+      const y = d2.get(name)![i];
+      signs.elements++;
+      if (x === 0 && y === 0) signs.bothZero++;
+      else if (x === 0 || y === 0) signs.oneZero++;
+      else if (Math.sign(x) === Math.sign(y)) signs.agree++;
+      else signs.disagree++;
+    });
+  }
   const pair = [...chat.similarity.filter((s) => s.against === 'chat2'), ...chat2.similarity.filter((s) => s.against === 'chat')];
   expect(pair.length).toBeGreaterThanOrEqual(1);
   for (const s of pair) {
     expect(s.sharedTensors).toBe(d1.size);
     expect(Math.abs(s.cosine - dot / Math.sqrt(sq(d1) * sq(d2)))).toBeLessThan(1e-12);
+    expect(s.signs).toEqual(signs);
   }
 }
 
