@@ -134,6 +134,8 @@ export async function analyzeDelta(env: ExecEnv, ref: string, opts: AnalyzeOptio
     const total = streamed.reduce((a, s) => a + s.sources.reduce((b, x) => b + s.elements * size(x.t) * (s.fused && x.k < deltaCount ? 1 + rankPass : 1), 0), 0);
     opts.onStart?.(total);
     if (streamed.length) await streamSums(env, sources, streamed, sums, baseIndex, cache, tally, deltaCount);
+    // Pairs (0, j) of the tally are DELTA against --against j−1: the similarity's signs of fused tensors.
+    for (const s of streamed) if (tally && s.fused) sums.get(s.name)!.against.forEach((a, j) => a && (a.signs = tally.counts(s.name).pairs[j].signs));
     const fusionReport = tally ? fusionAnalysis(tally, fusion!, [ref, ...against.map((a) => a.label)], scales, streamed.filter((s) => s.fused).map((s) => s.name)) : undefined;
     return report(ref, delta, against.map((a) => a.label), names, sums, dtypes, base !== null, streamed, fusionReport);
   } finally {
@@ -245,6 +247,7 @@ async function streamSums(
           bytes += n * dtypeSize(t.dtype);
         }
         const x = scratch[0];
+        const fused = tally !== null && st.fused;
         acc.delta += sumSquares(x, n);
         for (const { k } of st.sources) {
           if (k === 0) continue;
@@ -259,10 +262,11 @@ async function streamSums(
             }
             a.dot += dot;
             a.sq += sumSquares(y, n);
-            countSigns(x, y, n, a.signs);
+            // A fused tensor's pair (0, k) is counted by the tally (taken from it after streaming).
+            if (!fused) countSigns(x, y, n, a.signs);
           }
         }
-        if (tally && st.fused) tally.count(st.name, st.elements, start, n, scratch.slice(0, deltaCount));
+        if (fused) tally!.count(st.name, st.elements, start, n, scratch.slice(0, deltaCount));
         env.onProgress?.(bytes);
         return null;
       },

@@ -117,79 +117,115 @@ export class FusionTally {
     if (this.taus.length < K || this.taus[0].length < n) this.taus = Array.from({ length: K }, () => new Float64Array(Math.max(n, this.taus[0]?.length ?? 0)));
     const c = s.counts;
     c.elements += n;
-    const p = this.spec.density;
     for (let k = 0; k < K; k++) {
-      const d = deltas[k];
-      const tau = this.taus[k];
-      const w = this.scales[k];
-      let kept = 0;
-      let nonzero = 0;
-      if (usesDare(this.spec.method)) {
-        if (this.u.length < n) this.u = new Float64Array(n);
-        const [kh, kl] = dareKey(k, name, this.seed);
-        dareUniforms(kh, kl, start, n, this.u);
-        const u = this.u;
-        for (let e = 0; e < n; e++) {
-          if (u[e] < p) {
-            kept++;
-            const t = w * (d[e] / p);
-            tau[e] = t;
-            if (t !== 0) nonzero++;
-          } else tau[e] = 0;
-        }
-      } else {
-        const keep = s.keep![k];
-        const words = new Uint32Array(d.buffer, d.byteOffset, 2 * n);
-        const { from, to } = keep;
-        let seenFrom = s.seenFrom[k];
-        let seenTo = s.seenTo[k];
-        for (let e = 0; e < n; e++) {
-          if (keep.none) {
-            tau[e] = 0;
-            continue;
-          }
-          const hi = (words[2 * e + 1] & 0x7fffffff) >>> 0;
-          const lo = words[2 * e];
-          let beforeTo = true;
-          if (to) {
-            beforeTo = before(hi, lo, to, seenTo);
-            if (hi === to.hi && lo === to.lo) seenTo++;
-          }
-          let beforeFrom = false;
-          if (from) {
-            beforeFrom = before(hi, lo, from, seenFrom);
-            if (hi === from.hi && lo === from.lo) seenFrom++;
-          }
-          if (beforeTo && !beforeFrom) {
-            kept++;
-            const t = w * d[e];
-            tau[e] = t;
-            if (t !== 0) nonzero++;
-          } else tau[e] = 0;
-        }
-        s.seenFrom[k] = seenFrom;
-        s.seenTo[k] = seenTo;
-      }
+      const [kept, nonzero] = usesDare(this.spec.method) ? this.dareTau(name, k, start, n, deltas[k]) : this.rankTau(s, k, n, deltas[k]);
       c.kept[k] += kept;
       c.nonzero[k] += nonzero;
     }
-    if (this.electing) {
-      // σ = sign(Σ τᵢ in order); τᵢ enters the merge when nonzero with sign σ (none where σ is ±0 or NaN).
-      const elected = c.elected!;
-      for (let e = 0; e < n; e++) {
-        let sum = this.taus[0][e];
-        for (let k = 1; k < K; k++) sum = sum + this.taus[k][e];
-        const sigma = Math.sign(sum);
-        for (let k = 0; k < K; k++) {
-          const t = this.taus[k][e];
-          if (t !== 0 && Math.sign(t) === sigma) elected[k]++;
-        }
-      }
-    }
+    if (this.electing) this.elect(n, c.elected!);
     for (const pair of c.pairs) {
       countSigns(deltas[pair.a], deltas[pair.b], n, pair.signs);
       countSigns(this.taus[pair.a], this.taus[pair.b], n, pair.kept);
     }
+  }
+
+  /** DARE: τ = w·(Δ/density) where u[j] < density, else 0, into taus[k]; returns [kept, kept with τ ≠ 0]. */
+  private dareTau(name: string, k: number, start: number, n: number, d: Float64Array): [number, number] {
+    if (this.u.length < n) this.u = new Float64Array(n);
+    const [kh, kl] = dareKey(k, name, this.seed);
+    const u = this.u;
+    dareUniforms(kh, kl, start, n, u);
+    const tau = this.taus[k];
+    const w = this.scales[k];
+    const p = this.spec.density;
+    let kept = 0;
+    let nonzero = 0;
+    for (let e = 0; e < n; e++) {
+      if (u[e] < p) {
+        kept++;
+        const t = w * (d[e] / p);
+        tau[e] = t;
+        if (t !== 0) nonzero++;
+      } else tau[e] = 0;
+    }
+    return [kept, nonzero];
+  }
+
+  /**
+   * Rank methods: τ = w·Δ where the element's rank is in the kept range, else 0, into taus[k]. Ranks compare
+   * |Δ|'s float64 bits (the magnitudes' order, NaN above +Inf), equal ones by flat index: the tie counts.
+   */
+  private rankTau(s: TensorState, k: number, n: number, d: Float64Array): [number, number] {
+    const tau = this.taus[k];
+    const keep = s.keep![k];
+    if (keep.none) {
+      tau.fill(0, 0, n);
+      return [0, 0];
+    }
+    const w = this.scales[k];
+    const words = new Uint32Array(d.buffer, d.byteOffset, 2 * n);
+    const { from, to } = keep;
+    let seenFrom = s.seenFrom[k];
+    let seenTo = s.seenTo[k];
+    let kept = 0;
+    let nonzero = 0;
+    for (let e = 0; e < n; e++) {
+      const hi = (words[2 * e + 1] & 0x7fffffff) >>> 0;
+      const lo = words[2 * e];
+      let beforeTo = true;
+      if (to) {
+        beforeTo = before(hi, lo, to, seenTo);
+        if (hi === to.hi && lo === to.lo) seenTo++;
+      }
+      let beforeFrom = false;
+      if (from) {
+        beforeFrom = before(hi, lo, from, seenFrom);
+        if (hi === from.hi && lo === from.lo) seenFrom++;
+      }
+      if (beforeTo && !beforeFrom) {
+        kept++;
+        const t = w * d[e];
+        tau[e] = t;
+        if (t !== 0) nonzero++;
+      } else tau[e] = 0;
+    }
+    s.seenFrom[k] = seenFrom;
+    s.seenTo[k] = seenTo;
+    return [kept, nonzero];
+  }
+
+  /** σ = sign(Σ τᵢ in order); counts per delta the τᵢ that enter the merge: nonzero with sign σ (none where σ is ±0 or NaN). */
+  private elect(n: number, elected: number[]): void {
+    const taus = this.taus;
+    const K = this.scales.length;
+    if (K === 2) {
+      // The common case, without the inner loops.
+      const t0 = taus[0];
+      const t1 = taus[1];
+      let e0 = 0;
+      let e1 = 0;
+      for (let e = 0; e < n; e++) {
+        const a = t0[e];
+        const b = t1[e];
+        const sigma = Math.sign(a + b);
+        if (a !== 0 && Math.sign(a) === sigma) e0++;
+        if (b !== 0 && Math.sign(b) === sigma) e1++;
+      }
+      elected[0] += e0;
+      elected[1] += e1;
+      return;
+    }
+    const got = new Float64Array(K);
+    for (let e = 0; e < n; e++) {
+      let sum = taus[0][e];
+      for (let k = 1; k < K; k++) sum = sum + taus[k][e];
+      const sigma = Math.sign(sum);
+      for (let k = 0; k < K; k++) {
+        const t = taus[k][e];
+        if (t !== 0 && Math.sign(t) === sigma) got[k]++;
+      }
+    }
+    for (let k = 0; k < K; k++) elected[k] += got[k];
   }
 
   /** The tensor's counts once streamed (zeros for a tensor never streamed). */
