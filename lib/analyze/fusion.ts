@@ -207,9 +207,10 @@ export class FusionTally {
       for (let e = 0; e < n; e++) {
         const a = t0[e];
         const b = t1[e];
+        // τ ≠ 0 with sign σ exactly when τ·σ > 0 (σ is ±1, ±0 or NaN; |σ| = 1 keeps τ's magnitude), without branches.
         const sigma = Math.sign(a + b);
-        if (a !== 0 && Math.sign(a) === sigma) e0++;
-        if (b !== 0 && Math.sign(b) === sigma) e1++;
+        e0 += +(a * sigma > 0);
+        e1 += +(b * sigma > 0);
       }
       elected[0] += e0;
       elected[1] += e1;
