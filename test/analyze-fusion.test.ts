@@ -173,6 +173,39 @@ describe('analyze --method: kept fraction, elected share and signs among kept el
   });
 });
 
+describe('FusionTally on adversarial values', () => {
+  // ±0, ±Inf, NaN, the smallest subnormal and many equal magnitudes (ties at every cut-off), a negative and a
+  // zero weight (0·Inf is NaN: a kept, nonzero τ without a sign), streamed in uneven chunks.
+  const VALUES = [0, -0, 1, -1, 0.5, -0.5, 0.5, Infinity, -Infinity, NaN, 2 ** -1074, -(2 ** -1074), 3, -3, 0.25];
+  let seed = 12345;
+  const next = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0), seed);
+  const n = 301;
+  const deltas = [0, 1, 2].map(() => Array.from({ length: n }, () => VALUES[next() % VALUES.length]));
+  it.each([
+    [{ method: 'ties', density: 0.3 }],
+    [{ method: 'breadcrumbs-ties', density: 0.3, gamma: 0.1 }],
+    [{ method: 'breadcrumbs', density: 0.95, gamma: 0.1 }],
+    [{ method: 'dare-ties', density: 0.5, seed: '3' }],
+    [{ method: 'dare-linear', density: 0.5, seed: '3' }],
+  ] as [Spec][])('%o', async (s) => {
+    const { FusionTally } = await import('../lib/analyze/fusion.js');
+    const weights = [1, -0.5, 0];
+    const tally = new FusionTally(spec(s), weights);
+    const arrays = deltas.map((d) => Float64Array.from(d));
+    const cuts = [0, 7, 64, 65, 200, n];
+    const words = (k: number, a: number, b: number) => new Uint32Array(arrays[k].slice(a, b).buffer);
+    let passes = 0;
+    while (tally.ranking('t', n)) {
+      tally.rankBegin('t', n);
+      for (let c = 0; c + 1 < cuts.length; c++) for (let k = 0; k < 3; k++) tally.rankVisit('t', k, words(k, cuts[c], cuts[c + 1]), cuts[c + 1] - cuts[c]);
+      tally.rankEnd('t');
+      expect(++passes).toBeLessThan(6);
+    }
+    for (let c = 0; c + 1 < cuts.length; c++) tally.count('t', n, cuts[c], cuts[c + 1] - cuts[c], arrays.map((x) => x.slice(cuts[c], cuts[c + 1])));
+    expect(tally.counts('t')).toEqual(tensorCounts('t', deltas, weights, s));
+  });
+});
+
 describe('paramdelta analyze --method', () => {
   it('--json holds the fusion counts; the text shows kept, elected and agreement; --scale follows its delta', async () => {
     const args = ['analyze', dir('chat'), '--scale', '2', '--against', dir('math'), '--against', dir('third'), '--scale', '-1', '--method', 'ties', '--density', '0.3'];

@@ -33,6 +33,7 @@ export function signs(x: ArrayLike<number>, y: ArrayLike<number>): Signs {
     const b = y[j];
     if (a === 0 && b === 0) s.bothZero++;
     else if (a === 0 || b === 0) s.oneZero++;
+    else if (Number.isNaN(a) || Number.isNaN(b)) continue; // nonzero, without a sign
     else if (Math.sign(a) === Math.sign(b)) s.agree++;
     else s.disagree++;
   }
@@ -68,7 +69,12 @@ export function tensorCounts(name: string, deltas: number[][], weights: number[]
       const key = fnv1a64(`${i}:${name}`) ^ BigInt(s.seed ?? '0');
       return d.map((_, j) => Number(splitmix64((key + BigInt(j)) & M64) >> 11n) * 2 ** -53 < s.density);
     }
-    const order = d.map((_, j) => j).sort((a, b) => Math.abs(d[b]) - Math.abs(d[a]) || a - b);
+    // |Δ| descending, NaN above +Inf (one NaN payload here), equal magnitudes by lower index first.
+    const order = d.map((_, j) => j).sort((a, b) => {
+      const [A, B] = [Math.abs(d[a]), Math.abs(d[b])];
+      if (Number.isNaN(A) || Number.isNaN(B)) return Number.isNaN(A) && Number.isNaN(B) ? a - b : Number.isNaN(A) ? -1 : 1;
+      return A === B ? a - b : B - A;
+    });
     const rank = new Array<number>(n);
     order.forEach((j, r) => (rank[j] = r));
     const lo = s.method === 'ties' ? 0 : k(s.gamma ?? 0.01);
