@@ -879,6 +879,16 @@ describe('every pairing on adversarial inputs', () => {
       sameApply('F64', [{ dtype: 'F16', data: DS[0], scale }], n, 'F64', `F16 delta × ${scale} → F64`);
       sameApply('F64', [{ dtype: 'F16', data: DS[0], scale }, { dtype: 'F16', data: DS[0], scale: 1 }], n, 'F64', `F16 deltas × ${scale}, 1 → F64`);
     }
+    // An F16 base to F16 runs 2^-112 times too small: scales at and beyond the range where that stays exact.
+    fillRandom('F16', B, n, r, 'dirty');
+    fillRandom('F32', DS[1], n, r, 'dirty');
+    for (const scale of [2 ** 800, 2 ** 801, 2 ** -700, 2 ** -701, -(2 ** -1074), 2 ** 1023, 0.7, -0, Infinity, nan(true)]) {
+      for (const dt of ['BF16', 'F16', 'F32'] as const) {
+        const data = dt === 'F32' ? DS[1] : DS[0];
+        sameApply('F16', [{ dtype: dt, data, scale }], n, 'F16', `F16 + ${dt} × ${scale}`);
+        sameApply('F16', [{ dtype: dt, data, scale }, { dtype: 'F32', data: DS[1], scale: 0.3 }], n, 'F16', `F16 + ${dt} × ${scale} + F32`);
+      }
+    }
   });
 
   it('accumulates stats over calls like the reference, through the fallback too', () => {
