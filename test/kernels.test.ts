@@ -816,6 +816,30 @@ describe('every pairing on adversarial inputs', () => {
     expect(sameSubtract('F16', n, 'F16', undefined, 'F16 overflow').rounded).toBe(Math.ceil((n - 5) / 97));
   });
 
+  it('rounds lossy subtracts to 16-bit outputs at ties, subnormals and the overflow threshold in the vector loop', () => {
+    // Finite deltas only, so no NaN or Inf sends the call to the scalar redo: the inline loop's signed rounding, its
+    // rounded count and max error, and its overflow tests (BF16: the Σd² guard; F16: the max d²) are what is checked.
+    const n = 4000;
+    for (const x of DTYPES) {
+      for (const y of ['BF16', 'F16'] as const) {
+        const r = rng(100 + x.length * 7 + y.length);
+        const over = y === 'BF16' ? (2 - p2(-8)) * p2(127) : 65520;
+        const targets = nearTies(r, FMT[y], n);
+        for (const mode of ['in range', 'near overflow'] as const) {
+          targets.forEach((t, i) => {
+            let d = mode === 'in range' ? (Math.abs(t) < over / 2 ? t : t * p2(-20)) : i % 5 === 0 ? Math.sign(t || 1) * over * (1 + (i % 3) * p2(-12) - (i % 2) * p2(-30)) : t;
+            if (!(Math.abs(d) < Infinity)) d = 0;
+            // base 0 or a small power of two, post = base + d as x holds it: d itself for F64, near it otherwise
+            writeElement(x, B, i, i % 4 === 1 ? p2(-3) : i % 4 === 3 ? -p2(-7) : 0);
+            writeElement(x, P, i, readElement(x, B, i) + d);
+            if (!Number.isFinite(readElement(x, P, i))) writeElement(x, P, i, 0);
+          });
+          sameSubtract(x, n, y, undefined, `subtract ${x} → ${y} near ties, ${mode}`);
+        }
+      }
+    }
+  });
+
   it('hands off NaNs in either group of an unrolled span, and runs the tails, at every length near a span', () => {
     const r = rng(70);
     for (const n of [1, 15, 16, 17, 31, 32, 33, 2047, 2048, 2049, 4111]) {
@@ -854,6 +878,16 @@ describe('every pairing on adversarial inputs', () => {
       // Only a wide output keeps s·d finite where a folded s·2^112 would overflow.
       sameApply('F64', [{ dtype: 'F16', data: DS[0], scale }], n, 'F64', `F16 delta × ${scale} → F64`);
       sameApply('F64', [{ dtype: 'F16', data: DS[0], scale }, { dtype: 'F16', data: DS[0], scale: 1 }], n, 'F64', `F16 deltas × ${scale}, 1 → F64`);
+    }
+    // An F16 base to F16 runs 2^-112 times too small: scales at and beyond the range where that stays exact.
+    fillRandom('F16', B, n, r, 'dirty');
+    fillRandom('F32', DS[1], n, r, 'dirty');
+    for (const scale of [2 ** 800, 2 ** 801, 2 ** -700, 2 ** -701, -(2 ** -1074), 2 ** 1023, 0.7, -0, Infinity, nan(true)]) {
+      for (const dt of ['BF16', 'F16', 'F32'] as const) {
+        const data = dt === 'F32' ? DS[1] : DS[0];
+        sameApply('F16', [{ dtype: dt, data, scale }], n, 'F16', `F16 + ${dt} × ${scale}`);
+        sameApply('F16', [{ dtype: dt, data, scale }, { dtype: 'F32', data: DS[1], scale: 0.3 }], n, 'F16', `F16 + ${dt} × ${scale} + F32`);
+      }
     }
   });
 

@@ -5,7 +5,7 @@ import { dtypeSize, type FloatDType } from '../format/dtype.js';
 import { BumpArena, checkApply, checkSubtract, combine4 } from './common.js';
 import { referenceApply } from './reference.js';
 import type { DeltaInput, Kernels, SubtractStats } from './types.js';
-import { LAYOUT, STATS, applyName, applyWat, hasFusedApply, subtractName, subtractWat } from './wat.js';
+import { LAYOUT, STATS, applyName, applyWat, hasFusedApply, scaledApply, subtractName, subtractWat } from './wat.js';
 
 // The few WebAssembly JS API members used here (the project's TypeScript libs do not declare the namespace).
 interface WasmMemory {
@@ -159,6 +159,9 @@ class WasmKernels implements Kernels {
     // The kernels take F16 deltas' scales 2^112 times larger (see wat.ts); scales that would overflow are absurd,
     // and get the reference path rather than kernels of their own.
     if (deltas.some((d) => d.dtype === 'F16' && Math.abs(d.scale) > 2 ** 900 && Math.abs(d.scale) < Infinity)) return referenceApply(baseDtype, base, deltas, n, outDtype, out);
+    // The kernels of scaledApply (see wat.ts) are exact for scales in [2^-700, 2^800], 0, ±Inf and NaN.
+    const odd = (s: number) => s !== 0 && (Math.abs(s) < 2 ** -700 || (Math.abs(s) > 2 ** 800 && Math.abs(s) < Infinity));
+    if (scaledApply(baseDtype, deltas.map((d) => d.dtype), outDtype) && deltas.some((d) => odd(d.scale))) return referenceApply(baseDtype, base, deltas, n, outDtype, out);
     const bsize = dtypeSize(baseDtype);
     const osize = dtypeSize(outDtype);
     const ds = deltas.map((d) => ({ ...d, size: dtypeSize(d.dtype), sneg: signOf(d.scale) }));
