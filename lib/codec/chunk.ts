@@ -317,4 +317,6 @@ export const WORKER_MARK = 'paramdelta-codec';
 if (!isMainThread && parentPort && (workerData as { mark?: string } | null)?.mark === WORKER_MARK) {
   const port = parentPort;
   port.on('message', async (job: CodecJob) => port.postMessage(await runJob(job)));
+  planeCodec().catch(() => undefined); // instantiated while the main thread plans; a failure surfaces on the first job
+
 }
