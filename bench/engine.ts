@@ -117,7 +117,7 @@ for (const [pair, target] of fusionOnly ? [] : ([['stories260K-tuned-bf16', 0.6]
   const sizes: string[] = [];
   for (const format of ['safetensors', 'compact']) {
     const out = path.join(root, `${pair}-${format}`);
-    await timed(['compute', '--base', path.join(dir, 'base'), '--post', path.join(dir, 'post'), '--out', out, '--delta-format', format]);
+    await timed(['compute', '--base', path.join(dir, 'base'), '--post', path.join(dir, 'post'), '--out', out, '--force', '--delta-format', format]);
     const bytes = await bytesOf((await filesIn(out)).filter((f) => /\.(safetensors|pdelta)$/.test(f)));
     sizes.push(`${format} ${formatBytes(bytes)} = ${(bytes / model).toFixed(3)}×`);
   }
