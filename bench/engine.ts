@@ -1,4 +1,4 @@
-// npm run bench [-- --size 1GiB --dir /tmp/x --keep --plain --fusion-only]
+// npm run bench [-- --size 1GiB --dir /tmp/x --keep --plain --fusion-only --no-fusion]
 // First the compact delta's size against the model's on the real fine-tune pairs of the shared fixtures.
 // Then generates a BF16 model family and times compute and apply (compact deltas; with --plain the plain
 // layout too) against the I/O floor measured in the same run: reading the same input files and writing
@@ -6,7 +6,7 @@
 // (dropped before each step, where allowed) and on a warm one (inputs read just before, as after a
 // download). Each operation runs in a child process so its peak RSS and its fsync waits are its own.
 // Last, a TIES apply of two deltas against the linear apply of the same two, in the same run (--fusion-only:
-// that part alone).
+// that part alone; --no-fusion: all but that part).
 import { execSync, spawn } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { createReadStream } from 'node:fs';
@@ -27,6 +27,7 @@ const size = parseSize(opt('--size', '1GiB'));
 const keep = args.includes('--keep');
 const withPlain = args.includes('--plain');
 const fusionOnly = args.includes('--fusion-only');
+const noFusion = args.includes('--no-fusion');
 const cli = fileURLToPath(new URL('../cli/index.js', import.meta.url));
 
 async function filesIn(dir: string): Promise<string[]> {
@@ -116,7 +117,7 @@ for (const [pair, target] of fusionOnly ? [] : ([['stories260K-tuned-bf16', 0.6]
   const sizes: string[] = [];
   for (const format of ['safetensors', 'compact']) {
     const out = path.join(root, `${pair}-${format}`);
-    await timed(['compute', '--base', path.join(dir, 'base'), '--post', path.join(dir, 'post'), '--out', out, '--delta-format', format]);
+    await timed(['compute', '--base', path.join(dir, 'base'), '--post', path.join(dir, 'post'), '--out', out, '--force', '--delta-format', format]);
     const bytes = await bytesOf((await filesIn(out)).filter((f) => /\.(safetensors|pdelta)$/.test(f)));
     sizes.push(`${format} ${formatBytes(bytes)} = ${(bytes / model).toFixed(3)}×`);
   }
@@ -195,7 +196,7 @@ for (const format of fusionOnly ? [] : withPlain ? ['compact', 'safetensors'] : 
 // Sparse fusion: TIES (density 0.2) over two compact deltas ÷ the linear apply of the same two, warm cache,
 // best of ROUNDS each, alternated so both see the same machine. The family has one post: the second delta
 // is newbase − base.
-{
+if (!noFusion) {
   const d1 = path.join(root, 'delta-compact');
   const d2 = path.join(root, 'delta2-compact');
   if (!existsSync(path.join(d1, 'delta.json'))) await timed(['compute', '--base', fam.base, '--post', fam.post, '--out', d1, '--force']);

@@ -2,7 +2,8 @@
 import type { BlobServiceClient } from '@azure/storage-blob';
 import { LocalStore } from '../lib/storage/local.js';
 import { blobResolver } from '../lib/storage/blob.js';
-import { blobServiceFromConnectionString, blobServiceFromSettings } from '../lib/storage/azure.js';
+import { createRequire } from 'node:module';
+import type * as Azure from '../lib/storage/azure.js';
 import { isBlobRef } from '../lib/storage/refs.js';
 import { hubResolver, isHubRef } from '../lib/storage/hub.js';
 import { InputError } from '../lib/errors.js';
@@ -16,6 +17,17 @@ export interface StorageOptions {
   storage?: string;
 }
 
+let azureModule: typeof Azure | null = null;
+
+/**
+ * The Azure SDK takes about half a second to load, so only a blob reference loads it: synchronously,
+ * by require of the ES module (Node ≥ 22.12); the built JavaScript, or under the test runner the source.
+ */
+function azure(): typeof Azure {
+  const here = import.meta.url;
+  return (azureModule ??= createRequire(here)(here.endsWith('.ts') ? '../lib/storage/azure.ts' : '../lib/storage/azure.js') as typeof Azure);
+}
+
 export function cliResolver(opts: StorageOptions): (ref: string) => Store {
   let blob: ((ref: string) => Store) | null = null;
   let hub: ((ref: string) => Store) | null = null;
@@ -25,8 +37,8 @@ export function cliResolver(opts: StorageOptions): (ref: string) => Store {
     if (!blob) {
       const settings = readSettings();
       const service: BlobServiceClient = opts.storage
-        ? blobServiceFromConnectionString(opts.storage, '--storage')
-        : blobServiceFromSettings(process.env, settings.connection);
+        ? azure().blobServiceFromConnectionString(opts.storage, '--storage')
+        : azure().blobServiceFromSettings(process.env, settings.connection);
       blob = blobResolver(service, userContainers(settings));
     }
     return blob(ref);

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import zstd from 'zstd-napi/binding.js';
-import { decodeChunk, encodeChunk, frameBound } from '../lib/codec/chunk.js';
+import { decodeChunk, encodeChunk, frameBound, isRuns } from '../lib/codec/chunk.js';
 import { ChunkDecodeError, CodecPool, sharedBytes } from '../lib/codec/pool.js';
 import { streamTensors, type Slot } from '../lib/ops/stream.js';
 
@@ -38,6 +38,46 @@ describe('chunk codec', () => {
       await decodeChunk(out, lengths, n, size, back);
       expect(Buffer.from(back).equals(Buffer.from(raw)), `n ${n}`).toBe(true);
     }
+  });
+
+  it('compresses runs planes by matching and dense planes by Huffman coding, each exactly', async () => {
+    let x = 12345;
+    const next = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 16) & 0xff;
+    // Dense: 16 symbols (4 bits a byte), no runs. Runs: zeros with a few busy bytes.
+    const dense = (n: number) => Uint8Array.from({ length: n }, () => [0x40, 0x41, 0x3f, 0xc0, 0xbf, 0x42, 0x3e, 0xc1][next() % 8] + (next() % 2) * 8);
+    const runs = (n: number) => Uint8Array.from({ length: n }, () => (next() % 50 === 0 ? next() : 0));
+    const n = 1 << 16;
+    expect(isRuns(runs(n))).toBe(true);
+    expect(isRuns(dense(n))).toBe(false);
+    // A single-byte chunk's planes are runs; so is a constant plane.
+    expect(isRuns(new Uint8Array(1))).toBe(true);
+    expect(isRuns(new Uint8Array(n).fill(0xa5))).toBe(true);
+    // Adversarial planes at and around the threshold, halves of each kind, sizes around the sampling step.
+    const threshold = (k: number) => Uint8Array.from({ length: n }, (_, i) => (i % 100 < k ? 0 : (i * 131 + next()) & 0xff));
+    const halves = new Uint8Array(n);
+    halves.set(runs(n / 2));
+    halves.set(dense(n / 2), n / 2);
+    const planes = [dense(n), runs(n), threshold(84), threshold(85), threshold(86), threshold(90), halves, dense(8193), dense(16385), runs(3), dense(2)];
+    for (const [i, plane] of planes.entries()) {
+      // One plane is a chunk of 1-byte elements: encode, decode with zstd alone and with the codec.
+      const out = new Uint8Array(2 * frameBound(plane.length));
+      const raw = new Uint8Array(plane.length * 2);
+      for (let j = 0; j < plane.length; j++) raw[2 * j + 1] = plane[j];
+      const lengths = await encodeChunk(raw, plane.length, 2, out);
+      const got = new Uint8Array(plane.length);
+      expect(zstd.decompress(got, out.subarray(lengths[0], lengths[0] + lengths[1]))).toBe(plane.length);
+      expect(Buffer.from(got).equals(Buffer.from(plane)), `plane ${i}`).toBe(true);
+      const back = new Uint8Array(raw.length);
+      await decodeChunk(out, lengths, plane.length, 2, back);
+      expect(Buffer.from(back).equals(Buffer.from(raw)), `plane ${i}`).toBe(true);
+    }
+    // The dense mode's fast negative level still Huffman-codes its literals (it would store them raw otherwise).
+    const d = dense(n);
+    const raw = new Uint8Array(n);
+    raw.set(d);
+    const out = new Uint8Array(frameBound(n) * 2);
+    const [len] = await encodeChunk(raw, n / 2, 2, out);
+    expect(len).toBeLessThan(0.6 * (n / 2)); // 4 bits a byte: about half, where raw literals would be all of it
   });
 
   it('gives the same frames on worker threads as on the calling thread, and names corrupt frames', async () => {

@@ -5,12 +5,26 @@ import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import zstd from 'zstd-napi/binding.js';
 
 /**
- * zstd level 1, minimum match 7, small hash table and window: on byte planes of real and synthetic deltas
- * this compressed better than levels 2-19 (which find spurious short matches in noise) and fastest (see
- * docs/compact-format.md). Frames carry their size and a checksum, so damage is caught chunk by chunk.
+ * Each byte plane is compressed in one of two modes, chosen by its content (so the same plane always gives
+ * the same frame). Planes of long runs (the low bytes of a delta, nearly all zero) compress best by matching
+ * runs: zstd level 1 with minimum match 7 and a small hash table and window. Dense planes (sign, exponent,
+ * high mantissa) carry only order-0 entropy that Huffman coding of literals captures; there, match finding
+ * costs time and finds spurious short matches, so a fast negative level with Huffman literals forced on
+ * (zstd's experimental literal compression mode: negative levels otherwise store literals raw) is both
+ * faster and smaller. Measured per plane kind in docs/compact-format.md. Frames carry their size and a
+ * checksum, so damage is caught chunk by chunk; a reader needs none of these settings.
  */
 export const ZSTD_LEVEL = 1;
 export const ZSTD_PARAMETERS = { minMatch: 7, hashLog: 12, windowLog: 17, checksumFlag: 1, contentSizeFlag: 1 } as const;
+/** The dense planes' level (negative: zstd's fast strategy, skipping ahead faster the lower it is). */
+export const ZSTD_LITERALS_LEVEL = -200;
+/** ZSTD_c_literalCompressionMode (experimental; not in the binding's enum) and its ZSTD_ps_enable value. */
+const LITERAL_COMPRESSION_MODE = 1002;
+const PS_ENABLE = 1;
+/** A plane whose sampled bytes equal their successor this often is one of runs (see docs/compact-format.md). */
+export const RUNS_THRESHOLD = 0.85;
+/** What the header records of the encoder (for information). */
+export const ZSTD_INFO = { ...ZSTD_PARAMETERS, literalsLevel: ZSTD_LITERALS_LEVEL, literalCompressionMode: PS_ENABLE, runsThreshold: RUNS_THRESHOLD };
 
 /** A frame failed to decode: corrupt or truncated input, never a bug. */
 export class CorruptFrameError extends Error {
@@ -22,16 +36,36 @@ export function frameBound(bytes: number): number {
   return zstd.compressBound(bytes);
 }
 
-let cctx: InstanceType<typeof zstd.CCtx> | null = null;
+let runsCtx: InstanceType<typeof zstd.CCtx> | null = null;
+let literalsCtx: InstanceType<typeof zstd.CCtx> | null = null;
 let dctx: InstanceType<typeof zstd.DCtx> | null = null;
 
-function compressor(): InstanceType<typeof zstd.CCtx> {
-  if (!cctx) {
-    cctx = new zstd.CCtx();
-    cctx.setParameter(zstd.CParameter.compressionLevel, ZSTD_LEVEL);
-    for (const [k, v] of Object.entries(ZSTD_PARAMETERS)) cctx.setParameter(zstd.CParameter[k as keyof typeof zstd.CParameter], v);
-  }
-  return cctx;
+function compressor(level: number, literals: boolean): InstanceType<typeof zstd.CCtx> {
+  const c = new zstd.CCtx();
+  c.setParameter(zstd.CParameter.compressionLevel, level);
+  for (const [k, v] of Object.entries(ZSTD_PARAMETERS)) c.setParameter(zstd.CParameter[k as keyof typeof zstd.CParameter], v);
+  if (literals) c.setParameter(LITERAL_COMPRESSION_MODE as zstd.CParameter, PS_ENABLE);
+  return c;
+}
+
+/**
+ * Whether a plane is one of runs: the fraction of sampled positions whose byte equals the next one, over
+ * about 8192 samples (a pure function of the plane, so encoding stays deterministic).
+ */
+export function isRuns(plane: Uint8Array): boolean {
+  const n = plane.length - 1;
+  if (n <= 0) return true;
+  const step = Math.max(1, Math.floor(n / 8192));
+  let same = 0;
+  let count = 0;
+  for (let i = 0; i < n; i += step, count++) if (plane[i] === plane[i + 1]) same++;
+  return same >= RUNS_THRESHOLD * count;
+}
+
+/** The compression context for one plane: runs or literals. */
+function compressorFor(plane: Uint8Array): InstanceType<typeof zstd.CCtx> {
+  if (isRuns(plane)) return (runsCtx ??= compressor(ZSTD_LEVEL, false));
+  return (literalsCtx ??= compressor(ZSTD_LITERALS_LEVEL, true));
 }
 
 /** Plane b holds byte b of every little-endian element: planes[b·n + i] = raw[i·size + b]. Plain loop, for tails and checks. */
@@ -183,11 +217,11 @@ class PlaneCodec {
     elements.set(raw.subarray(0, bytes));
     this.transpose('split', size, n, bytes);
     splitPlanes(elements, n, size, mem, n - (n % 16));
-    const c = compressor();
     const lengths: number[] = [];
     let at = 0;
     for (let b = 0; b < size; b++) {
-      const len = c.compress2(out.subarray(at), mem.subarray(b * n, (b + 1) * n));
+      const plane = mem.subarray(b * n, (b + 1) * n);
+      const len = compressorFor(plane).compress2(out.subarray(at), plane);
       lengths.push(len);
       at += len;
     }
@@ -283,4 +317,6 @@ export const WORKER_MARK = 'paramdelta-codec';
 if (!isMainThread && parentPort && (workerData as { mark?: string } | null)?.mark === WORKER_MARK) {
   const port = parentPort;
   port.on('message', async (job: CodecJob) => port.postMessage(await runJob(job)));
+  planeCodec().catch(() => undefined); // instantiated while the main thread plans; a failure surfaces on the first job
+
 }

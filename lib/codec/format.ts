@@ -3,7 +3,7 @@
 import { z } from 'zod';
 import { dtypeSize, FLOAT_DTYPES, type FloatDType } from '../format/dtype.js';
 import { InputError } from '../errors.js';
-import { frameBound, ZSTD_LEVEL, ZSTD_PARAMETERS } from './chunk.js';
+import { frameBound, ZSTD_INFO, ZSTD_LEVEL } from './chunk.js';
 
 export const COMPACT_MAGIC = Buffer.from('PDCOMPCT', 'ascii');
 export const COMPACT_FORMAT = 'paramdelta.compact';
@@ -53,7 +53,7 @@ export type CompactTensorHeader = z.infer<typeof tensorSchema>;
 export type CompactChunk = z.infer<typeof chunkSchema>;
 export type CodecInfo = z.infer<typeof codecSchema>;
 
-export const CODEC: CodecInfo = { name: 'zstd', level: ZSTD_LEVEL, parameters: { ...ZSTD_PARAMETERS } };
+export const CODEC: CodecInfo = { name: 'zstd', level: ZSTD_LEVEL, parameters: { ...ZSTD_INFO } };
 
 export function elementsOf(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);

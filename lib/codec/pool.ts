@@ -64,6 +64,32 @@ export class CodecPool {
     this.workers.push(slot);
   }
 
+  /** Workers get the transposes' binary, assembled here once, rather than each loading wabt. */
+  private start(): Promise<void> {
+    this.starting ??= planesBinary().then(
+      (b) => {
+        this.planes = b;
+        this.pump();
+      },
+      () => {
+        this.broken = true;
+        this.pump();
+      },
+    );
+    return this.starting;
+  }
+
+  /**
+   * Starts every worker now rather than on the first job: a worker takes a few hundred milliseconds to load,
+   * which then overlaps with planning instead of stalling the first chunks. Idle workers hold nothing open.
+   */
+  warm(): void {
+    if (this.threads === 0 || this.broken) return;
+    void this.start().then(() => {
+      while (!this.broken && this.workers.length < this.threads) this.spawn();
+    });
+  }
+
   private pump(): void {
     while (this.queue.length) {
       if (this.broken || this.threads === 0) {
@@ -72,17 +98,7 @@ export class CodecPool {
         continue;
       }
       if (!this.planes) {
-        // Workers get the transposes' binary, assembled here once, rather than each loading wabt.
-        this.starting ??= planesBinary().then(
-          (b) => {
-            this.planes = b;
-            this.pump();
-          },
-          () => {
-            this.broken = true;
-            this.pump();
-          },
-        );
+        this.start();
         return;
       }
       if (this.workers.length < this.threads) this.spawn();

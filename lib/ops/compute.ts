@@ -34,6 +34,8 @@ export async function prepareCompute(
   postRef: string,
   opts: { policy?: DeltaDtypePolicy; shardSize: number; format?: DeltaFormat; chunkElements?: number },
 ): Promise<ComputePlan> {
+  // The codec workers load while the plan is made and checked.
+  if ((opts.format ?? DEFAULT_DELTA_FORMAT) === 'compact') codecPool().warm();
   const base = await openCheckpoint(env.resolve(baseRef), MODEL_LAYOUT);
   const post = await openCheckpoint(env.resolve(postRef), MODEL_LAYOUT);
   const plan = planCompute(base, post, {
