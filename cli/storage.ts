@@ -36,9 +36,16 @@ export function cliResolver(opts: StorageOptions): (ref: string) => Store {
     if (!isBlobRef(ref)) return new LocalStore(ref);
     if (!blob) {
       const settings = readSettings();
-      const service: BlobServiceClient = opts.storage
-        ? azure().blobServiceFromConnectionString(opts.storage, '--storage')
-        : azure().blobServiceFromSettings(process.env, settings.connection);
+      let service: BlobServiceClient;
+      try {
+        service = opts.storage
+          ? azure().blobServiceFromConnectionString(opts.storage, '--storage')
+          : azure().blobServiceFromSettings(process.env, settings.connection);
+      } catch (e) {
+        // Its messages name the setting and never its value; a bad setting is the user's input (exit 2).
+        if (e instanceof Error && !(e instanceof TypeError) && !(e instanceof ReferenceError)) throw new InputError(e.message);
+        throw e;
+      }
       blob = blobResolver(service, userContainers(settings));
     }
     return blob(ref);

@@ -63,4 +63,11 @@ describe('CLI on az:// references', () => {
       const i = await run(['inspect', 'az://deltas/chat', '--json']);
       expect(JSON.parse(i.stdout)).toMatchObject({ kind: 'delta', tensors: expect.any(Array) });
     }));
+  it('a malformed --storage connection string is bad input (exit 2), named and never echoed', async () => {
+    const secret = 'AccountName=x;AccountKey=notbase64secret;Nonsense';
+    const r = await runCli(['inspect', 'az://deltas/chat', '--storage', secret]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--storage');
+    expect(r.stderr).not.toContain('notbase64secret');
+  });
 });
