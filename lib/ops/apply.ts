@@ -249,7 +249,7 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
   const buffers = applySlots(env, plan.deltas, items);
   return withBuffers(buffers.key, buffers.create, async ({ kernels, slots, chunk }) => {
     const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
-    const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: outputTags('model', plan.hash) });
+    const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: outputTags('model', plan.hash), coalesce: true });
     const sources = new SourceCache(env.resolve);
     const chunks = new ApplyChunks(plan, sources, kernels);
     try {

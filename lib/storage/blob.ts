@@ -19,6 +19,8 @@ export interface BlobStoreOptions {
   readBlockBytes?: number;
   /** Parallel ranged downloads per read (default 8). */
   readConcurrency?: number;
+  /** Block size of shards written with `coalesce` (default 8 MiB); two such blocks are held at most. */
+  writeBlockBytes?: number;
   /** Read-ahead window for declared reads (ByteSource.expect; default 8 MiB: one request, and over Azurite's 4 MiB hashing limit). */
   readAheadBytes?: number;
   /** Read-ahead windows held or in flight per opened blob (default 2). */
@@ -110,6 +112,8 @@ interface Block {
   /** Body length once this block is included. */
   end: number;
   staged: Promise<void>;
+  /** A coalesced block's buffer, until it is staged. */
+  buffer?: Uint8Array;
 }
 
 /**
@@ -128,6 +132,12 @@ class BlobShardSink implements ShardSink {
   private readonly hashing: boolean;
   /** MD5 of the body for Content-MD5, which Azure does not compute for blobs committed from blocks. */
   private md5: Hash | null;
+  /** Coalescing (shardOpts.coalesce): the block being filled, spare blocks, and the writes queued in order. */
+  private filling: Uint8Array | null = null;
+  private filled = 0;
+  private readonly spare: Uint8Array[] = [];
+  private allocated = 0;
+  private queue: Promise<void> = Promise.resolve();
 
   constructor(
     readonly name: string,
@@ -161,6 +171,14 @@ class BlobShardSink implements ShardSink {
       return Promise.reject(e);
     }
     if (data.length === 0) return Promise.resolve();
+    if (this.shardOpts.coalesce) {
+      this.digest.update(data);
+      this.md5?.update(data);
+      this.bodyLength += data.length;
+      const done = this.queue.then(() => this.copyIn(data));
+      this.queue = done.catch(() => undefined);
+      return done;
+    }
     const max = this.opts.maxBlockBytes ?? 64 * MiB;
     const count = Math.ceil(data.length / max);
     if (this.blocks.length + count + 1 > MAX_BLOCKS) {
@@ -185,8 +203,46 @@ class BlobShardSink implements ShardSink {
     return Promise.all(staged).then(() => undefined);
   }
 
+  /** Copies a write into the block being filled, staging each block as it fills; waits while both blocks are in flight. */
+  private async copyIn(data: Uint8Array): Promise<void> {
+    const size = this.opts.writeBlockBytes ?? 8 * MiB;
+    for (let at = 0; at < data.length; ) {
+      if (!this.filling) {
+        while (!this.spare.length && this.allocated >= 2) {
+          // The oldest block in flight gives its buffer back when staged (a failure fails this write).
+          await this.blocks.find((b) => b.buffer)!.staged;
+        }
+        this.filling = this.spare.pop() ?? (this.allocated++, new Uint8Array(size));
+        this.filled = 0;
+      }
+      const n = Math.min(data.length - at, this.filling.length - this.filled);
+      this.filling.set(data.subarray(at, at + n), this.filled);
+      this.filled += n;
+      at += n;
+      if (this.filled === this.filling.length) this.stageFilling();
+    }
+  }
+
+  private stageFilling(): void {
+    const buf = this.filling;
+    if (!buf || this.filled === 0) return;
+    const piece = buf.subarray(0, this.filled);
+    const id = this.nextId();
+    const end = (this.blocks[this.blocks.length - 1]?.end ?? 0) + piece.length;
+    const block: Block = { id, end, staged: Promise.resolve(), buffer: buf };
+    block.staged = this.blob.stageBlock(id, piece, piece.length, { transactionalContentMD5: createHash('md5').update(piece).digest() }).then(() => {
+      block.buffer = undefined;
+      this.spare.push(buf);
+    });
+    block.staged.catch(() => undefined); // awaited by commit, or by the next write that needs its buffer
+    this.blocks.push(block);
+    this.filling = null;
+    this.filled = 0;
+  }
+
   async truncate(length: number): Promise<void> {
     this.checkOpen();
+    if (this.shardOpts.coalesce && length !== this.bodyLength) throw new Error(`${this.name}: cannot cut back a shard whose writes are gathered into blocks`);
     if (!Number.isSafeInteger(length) || length < 0 || length > this.bodyLength) {
       throw new RangeError(`${this.name}: cannot cut back to ${length} bytes; the body has ${this.bodyLength}`);
     }
@@ -209,6 +265,8 @@ class BlobShardSink implements ShardSink {
     }
     this.state = 'committing';
     try {
+      await this.queue;
+      this.stageFilling();
       await Promise.all(this.blocks.map((b) => b.staged));
       const ids: string[] = [];
       // Azure refuses empty blocks; a zero-length prefix simply has none.
@@ -246,6 +304,7 @@ class BlobShardSink implements ShardSink {
     if (this.state === 'committed') return;
     this.state = 'aborted';
     // Nothing to delete: uncommitted blocks are discarded by the service after a week, or by the next commit.
+    await this.queue;
     await Promise.allSettled(this.blocks.map((b) => b.staged));
   }
 }

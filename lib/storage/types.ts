@@ -76,6 +76,11 @@ export interface Store {
 export interface ShardOptions {
   metadata?: Record<string, string>;
   md5?: boolean;
+  /**
+   * Gather writes into large blocks where each write is a request (blob storage): `write` copies its data
+   * and settles once it is copied, and the body can no longer be cut back (`truncate`).
+   */
+  coalesce?: boolean;
 }
 
 export interface FileStat {
