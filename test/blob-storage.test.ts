@@ -207,6 +207,25 @@ describe('blob storage against Azurite', () => {
     expect(Buffer.from(await models.getBlobClient('shards/s2.bin').downloadToBuffer())).toEqual(Buffer.from(big));
   });
 
+  it('gathers the writes of a coalesced shard into full blocks, in order, and refuses to cut it back', async () => {
+    const s = new BlobStore(models, 'shards', undefined, { writeBlockBytes: 1000 });
+    const prefix = bytes(8, 9);
+    const sink = await s.createShard('s3.safetensors', prefix.length, prefix, { coalesce: true });
+    const parts = [bytes(300, 1), bytes(2500, 2), bytes(0, 0), bytes(999, 3), bytes(1, 4), bytes(450, 5)];
+    // All in flight at once, as the engine overlaps them: more than the two blocks held.
+    await Promise.all(parts.map((p) => sink.write(p)));
+    await expect(sink.truncate(300)).rejects.toThrow(/cannot cut back/);
+    const res = await sink.commit(prefix);
+    const expected = cat(prefix, ...parts);
+    expect(res.bytes).toBe(expected.length);
+    expect(res.sha256).toBe(sha(expected));
+    const blob = models.getBlockBlobClient('shards/s3.safetensors');
+    expect(Buffer.from(await blob.downloadToBuffer())).toEqual(Buffer.from(expected));
+    // 4250 body bytes: four full blocks of 1000 and one of 250, after the prefix's own block.
+    const sizes = (await blob.getBlockList('committed')).committedBlocks!.map((x) => x.size);
+    expect(sizes).toEqual([8, 1000, 1000, 1000, 1000, 250]);
+  });
+
   it('without hashFrom, returns no hash; refuses a prefix of the wrong length', async () => {
     const s = store('shards');
     const sink = await s.createShard('nohash.bin', 4);

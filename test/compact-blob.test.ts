@@ -29,8 +29,8 @@ afterAll(async () => {
   await azurite?.stop();
 });
 
-/** A resolver whose byte sources count what they download, per file. */
-function countingResolver(inner: (ref: string) => Store, counts: Map<string, number>): (ref: string) => Store {
+/** A resolver whose byte sources count what they read, and what they are told will be read (fetched ahead), per file. */
+function countingResolver(inner: (ref: string) => Store, counts: Map<string, number>, declared = new Map<string, number>()): (ref: string) => Store {
   return (ref) => {
     const store = inner(ref);
     return Object.assign(Object.create(store) as Store, {
@@ -42,6 +42,10 @@ function countingResolver(inner: (ref: string) => Store, counts: Map<string, num
           read: (offset: number, length: number, into?: Uint8Array) => {
             counts.set(file, (counts.get(file) ?? 0) + length);
             return src.read(offset, length, into);
+          },
+          expect: (offset: number, length: number) => {
+            declared.set(file, (declared.get(file) ?? 0) + length);
+            src.expect?.(offset, length);
           },
           close: () => src.close(),
         };
@@ -59,11 +63,13 @@ describe('a compact delta in blob storage', () => {
       await uploadFolder(service.getContainerClient('models'), 'ranged/newbase', path.join(F32, 'newbase'));
 
       const counts = new Map<string, number>();
-      const env: ExecEnv = { resolve: countingResolver(blobResolver(service, ['models', 'deltas', 'posted-models']), counts), slots: BLOB_SLOTS };
+      const declared = new Map<string, number>();
+      const env: ExecEnv = { resolve: countingResolver(blobResolver(service, ['models', 'deltas', 'posted-models']), counts, declared), slots: BLOB_SLOTS };
       const plan = await prepareApply(env, 'models/ranged/newbase', [{ ref: 'deltas/ranged' }], { shardSize: 120_000 });
       expect(plan.shards.length).toBeGreaterThan(3);
       const index = 2;
       counts.clear();
+      declared.clear();
       const out = env.resolve('posted-models/ranged');
       await executeApplyShard(plan, index, env, out);
 
@@ -80,6 +86,8 @@ describe('a compact delta in blob storage', () => {
       }
       expect(frames).toBeGreaterThan(0);
       expect(counts.get(file)).toBe(24 + headerLength + frames);
+      // Read-ahead windows fetch only declared bytes (test/readahead.test.ts): exactly those chunks' frames.
+      expect(declared.get(file)).toBe(frames);
       expect(counts.get(file)).toBeLessThan(bytes.length / 2);
 
       // And the shard holds the expected tensors, byte for byte.

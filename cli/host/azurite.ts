@@ -111,6 +111,8 @@ export interface AzuriteOptions {
   logFile?: string;
   /** Default 'free', so tests never take the standard ports by accident; serve asks for 'standard'. */
   ports?: AzuritePorts;
+  /** Options for Azurite's Node process (a benchmark's --cpu-prof). */
+  nodeArgs?: string[];
 }
 
 /**
@@ -141,6 +143,7 @@ async function launch(opts: AzuriteOptions, chosen: { ports: number[]; standard:
   const child = spawn(
     process.execPath,
     [
+      ...(opts.nodeArgs ?? []),
       AZURITE_MAIN,
       '--silent',
       '--disableTelemetry',

@@ -82,6 +82,33 @@ export class ApplyChunks {
     return 1 + plan.deltas.length;
   }
 
+  /**
+   * Declares to each source the bytes that streaming `items` whole, in order, will read (see read), so
+   * blob sources can fetch them ahead in large ranged reads: only those bytes, nothing between.
+   */
+  async expect(items: readonly ApplyTensorPlan[]): Promise<void> {
+    for (const t of items) {
+      const size = dtypeSize(t.dtype);
+      if (t.base) (await this.sources.get(this.plan.base, t.base.file)).expect?.(t.base.offset, t.elements * size);
+      for (const d of t.deltas) {
+        const source = this.plan.deltas[d.delta];
+        const at = d.start ?? 0;
+        if (source.layout !== 'compact') {
+          const ds = dtypeSize(d.ref.dtype);
+          (await this.sources.get(source.ref, d.ref.file)).expect?.(d.ref.offset + at * ds, t.elements * ds);
+          continue;
+        }
+        const shard = await this.compact.get(source.ref, d.ref.file);
+        const ct = shard.tensor(d.tensor ?? t.name);
+        const ch = shard.chunkElements;
+        for (let c = Math.floor(at / ch); c * ch < Math.min(ct.elements, at + t.elements); c++) {
+          const [, offset, lengths] = ct.chunks[c];
+          shard.source.expect?.(offset, lengths.reduce((a, b) => a + b, 0));
+        }
+      }
+    }
+  }
+
   /** Reads a chunk of the new base (unless `base` is false: fusion's ranking passes read the deltas only) and of each delta. */
   async read(t: ApplyTensorPlan, start: number, n: number, s: Slot, base = true): Promise<void> {
     const size = dtypeSize(t.dtype);
@@ -222,10 +249,11 @@ export async function executeApplyShard(plan: ApplyPlan, index: number, env: Exe
   const buffers = applySlots(env, plan.deltas, items);
   return withBuffers(buffers.key, buffers.create, async ({ kernels, slots, chunk }) => {
     const prefix = encodeHeader(shard.tensors, SHARD_METADATA).bytes;
-    const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: outputTags('model', plan.hash) });
+    const sink = await out.createShard(shard.file, prefix.length, undefined, { metadata: outputTags('model', plan.hash), coalesce: true });
     const sources = new SourceCache(env.resolve);
     const chunks = new ApplyChunks(plan, sources, kernels);
     try {
+      await chunks.expect(items);
       await streamTensors(
         {
           count: items.length,

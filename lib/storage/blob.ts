@@ -2,6 +2,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import type { BlobClient, BlobServiceClient, BlockBlobClient, ContainerClient } from '@azure/storage-blob';
 import { PLAN_TAG, type ByteSource, type FileStat, type ShardOptions, type ShardSink, type Store } from './types.js';
 import { StreamingDigest, sha256OfSource } from './digest.js';
+import { ReadAhead } from './readahead.js';
 import { formatRef, isValidContainerName, parseModelRef } from './refs.js';
 import { InputError } from '../errors.js';
 
@@ -18,6 +19,12 @@ export interface BlobStoreOptions {
   readBlockBytes?: number;
   /** Parallel ranged downloads per read (default 8). */
   readConcurrency?: number;
+  /** Block size of shards written with `coalesce` (default 8 MiB); two such blocks are held at most. */
+  writeBlockBytes?: number;
+  /** Read-ahead window for declared reads (ByteSource.expect; default 8 MiB: one request, and over Azurite's 4 MiB hashing limit). */
+  readAheadBytes?: number;
+  /** Read-ahead windows held or in flight per opened blob (default 2). */
+  readAheadWindows?: number;
 }
 
 function statusOf(e: unknown): number | undefined {
@@ -31,6 +38,8 @@ function codeOf(e: unknown): string | undefined {
 
 /** A blob opened for ranged reads, pinned to the version seen at open (ETag), so a rewrite mid-read fails loudly. */
 export class BlobByteSource implements ByteSource {
+  private ahead: ReadAhead | null = null;
+
   private constructor(
     readonly name: string,
     readonly size: number,
@@ -62,6 +71,16 @@ export class BlobByteSource implements ByteSource {
     const out = into ? into.subarray(0, length) : new Uint8Array(length);
     // The SDK treats count 0 as "to the end of the blob".
     if (length === 0) return out;
+    return this.ahead ? this.ahead.read(offset, length, out) : this.fetch(offset, length, out);
+  }
+
+  expect(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > this.size) return;
+    this.ahead ??= new ReadAhead((o, l, into) => this.fetch(o, l, into), this.opts.readAheadBytes ?? 8 * MiB, this.opts.readAheadWindows ?? 2);
+    this.ahead.expect(offset, length);
+  }
+
+  private async fetch(offset: number, length: number, out: Uint8Array): Promise<Uint8Array> {
     const target = Buffer.from(out.buffer, out.byteOffset, length);
     let filled = 0;
     try {
@@ -83,7 +102,9 @@ export class BlobByteSource implements ByteSource {
     return out;
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    await this.ahead?.close();
+  }
 }
 
 interface Block {
@@ -91,6 +112,8 @@ interface Block {
   /** Body length once this block is included. */
   end: number;
   staged: Promise<void>;
+  /** A coalesced block's buffer, until it is staged. */
+  buffer?: Uint8Array;
 }
 
 /**
@@ -109,6 +132,12 @@ class BlobShardSink implements ShardSink {
   private readonly hashing: boolean;
   /** MD5 of the body for Content-MD5, which Azure does not compute for blobs committed from blocks. */
   private md5: Hash | null;
+  /** Coalescing (shardOpts.coalesce): the block being filled, spare blocks, and the writes queued in order. */
+  private filling: Uint8Array | null = null;
+  private filled = 0;
+  private readonly spare: Uint8Array[] = [];
+  private allocated = 0;
+  private queue: Promise<void> = Promise.resolve();
 
   constructor(
     readonly name: string,
@@ -142,6 +171,14 @@ class BlobShardSink implements ShardSink {
       return Promise.reject(e);
     }
     if (data.length === 0) return Promise.resolve();
+    if (this.shardOpts.coalesce) {
+      this.digest.update(data);
+      this.md5?.update(data);
+      this.bodyLength += data.length;
+      const done = this.queue.then(() => this.copyIn(data));
+      this.queue = done.catch(() => undefined);
+      return done;
+    }
     const max = this.opts.maxBlockBytes ?? 64 * MiB;
     const count = Math.ceil(data.length / max);
     if (this.blocks.length + count + 1 > MAX_BLOCKS) {
@@ -157,7 +194,8 @@ class BlobShardSink implements ShardSink {
       // At most 4 requests per write in flight; the caller's data is the only copy held.
       const after = i >= 4 ? staged[i - 4] : Promise.resolve();
       const p = after.then(async () => {
-        await this.blob.stageBlock(id, piece, piece.length);
+        // A transactional MD5 lets the service check each block as it lands (Azurite otherwise computes a CRC64 in JavaScript).
+        await this.blob.stageBlock(id, piece, piece.length, { transactionalContentMD5: createHash('md5').update(piece).digest() });
       });
       staged.push(p);
       this.blocks.push({ id, end: this.bodyLength, staged: p });
@@ -165,8 +203,46 @@ class BlobShardSink implements ShardSink {
     return Promise.all(staged).then(() => undefined);
   }
 
+  /** Copies a write into the block being filled, staging each block as it fills; waits while both blocks are in flight. */
+  private async copyIn(data: Uint8Array): Promise<void> {
+    const size = this.opts.writeBlockBytes ?? 8 * MiB;
+    for (let at = 0; at < data.length; ) {
+      if (!this.filling) {
+        while (!this.spare.length && this.allocated >= 2) {
+          // The oldest block in flight gives its buffer back when staged (a failure fails this write).
+          await this.blocks.find((b) => b.buffer)!.staged;
+        }
+        this.filling = this.spare.pop() ?? (this.allocated++, new Uint8Array(size));
+        this.filled = 0;
+      }
+      const n = Math.min(data.length - at, this.filling.length - this.filled);
+      this.filling.set(data.subarray(at, at + n), this.filled);
+      this.filled += n;
+      at += n;
+      if (this.filled === this.filling.length) this.stageFilling();
+    }
+  }
+
+  private stageFilling(): void {
+    const buf = this.filling;
+    if (!buf || this.filled === 0) return;
+    const piece = buf.subarray(0, this.filled);
+    const id = this.nextId();
+    const end = (this.blocks[this.blocks.length - 1]?.end ?? 0) + piece.length;
+    const block: Block = { id, end, staged: Promise.resolve(), buffer: buf };
+    block.staged = this.blob.stageBlock(id, piece, piece.length, { transactionalContentMD5: createHash('md5').update(piece).digest() }).then(() => {
+      block.buffer = undefined;
+      this.spare.push(buf);
+    });
+    block.staged.catch(() => undefined); // awaited by commit, or by the next write that needs its buffer
+    this.blocks.push(block);
+    this.filling = null;
+    this.filled = 0;
+  }
+
   async truncate(length: number): Promise<void> {
     this.checkOpen();
+    if (this.shardOpts.coalesce && length !== this.bodyLength) throw new Error(`${this.name}: cannot cut back a shard whose writes are gathered into blocks`);
     if (!Number.isSafeInteger(length) || length < 0 || length > this.bodyLength) {
       throw new RangeError(`${this.name}: cannot cut back to ${length} bytes; the body has ${this.bodyLength}`);
     }
@@ -189,11 +265,13 @@ class BlobShardSink implements ShardSink {
     }
     this.state = 'committing';
     try {
+      await this.queue;
+      this.stageFilling();
       await Promise.all(this.blocks.map((b) => b.staged));
       const ids: string[] = [];
       // Azure refuses empty blocks; a zero-length prefix simply has none.
       if (prefix.length > 0) {
-        await this.blob.stageBlock(this.prefixId, prefix, prefix.length);
+        await this.blob.stageBlock(this.prefixId, prefix, prefix.length, { transactionalContentMD5: createHash('md5').update(prefix).digest() });
         ids.push(this.prefixId);
       }
       for (const b of this.blocks) ids.push(b.id);
@@ -226,6 +304,7 @@ class BlobShardSink implements ShardSink {
     if (this.state === 'committed') return;
     this.state = 'aborted';
     // Nothing to delete: uncommitted blocks are discarded by the service after a week, or by the next commit.
+    await this.queue;
     await Promise.allSettled(this.blocks.map((b) => b.staged));
   }
 }

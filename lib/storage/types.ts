@@ -9,6 +9,12 @@ export interface ByteSource {
    * Returns the filled view.
    */
   read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
+  /**
+   * Declares that bytes [offset, offset + length) will be read next, after what was declared before: a
+   * source where each read is a request (blob storage) may then fetch them ahead in fewer, larger reads,
+   * never fetching bytes nobody declared. Sources that gain nothing from it leave it out.
+   */
+  expect?(offset: number, length: number): void;
   close(): Promise<void>;
 }
 
@@ -70,6 +76,11 @@ export interface Store {
 export interface ShardOptions {
   metadata?: Record<string, string>;
   md5?: boolean;
+  /**
+   * Gather writes into large blocks where each write is a request (blob storage): `write` copies its data
+   * and settles once it is copied, and the body can no longer be cut back (`truncate`).
+   */
+  coalesce?: boolean;
 }
 
 export interface FileStat {
