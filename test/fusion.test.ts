@@ -355,35 +355,45 @@ describe('the CLI', () => {
 });
 
 describe('rank select from F32 patterns', () => {
-  it('finds the same elements as the sort when the first digit comes from F32 bits (zeros, subnormals, Inf, NaN, stretches of float64 between)', () => {
+  it('finds the same elements as the sort when the first digit comes from F32 or BF16 bits, by the WebAssembly key histogram or the JavaScript loop (zeros, subnormals, Inf, NaN, stretches of float64 between)', async () => {
+    await loadWabt();
     let state = 11;
     const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
-    const special = [0, -0, 2 ** -149, -(2 ** -140), 3 * 2 ** -130, Infinity, -Infinity, 1.5, -1.5];
+    const special = [0, -0, 2 ** -149, -(2 ** -140), 3 * 2 ** -130, Infinity, -Infinity, NaN, -NaN, 1.5, -1.5];
     let secondDigits = 0;
-    for (const [n, distinct, mixedDtypes, limit] of [[20000, 4, true, 64], [40000, 6000, false, 64], [40000, 6000, true, 64], [40000, 6000, true, 1 << 18], [20000, 30, true, 64]] as const) {
-      const values = Float32Array.from({ length: n }, () => (rand() < 0.1 ? special[Math.floor(rand() * special.length)] : (rand() < 0.5 ? -1 : 1) * 2 ** -Math.floor(rand() * 3) * (1 + (Math.floor(rand() * distinct) * 977) / 2 ** 23)));
-      const order = [...values.keys()].sort((a, b) => Math.abs(values[b]) - Math.abs(values[a]) || a - b);
-      const ranks = [0, 7, Math.floor(n / 5), n - 1];
-      // A small collect limit histograms the second digit; the default collects the bucket.
-      const sel = new RankSelect(ranks, n, limit);
+    const cases = [[20000, 4, true, 64, false], [40000, 6000, false, 64, false], [40000, 6000, true, 64, false], [40000, 6000, true, 1 << 18, false], [20000, 30, true, 64, false], [40000, 300, true, 64, true], [40000, 3, false, 1 << 18, true]] as const;
+    for (const [n, distinct, mixedDtypes, limit, bf16] of cases) {
+      const values = Float32Array.from({ length: n }, () => (rand() < 0.1 ? special[Math.floor(rand() * special.length)] : (rand() < 0.5 ? -1 : 1) * 2 ** -Math.floor(rand() * 3) * (1 + (Math.floor(rand() * distinct) * (bf16 ? 2 ** 16 : 977)) / 2 ** 23)));
       const bits = new Uint32Array(values.buffer);
-      for (let pass = 0; sel.pending; pass++) {
-        sel.begin();
-        if (pass === 1 && sel.takesF32) secondDigits++;
-        for (let at = 0, block = 0; at < n; at += 2000, block++) {
-          const e = Math.min(n, at + 2000);
-          // Every third block through visit (a stretch of another dtype) or none, the rest as F32 patterns while allowed.
-          if ((!mixedDtypes || block % 3 !== 2) && sel.takesF32) sel.visitF32(bits.slice(at, e), e - at);
-          else sel.visit(new Uint32Array(Float64Array.from(values.subarray(at, e)).buffer), e - at);
+      if (bf16) for (let j = 0; j < n; j++) bits[j] &= 0xffff0000; // BF16 values (NaN payloads kept nonzero by the list)
+      // Magnitudes rank as their F32 patterns do: NaN above +Inf, NaNs by payload; then by index.
+      const order = [...values.keys()].sort((a, b) => (bits[b] & 0x7fffffff) - (bits[a] & 0x7fffffff) || a - b);
+      const ranks = [0, 7, Math.floor(n / 5), n - 1];
+      for (const wasm of [true, false]) {
+        // A small collect limit histograms the second digit; the default collects the bucket.
+        const sel = new RankSelect(ranks, n, limit, wasm);
+        for (let pass = 0; sel.pending; pass++) {
+          sel.begin();
+          if (pass === 1 && sel.takesF32) secondDigits++;
+          for (let at = 0, block = 0; at < n; at += 2000, block++) {
+            const e = Math.min(n, at + 2000);
+            // Every third block through visit (a stretch of another dtype) or none, the rest as F32 or BF16 patterns while allowed.
+            if ((!mixedDtypes || block % 3 !== 2) && sel.takesF32) {
+              if (bf16) sel.visitPatterns(new Uint8Array(Uint16Array.from(bits.subarray(at, e), (w) => w >>> 16).buffer), 2, e - at);
+              else if (block % 2) sel.visitPatterns(new Uint8Array(bits.slice(at, e).buffer), 4, e - at);
+              else sel.visitF32(bits.slice(at, e), e - at);
+            } else sel.visit(new Uint32Array(Float64Array.from(values.subarray(at, e)).buffer), e - at);
+          }
+          sel.end();
         }
-        sel.end();
+        const want = ranks.map((r) => {
+          const j = order[r];
+          return { pattern: bits[j] & 0x7fffffff, ties: order.slice(0, r).filter((i) => (bits[i] & 0x7fffffff) === (bits[j] & 0x7fffffff)).length };
+        });
+        // Back from the float64 pattern to the F32 one (exact for every F32, NaN payloads included).
+        const got = sel.results().map((e) => ({ pattern: new Uint32Array(Float32Array.of(new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0]).buffer)[0], ties: e.ties }));
+        expect(got, `n ${n} distinct ${distinct} wasm ${wasm}`).toEqual(want);
       }
-      const want = ranks.map((r) => {
-        const mag = Math.abs(values[order[r]]);
-        return { mag, ties: order.slice(0, r).filter((j) => Math.abs(values[j]) === mag).length };
-      });
-      const got = sel.results().map((e) => ({ mag: new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0], ties: e.ties }));
-      expect(got).toEqual(want);
     }
     // The second digit came from F32 patterns too, in some case.
     expect(secondDigits).toBeGreaterThan(0);
