@@ -55,7 +55,7 @@ async function rankCutoffs(plan: ApplyPlan, env: ExecEnv): Promise<Record<string
               if (!selects.length) selects = tp.deltas.map(() => new RankSelect(boundaryRanks(spec, tp.elements), tp.elements));
               selects.forEach((r) => r.begin());
             }
-            for (const { a, b, deltas } of chunks.stretches(tp, n, s)) {
+            for (const { a, b, deltas } of chunks.stretches(tp, n, s, false)) {
               deltas.forEach((d, k) => {
                 if (!selects[k].pending) return;
                 const size = d.data.byteLength / (b - a);
