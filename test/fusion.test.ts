@@ -368,7 +368,9 @@ describe('rank select from F32 patterns', () => {
       if (bf16) for (let j = 0; j < n; j++) bits[j] &= 0xffff0000; // BF16 values (NaN payloads kept nonzero by the list)
       // Magnitudes rank as their F32 patterns do: NaN above +Inf, NaNs by payload; then by index.
       const order = [...values.keys()].sort((a, b) => (bits[b] & 0x7fffffff) - (bits[a] & 0x7fffffff) || a - b);
-      const ranks = [0, 7, Math.floor(n / 5), n - 1];
+      // Also the first Inf's rank: its magnitude must come back as Inf, not as a large finite number.
+      const inf = order.findIndex((j) => Math.abs(values[j]) === Infinity);
+      const ranks = [0, 7, ...(inf > 0 ? [inf] : []), Math.floor(n / 5), n - 1];
       for (const wasm of [true, false]) {
         // A small collect limit histograms the second digit; the default collects the bucket.
         const sel = new RankSelect(ranks, n, limit, wasm);
@@ -388,10 +390,13 @@ describe('rank select from F32 patterns', () => {
         }
         const want = ranks.map((r) => {
           const j = order[r];
-          return { pattern: bits[j] & 0x7fffffff, ties: order.slice(0, r).filter((i) => (bits[i] & 0x7fffffff) === (bits[j] & 0x7fffffff)).length };
+          return { mag: Math.abs(values[j]), pattern: bits[j] & 0x7fffffff, ties: order.slice(0, r).filter((i) => (bits[i] & 0x7fffffff) === (bits[j] & 0x7fffffff)).length };
         });
         // Back from the float64 pattern to the F32 one (exact for every F32, NaN payloads included).
-        const got = sel.results().map((e) => ({ pattern: new Uint32Array(Float32Array.of(new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0]).buffer)[0], ties: e.ties }));
+        const got = sel.results().map((e) => {
+          const mag = new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0];
+          return { mag, pattern: new Uint32Array(Float32Array.of(mag).buffer)[0], ties: e.ties };
+        });
         expect(got, `n ${n} distinct ${distinct} wasm ${wasm}`).toEqual(want);
       }
     }

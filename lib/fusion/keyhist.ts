@@ -8,20 +8,17 @@ import { compileKernel, wabtLoaded } from '../kernels/wasm.js';
 /** Elements per call. */
 export const KEYHIST_BLOCK = 16384;
 const KEYS = 1 << 16;
-/** Byte offsets: the key table (count, OR, OR of complements, unused: 16 bytes a key), the block, the rare patterns. */
+/** Byte offsets: the key table (count, unused, OR of patterns, OR of complements: 16 bytes a key), the block, the rare patterns. */
 const AT = { table: 0, block: 16 * KEYS, rare: 16 * KEYS + 4 * KEYHIST_BLOCK };
 const PAGES = Math.ceil((AT.rare + 4 * KEYHIST_BLOCK) / 65536);
 
 function wat(bf16: boolean): string {
-  const load = bf16
-    ? `(i32.shl (i32.load16_u (i32.add (i32.const ${AT.block}) (i32.shl (local.get $j) (i32.const 1)))) (i32.const 16))`
-    : `(i32.load (i32.add (i32.const ${AT.block}) (i32.shl (local.get $j) (i32.const 2))))`;
-  return `(module
-  (import "env" "mem" (memory ${PAGES} ${PAGES}))
-  (func (export "keyhist") (param $n i32) (result i32)
-    (local $j i32) (local $w i32) (local $e i32) (local $rare i32)
-    (block $done (loop $next
-      (br_if $done (i32.ge_u (local.get $j) (local.get $n)))
+  const i4 = (v: number) => `(v128.const i32x4 ${v} ${v} ${v} ${v})`;
+  const addr = (shift: number) => `(i32.add (i32.const ${AT.block}) (i32.shl (local.get $j) (i32.const ${shift})))`;
+  const load = bf16 ? `(i32.shl (i32.load16_u ${addr(1)}) (i32.const 16))` : `(i32.load ${addr(2)})`;
+  const load4 = bf16 ? `(i32x4.shl (i32x4.extend_low_i16x8_u (v128.load64_zero ${addr(1)})) (i32.const 16))` : `(v128.load ${addr(2)})`;
+  // One element: the rare ones listed, the others counted, their pattern ORed into the low word and its complement into the high one.
+  const one = `
       (local.set $w (i32.and ${load} (i32.const 0x7fffffff)))
       (if (i32.and (i32.ge_u (i32.sub (local.get $w) (i32.const 0x800000)) (i32.const 0x7f000000)) (i32.ne (local.get $w) (i32.const 0)))
         (then
@@ -30,10 +27,35 @@ function wat(bf16: boolean): string {
         (else
           (local.set $e (i32.shl (i32.shr_u (local.get $w) (i32.const 15)) (i32.const 4)))
           (i32.store (local.get $e) (i32.add (i32.load (local.get $e)) (i32.const 1)))
-          (i32.store offset=4 (local.get $e) (i32.or (i32.load offset=4 (local.get $e)) (local.get $w)))
-          (i32.store offset=8 (local.get $e) (i32.or (i32.load offset=8 (local.get $e)) (i32.xor (local.get $w) (i32.const -1))))))
-      (local.set $j (i32.add (local.get $j) (i32.const 1)))
-      (br $next)))
+          (i64.store offset=8 (local.get $e) (i64.or (i64.load offset=8 (local.get $e))
+            (i64.or (i64.extend_i32_u (local.get $w)) (i64.shl (i64.extend_i32_u (i32.xor (local.get $w) (i32.const -1))) (i64.const 32)))))))
+      (local.set $j (i32.add (local.get $j) (i32.const 1)))`;
+  // Four at a time: keys and OR words in SIMD, then each lane's two updates (a group with a rare one goes one by one).
+  const lane = (k: number) => `
+          (local.set $e (i32x4.extract_lane ${k} (local.get $E)))
+          (i32.store (local.get $e) (i32.add (i32.load (local.get $e)) (i32.const 1)))
+          (i64.store offset=8 (local.get $e) (i64.or (i64.load offset=8 (local.get $e)) (i64x2.extract_lane ${k % 2} (local.get ${k < 2 ? '$L' : '$H'}))))`;
+  return `(module
+  (import "env" "mem" (memory ${PAGES} ${PAGES}))
+  (func (export "keyhist") (param $n i32) (result i32)
+    (local $j i32) (local $w i32) (local $e i32) (local $rare i32) (local $end i32)
+    (local $V v128) (local $NV v128) (local $E v128) (local $L v128) (local $H v128)
+    (block $quads (loop $quad
+      (br_if $quads (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $n)))
+      (local.set $V (v128.and ${load4} ${i4(0x7fffffff)}))
+      (if (v128.any_true (v128.andnot (i32x4.ge_u (i32x4.sub (local.get $V) ${i4(0x800000)}) ${i4(0x7f000000)}) (i32x4.eq (local.get $V) ${i4(0)})))
+        (then
+          (local.set $end (i32.add (local.get $j) (i32.const 4)))
+          (block $d (loop $s (br_if $d (i32.ge_u (local.get $j) (local.get $end))) ${one} (br $s))))
+        (else
+          (local.set $E (i32x4.shl (i32x4.shr_u (local.get $V) (i32.const 15)) (i32.const 4)))
+          (local.set $NV (v128.not (local.get $V)))
+          (local.set $L (v128.or (i64x2.extend_low_i32x4_u (local.get $V)) (i64x2.shl (i64x2.extend_low_i32x4_u (local.get $NV)) (i32.const 32))))
+          (local.set $H (v128.or (i64x2.extend_high_i32x4_u (local.get $V)) (i64x2.shl (i64x2.extend_high_i32x4_u (local.get $NV)) (i32.const 32))))
+          ${lane(0)} ${lane(1)} ${lane(2)} ${lane(3)}
+          (local.set $j (i32.add (local.get $j) (i32.const 4)))))
+      (br $quad)))
+    (block $done (loop $next (br_if $done (i32.ge_u (local.get $j) (local.get $n))) ${one} (br $next)))
     (local.get $rare)))`;
 }
 
@@ -47,7 +69,7 @@ const WA = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 export class KeyHist {
   private readonly memory = new WA.Memory({ initial: PAGES, maximum: PAGES });
   private readonly u8 = new Uint8Array(this.memory.buffer);
-  /** Per key: [count, OR of patterns, OR of complements, unused]. */
+  /** Per key: [count, unused, OR of patterns, OR of complements]. */
   readonly table = new Uint32Array(this.memory.buffer, AT.table, 4 * KEYS);
   private readonly rareWords = new Uint32Array(this.memory.buffer, AT.rare, KEYHIST_BLOCK);
   private readonly f32 = this.fn(false);

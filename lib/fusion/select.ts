@@ -151,15 +151,15 @@ class RankSearch {
     } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
   }
 
-  /** Folds a KeyHist's table (count, OR, OR of complements per key) into the bins, as foldF32 folds visitF32's counts. */
+  /** Folds a KeyHist's table (per key: count, unused, OR of patterns, OR of complements) into the bins, as foldF32 folds visitF32's counts. */
   foldKeys(table: Uint32Array): void {
     const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
     for (let key = 0; key < 1 << 16; key++) {
       const c = table[4 * key];
       if (c === 0) continue;
       // One pattern exactly when no bit is set in one and clear in another; then OR is that pattern.
-      const w = table[4 * key + 1];
-      const many = (w & table[4 * key + 2]) !== 0 ? 1 : 0;
+      const w = table[4 * key + 2];
+      const many = (w & table[4 * key + 3]) !== 0 ? 1 : 0;
       const hi = key === 0 ? 0 : ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
       const b = hi >>> 12;
       const lo = ((w & 7) << 29) >>> 0;
