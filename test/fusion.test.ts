@@ -16,6 +16,7 @@ import { LocalStore } from '../lib/storage/local.js';
 import { checkFusion, type FusionRequest } from '../lib/fusion/options.js';
 import { RankSelect } from '../lib/fusion/select.js';
 import { FusionKernel } from '../lib/fusion/combine.js';
+import { Ties2Wasm } from '../lib/fusion/ties2.js';
 import { loadWabt } from '../lib/kernels/wasm.js';
 import { dareKey, dareUniforms } from '../lib/fusion/rng.js';
 import type { ApplyPlan } from '../lib/ops/plan.js';
@@ -354,35 +355,50 @@ describe('the CLI', () => {
 });
 
 describe('rank select from F32 patterns', () => {
-  it('finds the same elements as the sort when the first digit comes from F32 bits (zeros, subnormals, Inf, NaN, stretches of float64 between)', () => {
+  it('finds the same elements as the sort when the first digit comes from F32 or BF16 bits, by the WebAssembly key histogram or the JavaScript loop (zeros, subnormals, Inf, NaN, stretches of float64 between)', async () => {
+    await loadWabt();
     let state = 11;
     const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
-    const special = [0, -0, 2 ** -149, -(2 ** -140), 3 * 2 ** -130, Infinity, -Infinity, 1.5, -1.5];
+    const special = [0, -0, 2 ** -149, -(2 ** -140), 3 * 2 ** -130, Infinity, -Infinity, NaN, -NaN, 1.5, -1.5];
     let secondDigits = 0;
-    for (const [n, distinct, mixedDtypes, limit] of [[20000, 4, true, 64], [40000, 6000, false, 64], [40000, 6000, true, 64], [40000, 6000, true, 1 << 18], [20000, 30, true, 64]] as const) {
-      const values = Float32Array.from({ length: n }, () => (rand() < 0.1 ? special[Math.floor(rand() * special.length)] : (rand() < 0.5 ? -1 : 1) * 2 ** -Math.floor(rand() * 3) * (1 + (Math.floor(rand() * distinct) * 977) / 2 ** 23)));
-      const order = [...values.keys()].sort((a, b) => Math.abs(values[b]) - Math.abs(values[a]) || a - b);
-      const ranks = [0, 7, Math.floor(n / 5), n - 1];
-      // A small collect limit histograms the second digit; the default collects the bucket.
-      const sel = new RankSelect(ranks, n, limit);
+    const cases = [[20000, 4, true, 64, false], [40000, 6000, false, 64, false], [40000, 6000, true, 64, false], [40000, 6000, true, 1 << 18, false], [20000, 30, true, 64, false], [40000, 300, true, 64, true], [40000, 3, false, 1 << 18, true]] as const;
+    for (const [n, distinct, mixedDtypes, limit, bf16] of cases) {
+      const values = Float32Array.from({ length: n }, () => (rand() < 0.1 ? special[Math.floor(rand() * special.length)] : (rand() < 0.5 ? -1 : 1) * 2 ** -Math.floor(rand() * 3) * (1 + (Math.floor(rand() * distinct) * (bf16 ? 2 ** 16 : 977)) / 2 ** 23)));
       const bits = new Uint32Array(values.buffer);
-      for (let pass = 0; sel.pending; pass++) {
-        sel.begin();
-        if (pass === 1 && sel.takesF32) secondDigits++;
-        for (let at = 0, block = 0; at < n; at += 2000, block++) {
-          const e = Math.min(n, at + 2000);
-          // Every third block through visit (a stretch of another dtype) or none, the rest as F32 patterns while allowed.
-          if ((!mixedDtypes || block % 3 !== 2) && sel.takesF32) sel.visitF32(bits.slice(at, e), e - at);
-          else sel.visit(new Uint32Array(Float64Array.from(values.subarray(at, e)).buffer), e - at);
+      if (bf16) for (let j = 0; j < n; j++) bits[j] &= 0xffff0000; // BF16 values (NaN payloads kept nonzero by the list)
+      // Magnitudes rank as their F32 patterns do: NaN above +Inf, NaNs by payload; then by index.
+      const order = [...values.keys()].sort((a, b) => (bits[b] & 0x7fffffff) - (bits[a] & 0x7fffffff) || a - b);
+      // Also the first Inf's rank: its magnitude must come back as Inf, not as a large finite number.
+      const inf = order.findIndex((j) => Math.abs(values[j]) === Infinity);
+      const ranks = [0, 7, ...(inf > 0 ? [inf] : []), Math.floor(n / 5), n - 1];
+      for (const wasm of [true, false]) {
+        // A small collect limit histograms the second digit; the default collects the bucket.
+        const sel = new RankSelect(ranks, n, limit, wasm);
+        for (let pass = 0; sel.pending; pass++) {
+          sel.begin();
+          if (pass === 1 && sel.takesF32) secondDigits++;
+          for (let at = 0, block = 0; at < n; at += 2000, block++) {
+            const e = Math.min(n, at + 2000);
+            // Every third block through visit (a stretch of another dtype) or none, the rest as F32 or BF16 patterns while allowed.
+            if ((!mixedDtypes || block % 3 !== 2) && sel.takesF32) {
+              if (bf16) sel.visitPatterns(new Uint8Array(Uint16Array.from(bits.subarray(at, e), (w) => w >>> 16).buffer), 2, e - at);
+              else if (block % 2) sel.visitPatterns(new Uint8Array(bits.slice(at, e).buffer), 4, e - at);
+              else sel.visitF32(bits.slice(at, e), e - at);
+            } else sel.visit(new Uint32Array(Float64Array.from(values.subarray(at, e)).buffer), e - at);
+          }
+          sel.end();
         }
-        sel.end();
+        const want = ranks.map((r) => {
+          const j = order[r];
+          return { mag: Math.abs(values[j]), pattern: bits[j] & 0x7fffffff, ties: order.slice(0, r).filter((i) => (bits[i] & 0x7fffffff) === (bits[j] & 0x7fffffff)).length };
+        });
+        // Back from the float64 pattern to the F32 one (exact for every F32, NaN payloads included).
+        const got = sel.results().map((e) => {
+          const mag = new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0];
+          return { mag, pattern: new Uint32Array(Float32Array.of(mag).buffer)[0], ties: e.ties };
+        });
+        expect(got, `n ${n} distinct ${distinct} wasm ${wasm}`).toEqual(want);
       }
-      const want = ranks.map((r) => {
-        const mag = Math.abs(values[order[r]]);
-        return { mag, ties: order.slice(0, r).filter((j) => Math.abs(values[j]) === mag).length };
-      });
-      const got = sel.results().map((e) => ({ mag: new Float64Array(new Uint32Array([e.lo, e.hi]).buffer)[0], ties: e.ties }));
-      expect(got).toEqual(want);
     }
     // The second digit came from F32 patterns too, in some case.
     expect(secondDigits).toBeGreaterThan(0);
@@ -448,5 +464,112 @@ describe('the WebAssembly two-delta TIES kernel', () => {
       }
     }
     expect(compared).toBe(combos.length * 2);
+  });
+});
+
+describe('the four-lane TIES kernel (F32 patterns, boundary ties kept per block)', () => {
+  it('gives the JavaScript loop\'s bytes: cut-offs that are no F32, at 0 and Inf, ties crossing inside blocks, NaN, ±0, subnormals', async () => {
+    await loadWabt();
+    let state = 99;
+    const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const pick = <T,>(xs: readonly T[]) => xs[Math.floor(rand() * xs.length)];
+    // NaN and Inf (which send a BF16 block to the exact kernel) only in elements 12288 … 12799.
+    const pool = [0, -0, 2 ** -8, 3 * 2 ** -9, 2 ** -149, 2 ** -130, 1, 0.5, 3.4028234663852886e38, 2 ** -8 + 2 ** -16, 2 ** -8 + 2 ** -23];
+    const wild = [Infinity, NaN, -NaN, 2 ** -8];
+    const bases = [1, -1, 0, -0, 2 ** -130, 3 * 2 ** -9, 1 + 2 ** -8, 65504, 2 ** 127 * 1.9921875];
+    const wildBases = [NaN, Infinity, -Infinity, 1];
+    const special = (j: number) => j >= 12288 && j < 12800;
+    const enc = (dt: Dt, xs: number[]): Uint8Array => {
+      if (dt === 'F64') return new Uint8Array(Float64Array.from(xs).buffer);
+      if (dt === 'F32') return new Uint8Array(Float32Array.from(xs).buffer);
+      const f = Float32Array.from(xs);
+      return new Uint8Array(Uint16Array.from(new Uint32Array(f.buffer), (b) => b >>> 16).buffer);
+    };
+    const bitsOf = (mag: number, ties: number) => {
+      const w = new Uint32Array(Float64Array.of(mag).buffer);
+      return { lo: w[0], hi: w[1], ties };
+    };
+    // Cut-off magnitudes: elements' own (ties), and values no F32 or BF16 holds (from a float64 stretch), 0, Inf, beyond F32.
+    const cutoff = (mags: number[]) => (rand() < 0.6 ? pick(mags) : pick([0, Infinity, 2 ** -8 + 2 ** -40, 3 * 2 ** -9 - 2 ** -60, 1e-50, 1e300, 2 ** -149 * 0.75]));
+    let compared = 0;
+    let fast = 0;
+    let exact = 0;
+    // An F64 base shows every difference in m; BF16 rounds small ones away.
+    const combos: [Dt, Dt, Dt][] = [['BF16', 'F32', 'F32'], ['BF16', 'BF16', 'F32'], ['BF16', 'BF16', 'BF16'], ['F32', 'F32', 'BF16'], ['F64', 'BF16', 'F32'], ['F64', 'F32', 'F32'], ['F64', 'BF16', 'BF16']];
+    for (const [base, t0, t1] of combos) {
+      for (let round = 0; round < 12; round++) {
+        const n = 3 * 4096 + 4 * Math.floor(rand() * 300) + (round === 11 ? 3 : 0);
+        // Runs of equal elements, so that a boundary's ties cross inside a block and blocks hold none or only equal ones.
+        const run = (): number[] => {
+          const xs: number[] = [];
+          while (xs.length < n) {
+            const v = (special(xs.length) ? pick(wild) : pick(pool)) * (rand() < 0.2 ? 0.75 : 1);
+            const len = rand() < 0.1 ? 1 + Math.floor(rand() * 3000) : 1 + Math.floor(rand() * 8);
+            for (let i = 0; i < len && xs.length < n; i++) xs.push(rand() < 0.5 ? v : -v);
+          }
+          return xs;
+        };
+        const d0 = run();
+        const d1 = run();
+        const b = Array.from({ length: n }, (_, j) => pick(special(j) ? wildBases : bases));
+        const normalize = round % 2 === 0;
+        const range = (d: number[]) => {
+          const mags = d.map(Math.abs).filter((v) => v === v);
+          // Tie counts: none, all, past all, at a block's end (the next block starts exactly at the count) or one
+          // either side of it, anything; a cut-off no element equals (from a float64 stretch) may have many.
+          const ties = (m: number) => {
+            const at = d.flatMap((v, j) => (Math.abs(v) === m ? [j] : []));
+            if (!at.length) return Math.floor(rand() * 100);
+            const inBlocks = at.filter((j) => j < 4096 * (1 + Math.floor(rand() * 2))).length;
+            return Math.max(0, pick([0, at.length, at.length + 1, inBlocks, inBlocks - 1, inBlocks + 1, inBlocks - 1, inBlocks + 1, Math.floor(rand() * (at.length + 2))]));
+          };
+          const to = cutoff(mags);
+          const r: { to?: ReturnType<typeof bitsOf>; from?: ReturnType<typeof bitsOf> } = { to: bitsOf(to, ties(to)) };
+          if (round % 3 === 1) {
+            const from = Math.max(to, cutoff(mags));
+            r.from = bitsOf(from, ties(from));
+          }
+          if (round % 6 === 4 && rand() < 0.5) delete r.to;
+          return r;
+        };
+        const spec = { method: 'breadcrumbs-ties' as const, density: 0.2, lambda: pick([1, 0.5, -1.5]), normalize };
+        const operands = [
+          { delta: 0, weight: pick([0.7, 1, -0.5]), dtype: t0, data: enc(t0, d0), keep: range(d0) },
+          { delta: 1, weight: pick([0.5, 2, 0]), dtype: t1, data: enc(t1, d1), keep: range(d1) },
+        ];
+        const baseBytes = enc(base, b);
+        const size = base === 'F64' ? 8 : base === 'F32' ? 4 : 2;
+        const cut = 4 * Math.floor(rand() * (n / 4));
+        const outs = [true, false].map((wasm) => {
+          const k = new FusionKernel(spec as never);
+          const w = wasm ? Ties2Wasm.create()! : null;
+          (k as unknown as { wasm: Ties2Wasm | null }).wasm = w;
+          if (w) {
+            // Count the blocks the four-lane kernel settled (the others went to the exact one).
+            const inner = w as unknown as { run4: (...a: unknown[]) => boolean };
+            const run4 = inner.run4.bind(w);
+            inner.run4 = (...a: unknown[]) => {
+              const done = run4(...a);
+              if (done) fast++;
+              else exact++;
+              return done;
+            };
+          }
+          const out = new Uint8Array(n * size);
+          for (const [a, e] of [[0, cut], [cut, n]]) {
+            if (a === e) continue;
+            const ops = operands.map((o) => ({ ...o, data: o.data.subarray(a * (o.dtype === 'F64' ? 8 : o.dtype === 'F32' ? 4 : 2)) }));
+            k.combine('t', base, baseBytes.subarray(a * size), ops, a, e - a, out.subarray(a * size, e * size));
+          }
+          return out;
+        });
+        expect(Buffer.from(outs[0]).equals(Buffer.from(outs[1])), `${base} ${t0} ${t1} round ${round}`).toBe(true);
+        compared++;
+      }
+    }
+    expect(compared).toBe(combos.length * 12);
+    // Most blocks take the four-lane kernel; some (crossings, NaN) the exact one.
+    expect(fast).toBeGreaterThan(exact);
+    expect(exact).toBeGreaterThan(0);
   });
 });

@@ -4,6 +4,7 @@
 // at once (common: deltas of 16-bit models have few distinct values), and a small mixed bin is collected
 // and sorted. Nothing holds or sorts a whole tensor.
 import { InputError } from '../errors.js';
+import { KEYHIST_BLOCK, giveKeyHist, takeKeyHist, type KeyHist } from './keyhist.js';
 
 /**
  * The element at some rank, as its |Δ| (float64 bits, hi and lo words) and how many elements of that same
@@ -122,26 +123,52 @@ class RankSearch {
     if (this.level === 1) return this.visitF32Second(bits, n);
     const k = (this.keys ??= { hist: new Uint32Array(1 << 16), first: new Uint32Array(1 << 16), mixed: new Uint8Array(1 << 16) });
     const { hist: kh, first: kf, mixed: km } = k;
-    const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
     for (let j = 0; j < n; j++) {
       const w = bits[j] & 0x7fffffff;
       // Zeros (common in deltas) take the key path too, as key 0 (subnormals, the other patterns of that key,
       // do not); the test is branch-free, so that only a rare subnormal, Inf or NaN branches.
       if ((+(((w - 0x800000) >>> 0) >= 0x7f000000) & +(w !== 0)) !== 0) {
-        f32Bits[0] = w;
-        f64Value[0] = f32Value[0];
-        const hi = f64Words[1] & 0x7fffffff;
-        const lo = f64Words[0];
-        const b = hi >>> 12;
-        if (h[b]++ === 0) {
-          fh[b] = hi;
-          fl[b] = lo;
-        } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+        this.countRare(w);
         continue;
       }
       const key = w >>> 15;
       if (kh[key]++ === 0) kf[key] = w;
       km[key] |= +(kf[key] !== w);
+    }
+  }
+
+  /** The first digit of a subnormal, Inf or NaN F32 magnitude (pattern w), widened to float64 as visit counts it. */
+  countRare(w: number): void {
+    const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
+    f32Bits[0] = w;
+    f64Value[0] = f32Value[0];
+    const hi = f64Words[1] & 0x7fffffff;
+    const lo = f64Words[0];
+    const b = hi >>> 12;
+    if (h[b]++ === 0) {
+      fh[b] = hi;
+      fl[b] = lo;
+    } else if (fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+  }
+
+  /** Folds a KeyHist's table (per key: count, unused, OR of patterns, OR of complements) into the bins, as foldF32 folds visitF32's counts. */
+  foldKeys(table: Uint32Array): void {
+    const { hist: h, firstHi: fh, firstLo: fl, mixed } = this.bins!;
+    for (let key = 0; key < 1 << 16; key++) {
+      const c = table[4 * key];
+      if (c === 0) continue;
+      // One pattern exactly when no bit is set in one and clear in another; then OR is that pattern.
+      const w = table[4 * key + 2];
+      const many = (w & table[4 * key + 3]) !== 0 ? 1 : 0;
+      const hi = key === 0 ? 0 : ((((w >>> 23) + 896) << 20) | ((w >>> 3) & 0xfffff)) >>> 0;
+      const b = hi >>> 12;
+      const lo = ((w & 7) << 29) >>> 0;
+      if (h[b] === 0) {
+        fh[b] = hi;
+        fl[b] = lo;
+        mixed[b] = many;
+      } else if (many || fh[b] !== hi || fl[b] !== lo) mixed[b] = 1;
+      h[b] += c;
     }
   }
 
@@ -296,8 +323,14 @@ const changed = () => new InputError(`a delta changed while apply was ranking it
 /** Several rank searches over the same stream of values (one delta of one tensor), pass by pass. */
 export class RankSelect {
   private readonly searches: RankSearch[];
-  /** `limit`: the largest bucket collected (smaller in tests, to exercise every kind of pass). */
-  constructor(ranks: number[], n: number, limit = COLLECT_LIMIT) {
+  /** This pass's first-digit key histogram (WebAssembly), shared by the searches at their first digit. */
+  private keys: KeyHist | null = null;
+  private scratch: Uint32Array | null = null;
+  /**
+   * `limit`: the largest bucket collected (smaller in tests, to exercise every kind of pass); `wasm`: count the
+   * first digit of F32 and BF16 patterns with the WebAssembly kernel where it is loaded (else the JavaScript loop).
+   */
+  constructor(ranks: number[], n: number, limit = COLLECT_LIMIT, private readonly wasm = true) {
     this.searches = ranks.map((r) => {
       if (!(Number.isSafeInteger(r) && r >= 0 && r < n)) throw new RangeError(`rank ${r} outside [0, ${n})`);
       return new RankSearch(r, n, limit);
@@ -310,6 +343,12 @@ export class RankSelect {
 
   begin(): void {
     for (const s of this.searches) if (s.result === null) s.begin();
+    if (this.wasm && this.firstDigit().length) this.keys = takeKeyHist();
+  }
+
+  /** The pending searches at their first digit's histogram. */
+  private firstDigit(): RankSearch[] {
+    return this.searches.filter((s) => s.result === null && s.level === 0 && s.action === 'histogram');
   }
 
   /** The next n elements' values, in flat-index order, as float64 viewed as u32 words. */
@@ -324,10 +363,44 @@ export class RankSelect {
 
   /** The next n elements as F32 bit patterns (only where takesF32). */
   visitF32(bits: Uint32Array, n: number): void {
+    if (this.keys) return this.visitPatterns(new Uint8Array(bits.buffer, bits.byteOffset, 4 * n), 4, n);
     for (const s of this.searches) if (s.result === null) s.visitF32(bits, n);
   }
 
+  /** The next n elements as little-endian F32 (size 4) or BF16 (size 2) bytes (only where takesF32). */
+  visitPatterns(bytes: Uint8Array, size: 2 | 4, n: number): void {
+    const first = this.keys ? this.firstDigit() : [];
+    const others = this.searches.filter((s) => s.result === null && !first.includes(s));
+    for (let at = 0; at < n; at += KEYHIST_BLOCK) {
+      const len = Math.min(KEYHIST_BLOCK, n - at);
+      const src = bytes.subarray(at * size, (at + len) * size);
+      if (this.keys) for (const w of this.keys.add(src, size, len)) for (const s of first) s.countRare(w);
+      if (others.length) {
+        const bits = this.patterns(src, size, len);
+        for (const s of others) s.visitF32(bits, len);
+      }
+    }
+  }
+
+  /** F32 patterns of len elements (BF16: shifted up 16), aligned. */
+  private patterns(src: Uint8Array, size: 2 | 4, len: number): Uint32Array {
+    const scratch = (this.scratch ??= new Uint32Array(KEYHIST_BLOCK));
+    if (size === 4) {
+      if (src.byteOffset % 4 === 0) return new Uint32Array(src.buffer, src.byteOffset, len);
+      new Uint8Array(scratch.buffer).set(src);
+      return scratch;
+    }
+    const v = src.byteOffset % 2 === 0 ? new Uint16Array(src.buffer, src.byteOffset, len) : new Uint16Array(src.slice().buffer);
+    for (let j = 0; j < len; j++) scratch[j] = v[j] << 16;
+    return scratch;
+  }
+
   end(): void {
+    if (this.keys) {
+      for (const s of this.firstDigit()) s.foldKeys(this.keys.table);
+      giveKeyHist(this.keys);
+      this.keys = null;
+    }
     for (const s of this.searches) if (s.result === null) s.end();
   }
 

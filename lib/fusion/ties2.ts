@@ -177,6 +177,122 @@ function wat(b: Ties2DType, t0: Ties2DType, t1: Ties2DType): string {
     (local.get $hard)))`;
 }
 
+/**
+ * The same combine, four elements at a time, for deltas of BF16 or F32: their magnitudes compare as F32 bit
+ * patterns (i32x4; the order of non-negative floats, NaN above +Inf), against thresholds ties2Thresholds gives.
+ * Elements equal to a boundary are all kept, or none, by $kT/$kF (whether the counts before the block are still
+ * below the boundary's ties); the kernel counts them, and the caller redoes with the exact kernel the one block
+ * per tensor where a count crosses the boundary's ties, or a BF16 result the float32 trick does not cover.
+ */
+function wat4(b: Ties2DType, t0: Ties2DType, t1: Ties2DType, from: boolean): string {
+  const i4 = (v: number) => `(v128.const i32x4 ${v} ${v} ${v} ${v})`;
+  const addr = (at: number, shift: number, plus = 0) => `(i32.add (i32.const ${at + plus}) (i32.shl (local.get $j) (i32.const ${shift})))`;
+  // Four F32 patterns (a BF16's is its bits shifted up 16).
+  const pat = (t: Ties2DType, at: number) =>
+    t === 'F32' ? `(v128.load ${addr(at, 2)})` : `(i32x4.shl (i32x4.extend_low_i16x8_u (v128.load64_zero ${addr(at, 1)})) (i32.const 16))`;
+  const high = (v: string) => `(i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 ${v} ${v})`;
+  const mask = (i: number) => `
+      (local.set $A (v128.and (local.get $P${i}) ${i4(0x7fffffff)}))
+      (local.set $E (i32x4.eq (local.get $A) (local.get $ET${i})))
+      (local.set $CT${i} (i32x4.sub (local.get $CT${i}) (local.get $E)))
+      (local.set $K${i} (v128.or (i32x4.gt_s (local.get $A) (local.get $GT${i})) (v128.and (local.get $E) (local.get $KT${i}))))
+      ${
+        from
+          ? `(local.set $E (i32x4.eq (local.get $A) (local.get $EF${i})))
+      (local.set $CF${i} (i32x4.sub (local.get $CF${i}) (local.get $E)))
+      (local.set $K${i} (v128.andnot (local.get $K${i}) (v128.or (i32x4.gt_s (local.get $A) (local.get $GF${i})) (v128.and (local.get $E) (local.get $KF${i})))))`
+          : ''
+      }`;
+  const agrees2 = (i: number) =>
+    `(v128.or (v128.and (f64x2.gt (local.get $TAU${i}) (local.get $Z)) (f64x2.gt (local.get $S) (local.get $Z))) (v128.and (f64x2.lt (local.get $TAU${i}) (local.get $Z)) (f64x2.lt (local.get $S) (local.get $Z))))`;
+  // One half (two lanes) of the float64 arithmetic, as the exact kernel does it: x into $X<h>.
+  const half = (h: 'L' | 'H') => {
+    const lanes = (v: string) => (h === 'L' ? v : high(v));
+    const ext = h === 'L' ? 'i64x2.extend_low_i32x4_s' : 'i64x2.extend_high_i32x4_s';
+    const baseHalf =
+      b === 'F64' ? `(v128.load ${addr(AT.base, 3, h === 'L' ? 0 : 16)})` : `(f64x2.promote_low_f32x4 ${lanes('(local.get $PB4)')})`;
+    return `
+      (local.set $TAU0 (v128.and (f64x2.mul (local.get $WV0) (f64x2.promote_low_f32x4 ${lanes('(local.get $P0)')})) (${ext} (local.get $K0))))
+      (local.set $TAU1 (v128.and (f64x2.mul (local.get $WV1) (f64x2.promote_low_f32x4 ${lanes('(local.get $P1)')})) (${ext} (local.get $K1))))
+      (local.set $S (f64x2.add (local.get $TAU0) (local.get $TAU1)))
+      (local.set $PA ${agrees2(0)})
+      (local.set $PB ${agrees2(1)})
+      (local.set $M (f64x2.add (v128.and (local.get $TAU0) (local.get $PA)) (v128.and (local.get $TAU1) (local.get $PB))))
+      (if (local.get $norm) (then
+        (local.set $WS (f64x2.add (v128.and (local.get $WV0) (local.get $PA)) (v128.and (local.get $WV1) (local.get $PB))))
+        (local.set $M (v128.and (f64x2.div (local.get $M) (local.get $WS)) (f64x2.ne (local.get $WS) (local.get $Z))))))
+      (local.set $X${h} (f64x2.add ${baseHalf} (f64x2.mul (local.get $LV) (local.get $M))))
+      ${b === 'BF16' ? '' : `(v128.store ${addr(AT.x, 3, h === 'L' ? 0 : 16)} (local.get $X${h}))`}`;
+  };
+  const round4 =
+    b === 'BF16'
+      ? `
+      (local.set $FL (f32x4.demote_f64x2_zero (local.get $XL)))
+      (local.set $FH (f32x4.demote_f64x2_zero (local.get $XH)))
+      (local.set $FB (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $FL) (local.get $FH)))
+      (local.set $NE (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27
+        (f64x2.ne (f64x2.promote_low_f32x4 (local.get $FL)) (local.get $XL)) (f64x2.ne (f64x2.promote_low_f32x4 (local.get $FH)) (local.get $XH))))
+      (local.set $HV (v128.or (local.get $HV) (v128.or
+        (v128.and (i32x4.eq (v128.and (local.get $FB) ${i4(0xffff)}) ${i4(0x8000)}) (local.get $NE))
+        (i32x4.gt_u (v128.and (local.get $FB) ${i4(0x7fffffff)}) ${i4(0x7f800000)}))))
+      (local.set $R (i32x4.shr_u (i32x4.add (i32x4.add (local.get $FB) ${i4(0x7fff)}) (v128.and (i32x4.shr_u (local.get $FB) (i32.const 16)) ${i4(1)})) (i32.const 16)))
+      (i64.store ${addr(AT.out, 1)} (i64x2.extract_lane 0 (i8x16.shuffle 0 1 4 5 8 9 12 13 0 1 4 5 8 9 12 13 (local.get $R) (local.get $R))))`
+      : '';
+  const sum = (v: string) => `(i32.add (i32.add (i32x4.extract_lane 0 (local.get ${v})) (i32x4.extract_lane 1 (local.get ${v}))) (i32.add (i32x4.extract_lane 2 (local.get ${v})) (i32x4.extract_lane 3 (local.get ${v}))))`;
+  return `(module
+  (import "env" "mem" (memory ${PAGES} ${PAGES}))
+  (func (export "ties4") (param $n i32)
+    (param $gT0 i32) (param $eT0 i32) (param $kT0 i32) (param $gF0 i32) (param $eF0 i32) (param $kF0 i32)
+    (param $gT1 i32) (param $eT1 i32) (param $kT1 i32) (param $gF1 i32) (param $eF1 i32) (param $kF1 i32)
+    (param $w0 f64) (param $w1 f64) (param $norm i32) (param $lambda f64) (result i32)
+    (local $j i32)
+    (local $GT0 v128) (local $ET0 v128) (local $KT0 v128) (local $GF0 v128) (local $EF0 v128) (local $KF0 v128)
+    (local $GT1 v128) (local $ET1 v128) (local $KT1 v128) (local $GF1 v128) (local $EF1 v128) (local $KF1 v128)
+    (local $CT0 v128) (local $CF0 v128) (local $CT1 v128) (local $CF1 v128)
+    (local $WV0 v128) (local $WV1 v128) (local $LV v128) (local $Z v128)
+    (local $P0 v128) (local $P1 v128) (local $PB4 v128) (local $A v128) (local $E v128) (local $K0 v128) (local $K1 v128)
+    (local $TAU0 v128) (local $TAU1 v128) (local $S v128) (local $PA v128) (local $PB v128) (local $M v128) (local $WS v128)
+    (local $XL v128) (local $XH v128) (local $FL v128) (local $FH v128) (local $FB v128) (local $NE v128) (local $R v128) (local $HV v128)
+    ${[0, 1].map((i) => ['T', 'F'].map((c) => ['g', 'e', 'k'].map((p) => `(local.set $${p.toUpperCase()}${c}${i} (i32x4.splat (local.get $${p}${c}${i})))`).join(' ')).join('\n    ')).join('\n    ')}
+    (local.set $WV0 (f64x2.splat (local.get $w0)))
+    (local.set $WV1 (f64x2.splat (local.get $w1)))
+    (local.set $LV (f64x2.splat (local.get $lambda)))
+    (block $quads (loop $quad
+      (br_if $quads (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $n)))
+      (local.set $P0 ${pat(t0, AT.d0)})
+      (local.set $P1 ${pat(t1, AT.d1)})
+      ${b === 'F64' ? '' : `(local.set $PB4 ${pat(b, AT.base)})`}
+      ${mask(0)}
+      ${mask(1)}
+      ${half('L')}
+      ${half('H')}
+      ${round4}
+      (local.set $j (i32.add (local.get $j) (i32.const 4)))
+      (br $quad)))
+    (i32.store (i32.const ${COUNTS}) ${sum('$CT0')})
+    (i32.store (i32.const ${COUNTS + 4}) ${sum('$CF0')})
+    (i32.store (i32.const ${COUNTS + 8}) ${sum('$CT1')})
+    (i32.store (i32.const ${COUNTS + 12}) ${sum('$CF1')})
+    (v128.any_true (local.get $HV))))`;
+}
+
+/** Where wat4 leaves its counts of elements equal to each boundary: [to0, from0, to1, from1] (i32). */
+const COUNTS = 32;
+
+const f32Word = new Uint32Array(1);
+const f32Num = new Float32Array(f32Word.buffer);
+/**
+ * wat4's thresholds for a boundary magnitude T (−1: none): an F32 magnitude is greater than T exactly when its
+ * pattern is greater than `gt` (the largest F32 not above T), and equal to it when its pattern is `eq` (−1,
+ * which no pattern is, when T is not an F32).
+ */
+export function ties2Thresholds(T: number): { gt: number; eq: number } {
+  if (T < 0) return { gt: -1, eq: -1 };
+  f32Num[0] = T;
+  if (f32Num[0] > T) f32Word[0] -= 1;
+  return { gt: f32Word[0] | 0, eq: f32Num[0] === T ? f32Word[0] | 0 : -1 };
+}
+
 interface WasmApi {
   Memory: new (d: { initial: number; maximum: number }) => { buffer: ArrayBuffer };
   Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
@@ -202,6 +318,7 @@ export class Ties2Wasm {
   private readonly memory = new WA.Memory({ initial: PAGES, maximum: PAGES });
   private readonly u8 = new Uint8Array(this.memory.buffer);
   private readonly counters = new Float64Array(this.memory.buffer, 0, 4);
+  private readonly counts = new Int32Array(this.memory.buffer, COUNTS, 4);
   /** x = base + λ·m of the last block, as float64. */
   readonly x = new Float64Array(this.memory.buffer, AT.x, TIES2_BLOCK);
   private readonly fns = new Map<string, Ties2Fn>();
@@ -220,6 +337,16 @@ export class Ties2Wasm {
     return f;
   }
 
+  private fn4(b: Ties2DType, t0: Ties2DType, t1: Ties2DType, from: boolean): Ties2Fn {
+    const name = `ties4_${b}_${t0}_${t1}${from ? '_from' : ''}`;
+    let f = this.fns.get(name);
+    if (!f) {
+      f = new WA.Instance(compileKernel(name, () => wat4(b, t0, t1, from)), { env: { mem: this.memory } }).exports.ties4 as Ties2Fn;
+      this.fns.set(name, f);
+    }
+    return f;
+  }
+
   /**
    * One block of len ≤ TIES2_BLOCK elements: fills `x`, and for a BF16 base also `out` unless it returns
    * false (then the caller rounds x itself). seen: [seenTo0, seenFrom0, seenTo1, seenFrom1], updated.
@@ -229,12 +356,37 @@ export class Ties2Wasm {
     u8.set(base.subarray(0, len * SIZE[b]), AT.base);
     u8.set(ops[0].data.subarray(at * SIZE[ops[0].dtype], (at + len) * SIZE[ops[0].dtype]), AT.d0);
     u8.set(ops[1].data.subarray(at * SIZE[ops[1].dtype], (at + len) * SIZE[ops[1].dtype]), AT.d1);
-    this.counters.set(seen);
     const [o0, o1] = ops;
+    if (len % 4 === 0 && o0.dtype !== 'F64' && o1.dtype !== 'F64' && this.run4(b, ops, len, seen, normalize, lambda)) {
+      if (b !== 'BF16') return false;
+      out.set(u8.subarray(AT.out, AT.out + 2 * len));
+      return true;
+    }
+    this.counters.set(seen);
     const hard = this.fn(b, o0.dtype, o1.dtype)(len, o0.T, o0.F, o1.T, o1.F, o0.hasF ? 1 : 0, o1.hasF ? 1 : 0, o0.tt, o0.ft, o1.tt, o1.ft, o0.weight, o1.weight, normalize ? 1 : 0, lambda);
     for (let i = 0; i < 4; i++) seen[i] = this.counters[i];
     if (b !== 'BF16' || hard) return false;
     out.set(u8.subarray(AT.out, AT.out + 2 * len));
+    return true;
+  }
+
+  /** wat4 on the staged block; false where the exact kernel must redo it (a count crosses its ties, or a hard BF16 lane). */
+  private run4(b: Ties2DType, ops: readonly [Ties2Operand, Ties2Operand], len: number, seen: number[], normalize: boolean, lambda: number): boolean {
+    const [o0, o1] = ops;
+    const from = o0.hasF || o1.hasF;
+    const args: number[] = [len];
+    ops.forEach((o, k) => {
+      const to = ties2Thresholds(o.T);
+      const fr = o.hasF ? ties2Thresholds(o.F) : { gt: 0x7fffffff, eq: -1 };
+      args.push(to.gt, to.eq, seen[2 * k] < o.tt ? -1 : 0, fr.gt, fr.eq, seen[2 * k + 1] < o.ft ? -1 : 0);
+    });
+    args.push(o0.weight, o1.weight, normalize ? 1 : 0, lambda);
+    const hard = this.fn4(b, o0.dtype, o1.dtype, from)(...args);
+    if (b === 'BF16' && hard) return false;
+    const ties = [o0.tt, o0.ft, o1.tt, o1.ft];
+    const counts = this.counts;
+    for (let i = 0; i < 4; i++) if (seen[i] < ties[i] && seen[i] + counts[i] > ties[i]) return false;
+    for (let i = 0; i < 4; i++) seen[i] += counts[i];
     return true;
   }
 }

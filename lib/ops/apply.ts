@@ -154,7 +154,7 @@ export class ApplyChunks {
     const dtype: FloatDType = t.dtype;
     const size = dtypeSize(dtype);
     const fusion = this.plan.fusion;
-    for (const { a, b, deltas } of this.stretches(t, n, s)) {
+    for (const { a, b, deltas } of this.stretches(t, n, s, !fusion)) {
       if (!fusion) {
         this.kernels.apply(dtype, s.inputs[0].subarray(a * size, b * size), deltas, b - a, dtype, out.subarray(a * size, b * size));
         continue;
@@ -167,11 +167,14 @@ export class ApplyChunks {
     return out;
   }
 
-  /** A filled slot's deltas as stretches [a, b) of the chunk in which no delta's dtype changes, one operand per delta of t. */
-  stretches(t: ApplyTensorPlan, n: number, s: Slot): { a: number; b: number; deltas: DeltaInput[] }[] {
+  /**
+   * A filled slot's deltas as stretches [a, b) of the chunk in which no delta's dtype changes, one operand per delta of t.
+   * `copy` false: compact deltas are read where the codec workers decoded them (fusion does not run the kernels in place).
+   */
+  stretches(t: ApplyTensorPlan, n: number, s: Slot, copy = true): { a: number; b: number; deltas: DeltaInput[] }[] {
     const layout = this.layouts.get(s) ?? [];
     // Codec workers decoded into shared memory: one copy into the kernels' own memory lets them run in place.
-    layout.forEach((pieces, i) => {
+    if (copy) layout.forEach((pieces, i) => {
       const last = pieces?.[pieces.length - 1];
       if (last) s.inputs[1 + i].set(s.aux![2 * i + 1].subarray(0, last.byteOffset + last.n * dtypeSize(last.dtype)));
     });
@@ -191,7 +194,7 @@ export class ApplyChunks {
         const p = pieces.findLast((q) => q.start <= a)!;
         const ds = dtypeSize(p.dtype);
         const at = p.byteOffset + (a - p.start) * ds;
-        return { dtype: p.dtype, data: s.inputs[1 + i].subarray(at, at + (b - a) * ds), scale };
+        return { dtype: p.dtype, data: (copy ? s.inputs[1 + i] : s.aux![2 * i + 1]).subarray(at, at + (b - a) * ds), scale };
       });
       return { a, b, deltas };
     });

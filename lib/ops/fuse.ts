@@ -55,25 +55,13 @@ async function rankCutoffs(plan: ApplyPlan, env: ExecEnv): Promise<Record<string
               if (!selects.length) selects = tp.deltas.map(() => new RankSelect(boundaryRanks(spec, tp.elements), tp.elements));
               selects.forEach((r) => r.begin());
             }
-            for (const { a, b, deltas } of chunks.stretches(tp, n, s)) {
+            for (const { a, b, deltas } of chunks.stretches(tp, n, s, false)) {
               deltas.forEach((d, k) => {
                 if (!selects[k].pending) return;
                 const size = d.data.byteLength / (b - a);
                 if ((d.dtype === 'F32' || d.dtype === 'BF16') && selects[k].takesF32) {
                   // The first digit straight from the F32 (BF16: widened to F32) patterns, without float64.
-                  for (let at = 0; at < b - a; at += BLOCK) {
-                    const len = Math.min(BLOCK, b - a - at);
-                    const src = d.data.subarray(at * size, (at + len) * size);
-                    if (d.dtype === 'BF16') {
-                      const v = src.byteOffset % 2 === 0 ? new Uint16Array(src.buffer, src.byteOffset, len) : new Uint16Array(src.slice().buffer);
-                      for (let j = 0; j < len; j++) scratch[j] = v[j] << 16;
-                      selects[k].visitF32(scratch, len);
-                    } else if (src.byteOffset % 4 === 0) selects[k].visitF32(new Uint32Array(src.buffer, src.byteOffset, len), len);
-                    else {
-                      new Uint8Array(scratch.buffer).set(src);
-                      selects[k].visitF32(scratch, len);
-                    }
-                  }
+                  selects[k].visitPatterns(d.data, size as 2 | 4, b - a);
                   return;
                 }
                 for (let at = 0; at < b - a; at += BLOCK) {
