@@ -2,11 +2,11 @@
 // keeps, those that survive the sign election, and the signs between deltas, in all and among the kept
 // elements. The rules are lib/fusion's (options, rank cut-offs by its radix select, DARE's numbers); the
 // masks are applied here to count, not to combine.
-import type { KeepRange } from '../fusion/combine.js';
+import { dareTau, rankedTau, type KeepRange, type TieProgress } from '../fusion/mask.js';
 import { electsSign, usesDare, usesRanks, type FusionSpec } from '../fusion/options.js';
 import { boundaryRanks, keepRange } from '../fusion/ranks.js';
 import { dareKey, dareUniforms } from '../fusion/rng.js';
-import { RankSelect, type RankElement } from '../fusion/select.js';
+import { RankSelect } from '../fusion/select.js';
 import type { FusionCounts } from './report.js';
 import { addSigns, countSigns, noSigns } from './signs.js';
 
@@ -34,14 +34,10 @@ interface TensorState {
   selects: RankSelect[] | null;
   keep: KeepRange[] | null;
   /** Per delta: elements equal to each boundary's magnitude seen so far (equal magnitudes rank by flat index). */
-  seenFrom: number[];
-  seenTo: number[];
+  ties: TieProgress[];
   next: number;
   counts: FusionCounts;
 }
-
-/** Whether |x| (float64 bits hi:lo, sign cleared) ranks before the element e, `seen` of e's magnitude having gone by. */
-const before = (hi: number, lo: number, e: RankElement, seen: number) => hi > e.hi || (hi === e.hi && (lo > e.lo || (lo === e.lo && seen < e.ties)));
 
 /** Counts per tensor for one sparse method over K deltas with weights `scales`. */
 export class FusionTally {
@@ -70,8 +66,7 @@ export class FusionTally {
         selects: null,
         // Ranges that need no cut-off (keep all, or nothing) are known at once.
         keep: ranked && !needsPasses ? this.scales.map(() => keepRange(this.spec, elements, [])) : null,
-        seenFrom: new Array<number>(K).fill(0),
-        seenTo: new Array<number>(K).fill(0),
+        ties: this.scales.map(() => ({ seenFrom: 0, seenTo: 0 })),
         next: 0,
         counts: noFusionCounts(K, this.electing),
       };
@@ -133,65 +128,15 @@ export class FusionTally {
   private dareTau(name: string, k: number, start: number, n: number, d: Float64Array): [number, number] {
     if (this.u.length < n) this.u = new Float64Array(n);
     const [kh, kl] = dareKey(k, name, this.seed);
-    const u = this.u;
-    dareUniforms(kh, kl, start, n, u);
-    const tau = this.taus[k];
-    const w = this.scales[k];
-    const p = this.spec.density;
-    let kept = 0;
-    let nonzero = 0;
-    for (let e = 0; e < n; e++) {
-      if (u[e] < p) {
-        kept++;
-        const t = w * (d[e] / p);
-        tau[e] = t;
-        if (t !== 0) nonzero++;
-      } else tau[e] = 0;
-    }
-    return [kept, nonzero];
+    dareUniforms(kh, kl, start, n, this.u);
+    const kept = dareTau(this.u, this.spec.density, d, this.scales[k], n, this.taus[k]);
+    return [kept, nonzeros(this.taus[k], n)];
   }
 
-  /**
-   * Rank methods: τ = w·Δ where the element's rank is in the kept range, else 0, into taus[k]. Ranks compare
-   * |Δ|'s float64 bits (the magnitudes' order, NaN above +Inf), equal ones by flat index: the tie counts.
-   */
+  /** Rank methods: τ = w·Δ where the element's rank is in the kept range, else 0, into taus[k] (apply's own mask). */
   private rankTau(s: TensorState, k: number, n: number, d: Float64Array): [number, number] {
-    const tau = this.taus[k];
-    const keep = s.keep![k];
-    if (keep.none) {
-      tau.fill(0, 0, n);
-      return [0, 0];
-    }
-    const w = this.scales[k];
-    const words = new Uint32Array(d.buffer, d.byteOffset, 2 * n);
-    const { from, to } = keep;
-    let seenFrom = s.seenFrom[k];
-    let seenTo = s.seenTo[k];
-    let kept = 0;
-    let nonzero = 0;
-    for (let e = 0; e < n; e++) {
-      const hi = (words[2 * e + 1] & 0x7fffffff) >>> 0;
-      const lo = words[2 * e];
-      let beforeTo = true;
-      if (to) {
-        beforeTo = before(hi, lo, to, seenTo);
-        if (hi === to.hi && lo === to.lo) seenTo++;
-      }
-      let beforeFrom = false;
-      if (from) {
-        beforeFrom = before(hi, lo, from, seenFrom);
-        if (hi === from.hi && lo === from.lo) seenFrom++;
-      }
-      if (beforeTo && !beforeFrom) {
-        kept++;
-        const t = w * d[e];
-        tau[e] = t;
-        if (t !== 0) nonzero++;
-      } else tau[e] = 0;
-    }
-    s.seenFrom[k] = seenFrom;
-    s.seenTo[k] = seenTo;
-    return [kept, nonzero];
+    const kept = rankedTau(s.keep![k], s.ties[k], d, this.scales[k], n, this.taus[k]);
+    return [kept, nonzeros(this.taus[k], n)];
   }
 
   /** σ = sign(Σ τᵢ in order); counts per delta the τᵢ that enter the merge: nonzero with sign σ (none where σ is ±0 or NaN). */
@@ -233,4 +178,11 @@ export class FusionTally {
   counts(name: string): FusionCounts {
     return this.states.get(name)?.counts ?? noFusionCounts(this.scales.length, this.electing);
   }
+}
+
+/** How many of t[0..n) are not zero (NaN counts). */
+function nonzeros(t: Float64Array, n: number): number {
+  let c = 0;
+  for (let e = 0; e < n; e++) c += +(t[e] !== 0);
+  return c;
 }

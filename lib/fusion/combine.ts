@@ -5,16 +5,8 @@ import type { FloatDType } from '../format/dtype.js';
 import { f16BitsToF64, f64ToBf16Bits, f64ToF16Bits } from '../kernels/reference.js';
 import { electsSign, usesDare, type FusionSpec } from './options.js';
 import { dareKey, dareUniforms } from './rng.js';
-import type { RankElement } from './select.js';
+import { dareTau, magnitude, rankedTau, type KeepRange, type TieProgress } from './mask.js';
 import { Ties2Wasm, ties2Supported, type Ties2DType, type Ties2Operand } from './ties2.js';
-
-/** Which ranks of one delta's tensor are kept: [from, to) as the elements at those ranks (absent: 0, or n). */
-export interface KeepRange {
-  /** Nothing kept (the range starts at or past n, or is empty). */
-  none?: boolean;
-  from?: RankElement;
-  to?: RankElement;
-}
 
 /** One delta operand: its plan index (i of "<i>:<tensor>"), weight, and this stretch's little-endian elements. */
 export interface FusionOperand {
@@ -98,26 +90,14 @@ function narrow(dtype: FloatDType, x: Float64Array, n: number, out: Uint8Array):
  * each boundary's magnitude went by (equal magnitudes rank by flat index: the first `ties` of them rank
  * before the boundary). A tensor streams from its first element to its last, in order, in one shard.
  */
-const magWords = new Uint32Array(2);
-const magValue = new Float64Array(magWords.buffer);
-/** The float64 whose bits a boundary holds. */
-function magnitude(e: RankElement): number {
-  magWords[0] = e.lo;
-  magWords[1] = e.hi;
-  return magValue[0];
-}
-
-interface Progress {
+interface Progress extends TieProgress {
   next: number;
-  seenFrom: number;
-  seenTo: number;
 }
 
 /** Combines chunks for one sparse method; holds a few blocks of scratch, reused across calls. */
 export class FusionKernel {
   private readonly base = new Float64Array(BLOCK);
   private readonly delta = new Float64Array(BLOCK);
-  private readonly words = new Uint32Array(this.delta.buffer);
   private readonly u = new Float64Array(BLOCK);
   private readonly scratch = new Uint32Array(BLOCK);
   private taus: Float64Array[] = [];
@@ -285,11 +265,9 @@ export class FusionKernel {
     widen(op.dtype, op.data.subarray(at * size), len, d, this.scratch);
     const w = op.weight;
     if (usesDare(this.spec.method)) {
-      const p = this.spec.density;
       const [kh, kl] = this.key(op.delta, tensor);
-      const u = this.u;
-      dareUniforms(kh, kl, first, len, u);
-      for (let j = 0; j < len; j++) tau[j] = u[j] < p ? w * (d[j] / p) : 0;
+      dareUniforms(kh, kl, first, len, this.u);
+      dareTau(this.u, this.spec.density, d, w, len, tau);
       return;
     }
     const keep = op.keep!;
@@ -297,47 +275,7 @@ export class FusionKernel {
       tau.fill(0, 0, len);
       return;
     }
-    const p = this.advance(tensor, op.delta, first, len);
-    // An element is kept when it ranks before `to` and not before `from` (absent: rank 0, or past the end).
-    // Magnitudes compare as numbers (the same order as their bits), NaN above all; a NaN boundary compares bits.
-    const from = keep.from ? magnitude(keep.from) : null;
-    const to = keep.to ? magnitude(keep.to) : null;
-    if ((from !== null && from !== from) || (to !== null && to !== to)) return this.tauByBits(keep, p, d, w, len, tau);
-    const F = from ?? Infinity;
-    const T = to ?? -1;
-    const ft = keep.from?.ties ?? 0;
-    const tt = keep.to?.ties ?? 0;
-    let seenFrom = p.seenFrom;
-    let seenTo = p.seenTo;
-    for (let j = 0; j < len; j++) {
-      const a = Math.abs(d[j]);
-      const beforeTo = a > T || (a === T && seenTo++ < tt) || a !== a;
-      const beforeFrom = from !== null && (a > F || (a === F && seenFrom++ < ft) || a !== a);
-      tau[j] = beforeTo && !beforeFrom ? w * d[j] : 0;
-    }
-    p.seenFrom = seenFrom;
-    p.seenTo = seenTo;
-  }
-
-  /** tau's ranking on bit patterns, for a NaN boundary (NaNs rank among themselves by payload). */
-  private tauByBits(keep: KeepRange, p: Progress, d: Float64Array, w: number, len: number, tau: Float64Array): void {
-    const words = this.words;
-    const before = (hi: number, lo: number, e: RankElement, seen: number) => hi > e.hi || (hi === e.hi && (lo > e.lo || (lo === e.lo && seen < e.ties)));
-    for (let j = 0; j < len; j++) {
-      const hi = (words[2 * j + 1] & 0x7fffffff) >>> 0;
-      const lo = words[2 * j];
-      let beforeTo = true;
-      if (keep.to) {
-        beforeTo = before(hi, lo, keep.to, p.seenTo);
-        if (hi === keep.to.hi && lo === keep.to.lo) p.seenTo++;
-      }
-      let beforeFrom = false;
-      if (keep.from) {
-        beforeFrom = before(hi, lo, keep.from, p.seenFrom);
-        if (hi === keep.from.hi && lo === keep.from.lo) p.seenFrom++;
-      }
-      tau[j] = beforeTo && !beforeFrom ? w * d[j] : 0;
-    }
+    rankedTau(keep, this.advance(tensor, op.delta, first, len), d, w, len, tau);
   }
 
   /** m from the τ's: their sum in order, or (sign-electing) the sum of those agreeing with sign(Σ τ), maybe normalized. */

@@ -1,5 +1,5 @@
 import { rankCount, type FusionSpec } from './options.js';
-import type { KeepRange } from './combine.js';
+import type { KeepRange } from './mask.js';
 import type { RankElement } from './select.js';
 
 /** The ranks [a, b) a rank method keeps of a tensor of n elements: ties [0, k(density)); breadcrumbs [k(γ), k(γ) + k(density)), ranks past n dropped. */

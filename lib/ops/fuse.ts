@@ -1,5 +1,6 @@
 import { isFloatDType } from '../format/dtype.js';
-import { widen, type KeepRange } from '../fusion/combine.js';
+import { widen } from '../fusion/combine.js';
+import type { KeepRange } from '../fusion/mask.js';
 import { usesRanks, type FusionSpec } from '../fusion/options.js';
 import { boundaryRanks, keepRange } from '../fusion/ranks.js';
 import { RankSelect } from '../fusion/select.js';

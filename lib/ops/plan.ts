@@ -10,7 +10,7 @@ import {
 } from './vocab.js';
 import { COMPACT_EXTENSION, DEFAULT_CHUNK_ELEMENTS } from '../codec/format.js';
 import type { FusionSpec } from '../fusion/options.js';
-import type { KeepRange } from '../fusion/combine.js';
+import type { KeepRange } from '../fusion/mask.js';
 import {
   CHAT_FILES, DELTA_LAYOUT, DELTA_SHARD_STEM, modelIdentity,
   type DeltaFormat, type DeltaManifest, type DeltaVocabRecord, type ModelIdentity, type ModelVocabRecord,
