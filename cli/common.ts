@@ -2,6 +2,7 @@
 import { Command, Option } from 'commander';
 import { InputError } from '../lib/errors.js';
 import { isBlobRef } from '../lib/storage/refs.js';
+import { FUSION_METHODS } from '../lib/fusion/options.js';
 import { BLOB_SLOTS, LOCAL_SLOTS, type ExecEnv } from '../lib/ops/env.js';
 import { cliResolver } from './storage.js';
 import type { Progress } from './progress.js';
@@ -55,4 +56,29 @@ export function writerOptions(cmd: Command, shardHelp: string): Command {
     .option('--json', 'print a machine-readable result')
     .addOption(storageOption())
     .addOption(kernelsOption());
+}
+
+/** A commander parser for a finite number, naming the flag when it is not one (exit 2). */
+export function finite(flag: string): (v: string) => number {
+  return (v) => {
+    const x = Number(v);
+    if (v.trim() === '' || !Number.isFinite(x)) throw new InputError(`${flag} ${v}: not a finite number`);
+    return x;
+  };
+}
+
+/**
+ * The sparse fusion options, as apply takes them; `counting` (analyze) says that λ and normalize are
+ * accepted there but change nothing it counts.
+ */
+export function fusionOptions(cmd: Command, methodHelp: string, counting = false): Command {
+  const counted = 'accepted as apply takes it (it does not change what is kept)';
+  return cmd
+    .addOption(new Option('--method <method>', methodHelp).choices(FUSION_METHODS))
+    .option('--density <d>', `${counting ? 'with --method' : 'sparse methods'}: the fraction of each delta kept, in (0, 1]`, finite('--density'))
+    .option('--gamma <g>', 'breadcrumbs: the fraction of largest magnitudes dropped (default 0.01)', finite('--gamma'))
+    .option('--lambda <l>', counting ? counted : 'sparse methods: x = new base + λ·m (default 1)', finite('--lambda'))
+    .option('--seed <u64>', "DARE: the random numbers' seed (default 0)")
+    .option('--normalize', counting ? counted : "sign-electing methods: divide by the agreeing weights' sum (their default)")
+    .option('--no-normalize', counting ? 'accepted as apply takes it' : 'sign-electing methods: do not normalize');
 }

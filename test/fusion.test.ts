@@ -21,24 +21,13 @@ import { loadWabt } from '../lib/kernels/wasm.js';
 import { dareKey, dareUniforms } from '../lib/fusion/rng.js';
 import type { ApplyPlan } from '../lib/ops/plan.js';
 import type { DeltaFormat } from '../lib/ops/manifest.js';
+import { M64, fnv1a64, splitmix64 } from './helpers/fusion-counts.js';
 
 type Dt = 'BF16' | 'F16' | 'F32' | 'F64';
 const FAMILIES = ['tiny-llama-bf16', 'tiny-llama-f16', 'tiny-llama-f32'];
 
 // ---- The rules, written out independently of lib/fusion ----
 
-const M64 = (1n << 64n) - 1n;
-function fnv1a64(s: string): bigint {
-  let h = 0xcbf29ce484222325n;
-  for (const b of Buffer.from(s, 'utf8')) h = ((h ^ BigInt(b)) * 0x100000001b3n) & M64;
-  return h;
-}
-function splitmix64(x: bigint): bigint {
-  let z = (x + 0x9e3779b97f4a7c15n) & M64;
-  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M64;
-  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M64;
-  return z ^ (z >> 31n);
-}
 /** u for elements 0 … n−1 of delta i's tensor; the same in every family (tensor names agree), so cached. */
 const uCache = new Map<string, number[]>();
 function uniforms(i: number, name: string, seed: bigint, n: number): number[] {

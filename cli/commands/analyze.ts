@@ -1,13 +1,13 @@
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { analyzeDelta, signAgreement, TENSOR_KINDS, type DeltaAnalysis, type FusionCounts, type Norms, type SignCounts } from '../../lib/analyze/index.js';
-import { checkFusion, describeFusion, FUSION_METHODS } from '../../lib/fusion/options.js';
+import { checkFusion, describeFusion } from '../../lib/fusion/options.js';
 import { InputError } from '../../lib/errors.js';
 import { formatBytes } from '../../lib/ops/sizes.js';
 import { Progress } from '../progress.js';
-import { commandEnv, print, storageOption } from '../common.js';
+import { commandEnv, fusionOptions, print, storageOption } from '../common.js';
 import { assertCliOutputApart } from '../../lib/storage/overlap.js';
 import { isBlobRef } from '../../lib/storage/refs.js';
 
@@ -134,7 +134,7 @@ export function registerAnalyze(program: Command): void {
   // Weights by delta (0: DELTA, then each --against), as --scale follows the delta it weighs.
   const scales: (number | undefined)[] = [undefined];
   let scaled = false;
-  program
+  const analyzeCmd = program
     .command('analyze')
     .description('norms of a delta (‖Δ‖/‖W‖ by tensor, layer and kind), rounding, sizes, cosine similarity and sign agreement with other deltas, and what a sparse fusion method keeps')
     .argument('<delta>', 'a delta folder (either layout): a path, az://container/prefix or hf://owner/name')
@@ -149,14 +149,8 @@ export function registerAnalyze(program: Command): void {
       scales[scales.length - 1] = w;
       scaled = true;
       return v;
-    })
-    .addOption(new Option('--method <method>', 'a sparse fusion method, as apply takes it: count what it keeps of each delta').choices(FUSION_METHODS))
-    .option('--density <d>', 'with --method: the fraction of each delta kept, in (0, 1]', finite('--density'))
-    .option('--gamma <g>', 'breadcrumbs: the fraction of largest magnitudes dropped (default 0.01)', finite('--gamma'))
-    .option('--lambda <l>', 'accepted as apply takes it (it does not change what is kept)', finite('--lambda'))
-    .option('--seed <u64>', "DARE: the random numbers' seed (default 0)")
-    .option('--normalize', 'accepted as apply takes it (it does not change what is kept)')
-    .option('--no-normalize', 'accepted as apply takes it')
+    });
+  fusionOptions(analyzeCmd, 'a sparse fusion method, as apply takes it: count what it keeps of each delta', true)
     .option('--base <dir>', "the delta's original base, streamed for ‖W‖ when delta.json does not record base norms (older deltas)")
     .option('--top <n>', 'tensors listed in the text output', '10')
     .option('--json', 'print the analysis report (the analysis.json schema)')
@@ -190,12 +184,4 @@ export function registerAnalyze(program: Command): void {
         progress.stop();
       }
     });
-}
-
-function finite(flag: string): (v: string) => number {
-  return (v) => {
-    const x = Number(v);
-    if (v.trim() === '' || !Number.isFinite(x)) throw new InputError(`${flag} ${v}: not a finite number`);
-    return x;
-  };
 }

@@ -3,11 +3,11 @@ import { InputError } from '../../lib/errors.js';
 import { OUTPUT_KINDS } from '../../lib/ops/outputs.js';
 import { runApply } from '../../lib/ops/run.js';
 import { VOCAB_PAIRINGS, type VocabPairing } from '../../lib/ops/vocab.js';
-import { checkFusion, describeFusion, FUSION_METHODS } from '../../lib/fusion/options.js';
+import { checkFusion, describeFusion } from '../../lib/fusion/options.js';
 import { parseSize } from '../../lib/ops/sizes.js';
 import { cliOutput } from '../storage.js';
 import { Progress } from '../progress.js';
-import { commandEnv, pick, print, writerOptions } from '../common.js';
+import { commandEnv, fusionOptions, pick, print, writerOptions } from '../common.js';
 
 export function registerApply(program: Command): void {
   const deltas: { ref: string; scale: number }[] = [];
@@ -32,14 +32,8 @@ export function registerApply(program: Command): void {
     })
     .addOption(new Option('--vocab <pairing>', 'pair vocabulary rows with the new base by token content, or by index (rows)').choices([...VOCAB_PAIRINGS]).default('tokens'))
     .option('--out <dir>', 'the model folder to write')
-    .addOption(new Option('--output <dir>').hideHelp())
-    .addOption(new Option('--method <method>', 'how deltas combine (default linear: new base + Σ scale·Δ)').choices(FUSION_METHODS))
-    .option('--density <d>', 'sparse methods: the fraction of each delta kept, in (0, 1]', finite('--density'))
-    .option('--gamma <g>', 'breadcrumbs: the fraction of largest magnitudes dropped (default 0.01)', finite('--gamma'))
-    .option('--lambda <l>', 'sparse methods: x = new base + λ·m (default 1)', finite('--lambda'))
-    .option('--seed <u64>', 'DARE: the random numbers\' seed (default 0)')
-    .option('--normalize', 'sign-electing methods: divide by the agreeing weights\' sum (their default)')
-    .option('--no-normalize', 'sign-electing methods: do not normalize');
+    .addOption(new Option('--output <dir>').hideHelp());
+  fusionOptions(applyCmd, 'how deltas combine (default linear: new base + Σ scale·Δ)');
   writerOptions(applyCmd, 'largest output shard').action(async (o) => {
     const base = pick('--base', o.base, o.baseModel);
     const dir = pick('--out', o.out, o.output);
@@ -67,12 +61,4 @@ export function registerApply(program: Command): void {
       progress.stop();
     }
   });
-}
-
-function finite(flag: string): (v: string) => number {
-  return (v) => {
-    const x = Number(v);
-    if (v.trim() === '' || !Number.isFinite(x)) throw new InputError(`${flag} ${v}: not a finite number`);
-    return x;
-  };
 }

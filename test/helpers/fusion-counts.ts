@@ -5,13 +5,13 @@ import path from 'node:path';
 import { loadTensors } from './models.js';
 import { decodeFloats } from './floats.js';
 
-const M64 = (1n << 64n) - 1n;
-function fnv1a64(s: string): bigint {
+export const M64 = (1n << 64n) - 1n;
+export function fnv1a64(s: string): bigint {
   let h = 0xcbf29ce484222325n;
   for (const b of Buffer.from(s, 'utf8')) h = ((h ^ BigInt(b)) * 0x100000001b3n) & M64;
   return h;
 }
-function splitmix64(x: bigint): bigint {
+export function splitmix64(x: bigint): bigint {
   let z = (x + 0x9e3779b97f4a7c15n) & M64;
   z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M64;
   z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M64;
