@@ -9,10 +9,10 @@ import { LAYOUT, STATS, applyName, applyWat, hasFusedApply, scaledApply, subtrac
 
 // The few WebAssembly JS API members used here (the project's TypeScript libs do not declare the namespace).
 interface WasmMemory {
-  readonly buffer: ArrayBuffer;
+  readonly buffer: ArrayBuffer | SharedArrayBuffer;
 }
 interface WasmApi {
-  Memory: new (d: { initial: number; maximum: number }) => WasmMemory;
+  Memory: new (d: { initial: number; maximum: number; shared?: boolean }) => WasmMemory;
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
 }
@@ -23,7 +23,7 @@ type SubtractFn = (pb: number, pp: number, po: number, n: number) => void;
 type ApplyFn = (...args: number[]) => void;
 
 interface Wabt {
-  parseWat(file: string, text: string, features: { simd: boolean }): { toBinary(o: object): { buffer: Uint8Array }; destroy(): void };
+  parseWat(file: string, text: string, features: { simd: boolean; threads?: boolean }): { toBinary(o: object): { buffer: Uint8Array }; destroy(): void };
 }
 let wabtLoading: Promise<Wabt> | undefined;
 let wabt: Wabt | undefined;
@@ -50,7 +50,7 @@ export function compileKernel(name: string, text: () => string): object {
   let module = modules.get(name);
   if (!module) {
     if (!wabt) throw new Error('wabt is not loaded');
-    const parsed = wabt.parseWat(`${name}.wat`, text(), { simd: true });
+    const parsed = wabt.parseWat(`${name}.wat`, text(), { simd: true, threads: true });
     try {
       module = new WA.Module(parsed.toBinary({}).buffer);
     } finally {
@@ -208,5 +208,6 @@ export async function createWasmKernels(arenaBytes: number): Promise<Kernels> {
   const pages = Math.ceil((LAYOUT.arena + arenaBytes) / PAGE);
   if (pages > 65536) throw new RangeError(`kernel arena of ${arenaBytes} bytes exceeds the 4 GiB WebAssembly memory`);
   await loadWabt();
-  return new WasmKernels(new WA.Memory({ initial: pages, maximum: pages }), arenaBytes);
+  // Shared, so codec workers read a computed delta where the kernel wrote it (no copy); the kernels use no atomics.
+  return new WasmKernels(new WA.Memory({ initial: pages, maximum: pages, shared: true }), arenaBytes);
 }

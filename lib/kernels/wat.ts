@@ -939,7 +939,7 @@ function simdApply(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Fu
 /** A module around `funcs`: the imported memory, the scalar helpers, and the constant pool as registered so far. */
 function moduleText(funcs: Func[]): string {
   const texts = funcs.map((f) => f.text()); // first, so that the pool holds every constant they load
-  return ['(module', '(import "env" "mem" (memory 1))', scalarHelpers(), ...texts, dataSegment(), ')'].join('\n');
+  return ['(module', '(import "env" "mem" (memory 1 65536 shared))', scalarHelpers(), ...texts, dataSegment(), ')'].join('\n');
 }
 
 /** The module of one subtract kernel: its exported driver `subtractName(x, y, probe)` and what the driver calls. */

@@ -197,10 +197,11 @@ export function encodeCompactChunks(
     const r = exactChunk(e.kernels, inDtype, candidates, s.inputs[0].subarray(j * ch * size), s.inputs[1].subarray(j * ch * size), len, s.out.subarray(j * ch * 8), tensor.hint);
     tensor.hint = r.dtype;
     addStats(tensor.stats, r.stats);
-    // One copy into memory the codec workers share (the kernels write their own memory, in place).
+    // The WebAssembly kernels' memory is shared with the codec workers; other kernels' output is copied there.
     const bytes = len * dtypeSize(r.dtype);
-    const raw = s.aux![1].subarray(j * ch * 8, j * ch * 8 + bytes);
-    raw.set(s.out.subarray(j * ch * 8, j * ch * 8 + bytes));
+    const computed = s.out.subarray(j * ch * 8, j * ch * 8 + bytes);
+    const raw = s.aux![1] ? s.aux![1].subarray(j * ch * 8, j * ch * 8 + bytes) : computed;
+    if (raw !== computed) raw.set(computed);
     const frames = s.aux![0].subarray(j * e.frameBytes, (j + 1) * e.frameBytes);
     encoded.push(e.pool.encode(raw, len, dtypeSize(r.dtype), frames).then((lengths) => ({ t, dtype: r.dtype, n: len, frames, lengths })));
   }
@@ -222,11 +223,13 @@ export function compactSlots(env: ExecEnv, inBytes: number, ch: number): { key: 
 async function createCompactSlots(env: ExecEnv, inBytes: number, ch: number, count: number, chunk: number) {
   const kernels = await kernelsFor(env, count * chunk * (2 * inBytes + 8));
   const frameBytes = chunkBound(ch);
-  const slots: Slot[] = Array.from({ length: count }, () => ({
-    inputs: [kernels.alloc(chunk * inBytes), kernels.alloc(chunk * inBytes)],
-    out: kernels.alloc(chunk * 8),
-    aux: [sharedBytes((chunk / ch) * frameBytes), sharedBytes(chunk * 8)],
-  }));
+  const slots: Slot[] = Array.from({ length: count }, () => {
+    const out = kernels.alloc(chunk * 8);
+    // aux[1]: a shared copy of the delta, only where the kernels' own memory is not shared.
+    const aux = [sharedBytes((chunk / ch) * frameBytes)];
+    if (!(out.buffer instanceof SharedArrayBuffer)) aux.push(sharedBytes(chunk * 8));
+    return { inputs: [kernels.alloc(chunk * inBytes), kernels.alloc(chunk * inBytes)], out, aux };
+  });
   return { encoder: { kernels, pool: codecPool(), chunkElements: ch, frameBytes }, slots, chunk };
 }
 
