@@ -110,6 +110,41 @@ describe('chunk codec', () => {
       await workers.close();
     }
   });
+
+  it('decodes many chunks as one job per worker, each to its place, and names the corrupt one by index', async () => {
+    const size = 2;
+    const lens = [3000, 5000, 1000, 4000, 2500];
+    const inline = new CodecPool(0);
+    const workers = new CodecPool(2);
+    try {
+      const frames = sharedBytes(lens.reduce((a, n) => a + size * frameBound(n), 0));
+      const want = lens.map((n, i) => sample(n, size, 20 + i));
+      const chunks: [number, number[], number, number, number][] = [];
+      let at = 0;
+      let to = 0;
+      for (const [i, n] of lens.entries()) {
+        const raw = sharedBytes(n * size);
+        raw.set(want[i]);
+        const lengths = await inline.encode(raw, n, size, frames.subarray(at));
+        chunks.push([at, lengths, n, size, to]);
+        at += lengths.reduce((a, b) => a + b, 0);
+        to += n * size;
+      }
+      for (const pool of [inline, workers]) {
+        const dest = sharedBytes(to);
+        await pool.decodeMany(frames, dest, chunks);
+        chunks.forEach(([, , n, , off], i) => expect(Buffer.from(dest.subarray(off, off + n * size)).equals(Buffer.from(want[i]))).toBe(true));
+      }
+      frames[chunks[3][0] + chunks[3][1][0] + 3] ^= 0x20; // inside chunk 3's second plane
+      for (const pool of [inline, workers]) {
+        const err = await pool.decodeMany(frames, sharedBytes(to), chunks).catch((e) => e);
+        expect(err).toBeInstanceOf(ChunkDecodeError);
+        expect(err.chunk).toBe(3);
+      }
+    } finally {
+      await workers.close();
+    }
+  });
 });
 
 describe('the streaming loop', () => {

@@ -297,14 +297,29 @@ export async function decodeChunk(frames: Uint8Array, lengths: readonly number[]
 
 export type CodecJob =
   | { id: number; op: 'encode'; raw: Uint8Array; n: number; size: number; out: Uint8Array }
-  | { id: number; op: 'decode'; frames: Uint8Array; lengths: number[]; n: number; size: number; raw: Uint8Array };
+  | { id: number; op: 'decode'; frames: Uint8Array; lengths: number[]; n: number; size: number; raw: Uint8Array }
+  // Several chunks in one message (posting a job costs more than decoding a small chunk): each is
+  // [offset of its frames in `frames`, frame lengths, n, size, byte offset in `raw`].
+  | { id: number; op: 'decodeMany'; frames: Uint8Array; raw: Uint8Array; chunks: [number, number[], number, number, number][] };
 
-export type CodecReply = { id: number; lengths?: number[]; error?: string; corrupt?: boolean };
+export type CodecReply = { id: number; lengths?: number[]; error?: string; corrupt?: boolean; /** decodeMany: the chunk that failed. */ failed?: number };
 
 /** Runs one job; buffers are views of SharedArrayBuffers when the job crossed a thread. */
 export async function runJob(job: CodecJob): Promise<CodecReply> {
   try {
     if (job.op === 'encode') return { id: job.id, lengths: await encodeChunk(job.raw, job.n, job.size, job.out) };
+    if (job.op === 'decodeMany') {
+      const codec = await planeCodec();
+      for (let i = 0; i < job.chunks.length; i++) {
+        const [at, lengths, n, size, to] = job.chunks[i];
+        try {
+          codec.decode(job.frames.subarray(at, at + lengths.reduce((a, b) => a + b, 0)), lengths, n, size, job.raw.subarray(to, to + n * size));
+        } catch (e) {
+          return { id: job.id, error: (e as Error).message, corrupt: e instanceof CorruptFrameError, failed: i };
+        }
+      }
+      return { id: job.id };
+    }
     await decodeChunk(job.frames, job.lengths, job.n, job.size, job.raw);
     return { id: job.id };
   } catch (e) {

@@ -5,6 +5,8 @@ import { planesBinary, runJob, WORKER_MARK, type CodecJob, type CodecReply } fro
 /** A chunk's frames could not be decoded: the caller names the shard, tensor and chunk. */
 export class ChunkDecodeError extends Error {
   override name = 'ChunkDecodeError';
+  /** decodeMany: index of the chunk that failed. */
+  chunk?: number;
 }
 
 type Pending = { job: CodecJob; resolve: (r: CodecReply) => void };
@@ -130,6 +132,29 @@ export class CodecPool {
   async decode(frames: Uint8Array, lengths: number[], n: number, size: number, raw: Uint8Array): Promise<void> {
     const r = await this.submit({ id: this.seq++, op: 'decode', frames, lengths, n, size, raw }, isShared(frames) && isShared(raw));
     if (r.error) throw r.corrupt ? new ChunkDecodeError(r.error) : new Error(`zstd decoding failed: ${r.error}`);
+  }
+
+  /**
+   * Decodes several chunks whose frames lie in `frames` and whose elements go to `raw`, as one job per
+   * worker at most (a message costs more than decoding a small chunk). Chunks: [frame offset, lengths, n,
+   * size, byte offset in raw]. A corrupt frame raises ChunkDecodeError with `chunk` set to its index.
+   */
+  async decodeMany(frames: Uint8Array, raw: Uint8Array, chunks: [number, number[], number, number, number][]): Promise<void> {
+    const shared = isShared(frames) && isShared(raw);
+    const jobs = Math.max(1, Math.min(chunks.length, shared && !this.broken ? this.threads : 1));
+    const per = Math.ceil(chunks.length / jobs);
+    await Promise.all(
+      Array.from({ length: jobs }, async (_, j) => {
+        const part = chunks.slice(j * per, (j + 1) * per);
+        if (!part.length) return;
+        const r = await this.submit({ id: this.seq++, op: 'decodeMany', frames, raw, chunks: part }, shared);
+        if (!r.error) return;
+        if (!r.corrupt) throw new Error(`zstd decoding failed: ${r.error}`);
+        const e = new ChunkDecodeError(r.error);
+        e.chunk = j * per + (r.failed ?? 0);
+        throw e;
+      }),
+    );
   }
 
   /** Worker threads running now (0 when every job runs on the calling thread). */

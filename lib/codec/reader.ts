@@ -87,38 +87,39 @@ export class CompactShard {
     const first = start / this.chunkElements;
     const last = first + pieces.length - 1;
     const { from, to, contiguous } = this.span(t, first, last);
-    const frames: Uint8Array[] = [];
+    // Where each chunk's frames start in `compressed` (a source may return its bytes elsewhere: copied in).
+    const frames: number[] = [];
     if (contiguous) {
       if (to - from > compressed.length) throw new RangeError(`${this.source.name}: ${to - from} bytes of frames exceed the ${compressed.length}-byte buffer`);
       const got = await this.source.read(from, to - from, compressed);
-      for (let c = first; c <= last; c++) {
-        const len = t.chunks[c][2].reduce((a, b) => a + b, 0);
-        frames.push(got.subarray(t.chunks[c][1] - from, t.chunks[c][1] - from + len));
-      }
+      if (got.buffer !== compressed.buffer || got.byteOffset !== compressed.byteOffset) compressed.set(got);
+      for (let c = first; c <= last; c++) frames.push(t.chunks[c][1] - from);
     } else {
       let at = 0;
       for (let c = first; c <= last; c++) {
         const len = t.chunks[c][2].reduce((a, b) => a + b, 0);
         if (at + len > compressed.length) throw new RangeError(`${this.source.name}: chunk frames exceed the ${compressed.length}-byte buffer`);
-        frames.push(await this.source.read(t.chunks[c][1], len, compressed.subarray(at, at + len)));
+        const into = compressed.subarray(at, at + len);
+        const got = await this.source.read(t.chunks[c][1], len, into);
+        if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) into.set(got);
+        frames.push(at);
         at += len;
       }
     }
-    await Promise.all(
-      pieces.map(async (p, i) => {
-        const c = first + i;
-        const size = dtypeSize(p.dtype);
-        try {
-          await pool.decode(frames[i], t.chunks[c][2], p.n, size, dest.subarray(p.byteOffset, p.byteOffset + p.n * size));
-        } catch (e) {
-          if (!(e instanceof ChunkDecodeError)) throw e;
-          const at = c * this.chunkElements;
-          throw new InputError(
-            `${this.source.name}: tensor "${t.name}", chunk ${c} (elements ${at}–${at + p.n - 1}): corrupt data, ${e.message}; the delta shard is damaged, fetch or compute it again`,
-          );
-        }
-      }),
-    );
+    // One job per codec worker for the whole range, not one per chunk: frames all lie in `compressed`.
+    const jobs = pieces.map((p, i): [number, number[], number, number, number] => [
+      frames[i], t.chunks[first + i][2], p.n, dtypeSize(p.dtype), p.byteOffset,
+    ]);
+    try {
+      await pool.decodeMany(compressed, dest, jobs);
+    } catch (e) {
+      if (!(e instanceof ChunkDecodeError)) throw e;
+      const c = first + (e.chunk ?? 0);
+      const at = c * this.chunkElements;
+      throw new InputError(
+        `${this.source.name}: tensor "${t.name}", chunk ${c} (elements ${at}–${at + pieces[c - first].n - 1}): corrupt data, ${e.message}; the delta shard is damaged, fetch or compute it again`,
+      );
+    }
     return pieces;
   }
 }
