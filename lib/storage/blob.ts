@@ -3,6 +3,8 @@ import type { BlobClient, BlobServiceClient, BlockBlobClient, ContainerClient } 
 import { PLAN_TAG, type ByteSource, type FileStat, type ShardOptions, type ShardSink, type Store } from './types.js';
 import { StreamingDigest, sha256OfSource } from './digest.js';
 import { ReadAhead } from './readahead.js';
+import { rangeInto } from './rangeget.js';
+import { createHttpHeaders, createPipelineRequest, type Pipeline as CorePipeline } from '@azure/core-rest-pipeline';
 import { formatRef, isValidContainerName, parseModelRef } from './refs.js';
 import { InputError } from '../errors.js';
 
@@ -25,6 +27,18 @@ export interface BlobStoreOptions {
   readAheadBytes?: number;
   /** Read-ahead windows held or in flight per opened blob (default 2). */
   readAheadWindows?: number;
+  /**
+   * Ranged reads over plain http (Azurite) go straight into the caller's buffer through the SDK's
+   * pipeline (`rangeget.ts`) instead of its download helper (default true; https always uses the helper).
+   */
+  directReads?: boolean;
+}
+
+/** The SDK client's signing and retrying pipeline and its service version (not public API: checked at run time). */
+function corePipelineOf(blob: BlobClient): { pipeline: CorePipeline; version: string } | null {
+  const ctx = (blob as unknown as { storageClientContext?: { pipeline?: CorePipeline; version?: string } }).storageClientContext;
+  if (typeof ctx?.pipeline?.sendRequest !== 'function' || typeof ctx.version !== 'string') return null;
+  return { pipeline: ctx.pipeline, version: ctx.version };
 }
 
 function statusOf(e: unknown): number | undefined {
@@ -39,6 +53,7 @@ function codeOf(e: unknown): string | undefined {
 /** A blob opened for ranged reads, pinned to the version seen at open (ETag), so a rewrite mid-read fails loudly. */
 export class BlobByteSource implements ByteSource {
   private ahead: ReadAhead | null = null;
+  private readonly direct: { pipeline: CorePipeline; version: string } | null;
 
   private constructor(
     readonly name: string,
@@ -46,7 +61,9 @@ export class BlobByteSource implements ByteSource {
     private readonly blob: BlobClient,
     private readonly etag: string | undefined,
     private readonly opts: BlobStoreOptions,
-  ) {}
+  ) {
+    this.direct = opts.directReads !== false && blob.url.startsWith('http:') ? corePipelineOf(blob) : null;
+  }
 
   static async open(blob: BlobClient, name: string, opts: BlobStoreOptions = {}, etag?: string): Promise<BlobByteSource> {
     let props;
@@ -81,6 +98,7 @@ export class BlobByteSource implements ByteSource {
   }
 
   private async fetch(offset: number, length: number, out: Uint8Array): Promise<Uint8Array> {
+    if (this.direct) return this.fetchDirect(offset, length, out);
     const target = Buffer.from(out.buffer, out.byteOffset, length);
     let filled = 0;
     try {
@@ -100,6 +118,20 @@ export class BlobByteSource implements ByteSource {
     }
     if (filled !== length) throw new Error(`${this.name}: short read at ${offset}: got ${filled} of ${length} bytes`);
     return out;
+  }
+
+  /** One ranged GET, signed and retried by the SDK's pipeline, its body read into `out` (rangeget.ts). */
+  private async fetchDirect(offset: number, length: number, out: Uint8Array): Promise<Uint8Array> {
+    const { pipeline, version } = this.direct!;
+    const headers = createHttpHeaders({ 'x-ms-version': version, 'x-ms-range': `bytes=${offset}-${offset + length - 1}` });
+    if (this.etag) headers.set('If-Match', this.etag);
+    const target = out.subarray(0, length);
+    const res = await pipeline.sendRequest(rangeInto(target), createPipelineRequest({ url: this.blob.url, method: 'GET', headers }));
+    if (res.status === 206 || (res.status === 200 && offset === 0 && length === this.size)) return target;
+    if (res.status === 412) throw new Error(`${this.name}: the blob changed while it was being read`);
+    if (res.status === 404) throw new InputError(`${this.name}: was deleted while it was being read`);
+    const code = res.headers.get('x-ms-error-code');
+    throw Object.assign(new Error(`${this.name}: read of ${length} bytes at ${offset} failed: HTTP ${res.status}${code ? ` ${code}` : ''}`), { statusCode: res.status, code });
   }
 
   async close(): Promise<void> {
