@@ -84,4 +84,55 @@ describe('ReadAhead', () => {
     expect(Buffer.from(got).equals(Buffer.from(src.bytes.subarray(0, 500)))).toBe(true);
     await ra.close();
   });
+
+  it('reuses window buffers across sources, never more than were in use at once, and never a failed one', async () => {
+    const src = source(8000);
+    const buffers = new Set<ArrayBufferLike>();
+    let failNext = false;
+    const failed: ArrayBufferLike[] = [];
+    const fetch = async (o: number, l: number, into: Uint8Array) => {
+      if (into.length > 100) buffers.add(into.buffer); // windows only, not direct reads into the caller's buffer
+      if (failNext && into.length > 100) {
+        failNext = false;
+        failed.push(into.buffer);
+        throw new Error('reset');
+      }
+      return src.fetch(o, l, into);
+    };
+    const readAll = async (ra: ReadAhead, from: number, to: number) => {
+      ra.expect(from, to - from);
+      for (let at = from; at < to; at += 250) {
+        const got = await ra.read(at, 250, new Uint8Array(250));
+        expect(Buffer.from(got).equals(Buffer.from(src.bytes.subarray(at, at + 250)))).toBe(true);
+      }
+    };
+    // Two sources at once, two windows each: four buffers in use at most.
+    const a = new ReadAhead(fetch, 1000, 2);
+    const b = new ReadAhead(fetch, 1000, 2);
+    await Promise.all([readAll(a, 0, 4000), readAll(b, 4000, 8000)]);
+    await Promise.all([a.close(), b.close()]);
+    expect(buffers.size).toBe(4);
+    // The next sources take the same buffers.
+    const c = new ReadAhead(fetch, 1000, 2);
+    const d = new ReadAhead(fetch, 1000, 2);
+    await Promise.all([readAll(c, 0, 4000), readAll(d, 4000, 8000)]);
+    await Promise.all([c.close(), d.close()]);
+    expect(buffers.size).toBe(4);
+    // A window whose fetch failed may still be written by pieces in flight: its buffer is not reused.
+    failNext = true;
+    const e = new ReadAhead(fetch, 1000, 2);
+    e.expect(0, 2000);
+    await expect(e.read(0, 250, new Uint8Array(250))).rejects.toThrow(/reset/);
+    await readAll(e, 250, 2000);
+    await e.close();
+    // Four in use again: the three good buffers and a new one, not the failed one.
+    buffers.clear();
+    const g = new ReadAhead(fetch, 1000, 2);
+    const h = new ReadAhead(fetch, 1000, 2);
+    await Promise.all([readAll(g, 0, 4000), readAll(h, 4000, 8000)]);
+    await Promise.all([g.close(), h.close()]);
+    expect(failed.length).toBe(1);
+    expect(buffers.size).toBe(4);
+    expect(buffers.has(failed[0])).toBe(false);
+  });
 });

@@ -10,7 +10,7 @@ import { createHttpHeaders } from '@azure/core-rest-pipeline';
 
 const READ_BUFFER_BYTES = 64 << 10;
 /** Longest status line and headers accepted. */
-const MAX_HEAD_BYTES = 64 << 10;
+const MAX_HEAD_BYTES = 16 << 10;
 /** Idle keep-alive sockets kept per host, and how long. */
 const MAX_IDLE = 8;
 const IDLE_MS = 4_000;
@@ -24,13 +24,15 @@ interface Conn {
   onEnd: ((err: Error) => void) | null;
   idleTimer: NodeJS.Timeout | null;
   used: number;
+  /** Where the status line and headers of each response are gathered. */
+  head: Buffer;
 }
 
 const idle = new Map<string, Conn[]>();
 
 function connect(host: string, port: number, key: string): Promise<Conn> {
   return new Promise((resolve, reject) => {
-    const conn: Conn = { key, socket: null as unknown as net.Socket, onData: null, onEnd: null, idleTimer: null, used: 0 };
+    const conn: Conn = { key, socket: null as unknown as net.Socket, onData: null, onEnd: null, idleTimer: null, used: 0, head: Buffer.allocUnsafe(MAX_HEAD_BYTES) };
     const socket = net.connect({
       host,
       port,
@@ -131,7 +133,7 @@ function parseHead(text: string): Head {
 /** Sends one GET on `conn` and reads a 2xx body into `into` (exactly its length), any other body nowhere. */
 function exchange(conn: Conn, head: string, into: Uint8Array, signal: PipelineRequest['abortSignal']): Promise<{ head: Head; reusable: boolean; got: number }> {
   return new Promise((resolve, reject) => {
-    const headBytes = Buffer.allocUnsafe(MAX_HEAD_BYTES);
+    const headBytes = conn.head;
     let headLen = 0;
     let res: Head | null = null;
     let body = 0;

@@ -15,19 +15,48 @@ interface Window {
   used: number;
   readers: number;
   failed: boolean;
+  /** The buffer went back to the pool (exactly once: on failure, on release, or at close). */
+  given: boolean;
 }
 
-/** Released window buffers kept for the next source, all sources together (the most a shard's reads hold at once). */
+function giveBack(w: Window, reusable: boolean): void {
+  if (w.given) return;
+  w.given = true;
+  giveBuffer(w.buf, reusable);
+}
+
+/**
+ * Window buffers not in use, kept for the next window of any source. The pool never holds more than were
+ * ever in use at once (so it adds nothing to the peak, and a window dropped at a shard's end is not left
+ * for the collector while the next shard allocates a new one), and is emptied once idle for a while.
+ */
 const spare: Uint8Array[] = [];
-const SPARE_MAX = 4;
+let inUse = 0;
+let peakInUse = 0;
+const IDLE_RELEASE_MS = 30_000;
+let idleTimer: NodeJS.Timeout | null = null;
 
 function takeBuffer(bytes: number): Uint8Array {
+  if (idleTimer) clearTimeout(idleTimer);
+  idleTimer = null;
+  inUse++;
+  peakInUse = Math.max(peakInUse, inUse);
   const i = spare.findIndex((b) => b.length === bytes);
   return i >= 0 ? spare.splice(i, 1)[0] : new Uint8Array(bytes);
 }
 
-function giveBuffer(b: Uint8Array): void {
-  if (spare.length < SPARE_MAX) spare.push(b);
+/** Gives a window's buffer back; `reusable` false when a request in flight may still write into it. */
+function giveBuffer(b: Uint8Array, reusable = true): void {
+  inUse--;
+  if (reusable && spare.length + inUse < peakInUse) spare.push(b);
+  if (inUse === 0 && !idleTimer) {
+    idleTimer = setTimeout(() => {
+      idleTimer = null;
+      spare.length = 0;
+      peakInUse = 0;
+    }, IDLE_RELEASE_MS);
+    idleTimer.unref();
+  }
 }
 
 /**
@@ -107,13 +136,14 @@ export class ReadAhead {
       const start = this.next;
       const end = Math.min(s.end, start + this.windowBytes);
       const buf = takeBuffer(this.windowBytes);
-      const w: Window = { start, end, buf, used: 0, readers: 0, failed: false, ready: Promise.resolve() };
+      const w: Window = { start, end, buf, used: 0, readers: 0, failed: false, given: false, ready: Promise.resolve() };
       w.ready = this.fetch(start, end - start, buf.subarray(0, end - start)).then(
         () => undefined,
         (e: unknown) => {
           // Its bytes are read again straight from the source; the buffer may still be written by pieces in flight.
           w.failed = true;
           this.forget(w);
+          giveBack(w, false);
           throw e;
         },
       );
@@ -133,7 +163,7 @@ export class ReadAhead {
 
   private release(w: Window): void {
     this.forget(w);
-    if (!w.failed) giveBuffer(w.buf);
+    giveBack(w, !w.failed);
     this.fill();
   }
 
@@ -142,6 +172,7 @@ export class ReadAhead {
     this.closed = true;
     const all = this.open.splice(0);
     await Promise.allSettled(all.map((w) => w.ready));
-    for (const w of all) if (!w.failed && w.readers === 0) giveBuffer(w.buf);
+    // One with a reader still copying out is dropped rather than reused.
+    for (const w of all) giveBack(w, !w.failed && w.readers === 0);
   }
 }
