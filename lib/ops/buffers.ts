@@ -8,11 +8,16 @@ import vm from 'node:vm';
 const idle = new Map<string, unknown[]>();
 
 let gc: (() => void) | null | undefined;
+let lastGc = -Infinity;
 /**
  * A full collection, so the sets just dropped (kernel memory, shared memory: tens of MiB outside the
- * heap) are freed now rather than after another 64 MB of allocations, when V8 would get to them.
+ * heap) are freed now rather than after another 64 MB of allocations, when V8 would get to them. At
+ * most one a second: a switch of shape is rare in a run, frequent only in tests of tiny shards.
  */
 function collectDropped(): void {
+  const now = performance.now();
+  if (now - lastGc < 1000) return;
+  lastGc = now;
   if (gc === undefined) {
     try {
       v8.setFlagsFromString('--expose-gc');
