@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
@@ -6,6 +6,12 @@ import { createPipelineRequest } from '@azure/core-rest-pipeline';
 import { InputError } from '../lib/errors.js';
 import { BlobStore } from '../lib/storage/blob.js';
 import { rangeInto } from '../lib/storage/rangeget.js';
+
+// Counts the direct reads, to check that plain-http blob reads take that path (and not the SDK helper).
+vi.mock('../lib/storage/rangeget.js', async (original) => {
+  const mod = await original<typeof import('../lib/storage/rangeget.js')>();
+  return { ...mod, rangeInto: vi.fn(mod.rangeInto) };
+});
 import { startAzurite, type Azurite } from '../cli/host/azurite.js';
 
 // Not a multiple of the 64 KiB socket read buffer, so pieces straddle reads.
@@ -37,10 +43,12 @@ describe('ranged blob reads straight into the caller buffer (Azurite)', () => {
       [SIZE - 70_000, 70_000],
     ];
     for (const directReads of [true, false]) {
+      vi.mocked(rangeInto).mockClear();
       const src = await new BlobStore(container, 'm', undefined, { directReads, readBlockBytes: 1 << 20 }).openRead('blob.bin');
       // Several at once: each request on its own keep-alive socket, each socket its own read buffer.
       const got = await Promise.all(ranges.map(([o, l]) => src.read(o, l, new Uint8Array(l + 5))));
       ranges.forEach(([o, l], k) => expect(Buffer.from(got[k]).equals(slice(o, l)), `${directReads} ${o}+${l}`).toBe(true));
+      expect(vi.mocked(rangeInto).mock.calls.length).toBe(directReads ? ranges.length : 0);
       await src.close();
     }
   });
