@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import zstd from 'zstd-napi/binding.js';
 import { decodeChunk, encodeChunk, frameBound, isRuns } from '../lib/codec/chunk.js';
-import { ChunkDecodeError, CodecPool, sharedBytes } from '../lib/codec/pool.js';
+import { ChunkDecodeError, CodecPool, sharedBytes, workerExecArgv } from '../lib/codec/pool.js';
 import { streamTensors, type Slot } from '../lib/ops/stream.js';
 
 /** Deterministic bytes with the look of a delta: mostly-zero low bytes, busy high ones. */
@@ -109,6 +109,11 @@ describe('chunk codec', () => {
     } finally {
       await workers.close();
     }
+  });
+
+  it('gives workers the parent\'s Node options less those of an inline script', () => {
+    expect(workerExecArgv(['--input-type=module', '-e', 'x', '--max-old-space-size=512'])).toEqual(['--max-old-space-size=512']);
+    expect(workerExecArgv(['--input-type', 'module', '--print', 'x', '--eval=y', '--cpu-prof'])).toEqual(['--cpu-prof']);
   });
 
   it('decodes many chunks as one job per worker, each to its place, and names the corrupt one by index', async () => {

@@ -56,6 +56,16 @@ describe('the built JavaScript (npm test builds it first)', () => {
     expect(stdout).toBe('function');
   });
 
+  it('starts codec workers in an inline module script, as the benchmarks run the CLI', async () => {
+    // Node refuses a file worker under --input-type; before the pool dropped it, every job ran on the main thread.
+    const code = `const { CodecPool, sharedBytes } = await import(${JSON.stringify(path.join(root, 'dist/lib/codec/pool.js'))});
+      const p = new CodecPool(2), n = 4096, raw = sharedBytes(n * 2), out = sharedBytes(4 * n * 2);
+      await p.encode(raw, n, 2, out); await p.encode(raw, n, 2, out);
+      process.stdout.write(String(p.running)); await p.close();`;
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', code]);
+    expect(Number(stdout)).toBeGreaterThan(0);
+  });
+
   it('runs the paramdelta bin: compute then apply, byte for byte', () =>
     withTempDir(async (tmp) => {
       const fam = path.join(fixturesDir, 'tiny-llama-f16');

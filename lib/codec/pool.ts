@@ -11,6 +11,29 @@ export class ChunkDecodeError extends Error {
 
 type Pending = { job: CodecJob; resolve: (r: CodecReply) => void };
 
+/**
+ * The parent's Node options, less those that only make sense for an inline script: a worker inherits
+ * execArgv, and Node refuses to start a file worker under `--input-type` (as `node --input-type=module -e`
+ * runs the CLI in the benchmarks), which silently left every job on the calling thread.
+ */
+export function workerExecArgv(argv: readonly string[] = process.execArgv): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a.startsWith('--input-type')) {
+      if (a === '--input-type') i++;
+      continue;
+    }
+    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') {
+      i++;
+      continue;
+    }
+    if (a.startsWith('--eval=') || a.startsWith('--print=')) continue;
+    out.push(a);
+  }
+  return out;
+}
+
 /** Bytes that worker threads can read and write without a copy. */
 export function sharedBytes(bytes: number): Uint8Array {
   return new Uint8Array(new SharedArrayBuffer(Math.max(8, bytes)));
@@ -40,7 +63,7 @@ export class CodecPool {
     const here = import.meta.url;
     // Built JavaScript next to the built pool; under the test runner the TypeScript source, which Node strips.
     const url = new URL(here.endsWith('.ts') ? './chunk.ts' : './chunk.js', here);
-    const slot: { w: Worker; busy: Pending | null } = { w: new Worker(url, { workerData: { mark: WORKER_MARK, planes: this.planes } }), busy: null };
+    const slot: { w: Worker; busy: Pending | null } = { w: new Worker(url, { execArgv: workerExecArgv(), workerData: { mark: WORKER_MARK, planes: this.planes } }), busy: null };
     slot.w.on('message', (r: CodecReply) => {
       const p = slot.busy;
       slot.busy = null;
