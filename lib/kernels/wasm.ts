@@ -23,7 +23,7 @@ type SubtractFn = (pb: number, pp: number, po: number, n: number) => void;
 type ApplyFn = (...args: number[]) => void;
 
 interface Wabt {
-  parseWat(file: string, text: string, features: { simd: boolean; threads?: boolean }): { toBinary(o: object): { buffer: Uint8Array }; destroy(): void };
+  parseWat(file: string, text: string, features: { simd: boolean; threads?: boolean; relaxed_simd?: boolean }): { toBinary(o: object): { buffer: Uint8Array }; destroy(): void };
 }
 let wabtLoading: Promise<Wabt> | undefined;
 let wabt: Wabt | undefined;
@@ -50,7 +50,7 @@ export function compileKernel(name: string, text: () => string): object {
   let module = modules.get(name);
   if (!module) {
     if (!wabt) throw new Error('wabt is not loaded');
-    const parsed = wabt.parseWat(`${name}.wat`, text(), { simd: true, threads: true });
+    const parsed = wabt.parseWat(`${name}.wat`, text(), { simd: true, threads: true, relaxed_simd: true });
     try {
       module = new WA.Module(parsed.toBinary({}).buffer);
     } finally {

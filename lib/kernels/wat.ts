@@ -16,17 +16,17 @@ export const LAYOUT = {
   /** Elements per block when a multi-delta apply keeps x in float64 scratch, or when inputs are staged. */
   block: 2048,
   /** float64 x for one block. */
-  scratch: 1024,
+  scratch: 2048,
   /** Four staging areas of block·8 bytes (base, two deltas or post, out) for buffers outside the instance's memory. */
-  stage: 1024 + 2048 * 8,
-  arena: 1024 + 2048 * 8 * 5,
+  stage: 2048 + 2048 * 8,
+  arena: 2048 + 2048 * 8 * 5,
 } as const;
 
 /** Where subtract keeps its running stats: 4 f64 Σd² partial sums (by i mod 4), 4 Σbase², two i64 counts, a max. */
 export const STATS = { sqD: 0, sqB: 32, rounded: 64, misses: 72, maxError: 80, bytes: 88 } as const;
 
 /** A subtract call's vector state while it runs (so that the redo can start again from STATS). */
-const WORK = { sq: 128, sb: 160, cntR: 192, cntP: 208, cnt32: 224, mx: 240, spec: 256 } as const;
+const WORK = { sq: 128, sb: 160, cntR: 192, cntP: 208, cnt32: 224, mx: 240, spec: 256, mx32: 272 } as const;
 
 export function subtractName(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
   return `sub_${x}_${y}_${probe === undefined || probe === 'F64' ? 'none' : probe}`;
@@ -622,6 +622,14 @@ function subtractPlan(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   return { name: subtractName(x, y, probe), pr, count, probeTest, pTest, guard };
 }
 
+/**
+ * acc + b·b for Σbase², fused where that is exact: a BF16/F16/F32 value squared has at most 48 significant bits, so the
+ * product is exact in float64 and relaxed_madd gives the reference's bits whether or not the hardware fuses it.
+ */
+function sumSquare(x: FloatDType, acc: string, b: string): string {
+  return x === 'F64' ? op('f64x2.add', acc, op('f64x2.mul', b, b)) : op('f64x2.relaxed_madd', b, b, acc);
+}
+
 /** Rare hand-offs a 'bits' subtract call takes before it finishes with its 'inline' loop. */
 const FALLBACK_AFTER = 16;
 
@@ -707,7 +715,7 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
             set(d, op('f64x2.sub', get(ps[k]), get(bs[k]))),
             // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
             set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
-            set(sb[k & 1], op('f64x2.add', get(sb[k & 1]), op('f64x2.mul', get(bs[k]), get(bs[k])))),
+            set(sb[k & 1], sumSquare(x, get(sb[k & 1]), get(bs[k]))),
           );
           if (bad) f.emit(set(bad, k === 0 ? get(d) : op('v128.or', get(bad), get(d))));
           if (cntP && pTest !== 'packed') {
@@ -882,6 +890,258 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Lossy subtract between 16-bit formats, in F32 lanes: four lanes per vector instead of float64 pairs. The difference
+// of two BF16 (or two 2^-112-scaled F16) values is nearly always exact in F32, and then it is the float64 delta, so
+// rounding it to BF16/F16 on its F32 bits rounds the float64 delta once. Groups where it is not exact (or that hold
+// an F16 Inf/NaN, or a delta that overflows F16) go to the float64 rare function.
+
+/** Subtracts that take the F32-lane family: 16-bit in, 16-bit out, no probe to count. */
+export const narrowSubtract = (x: FloatDType, y: FloatDType, probe: FloatDType | undefined) => SIZE[x] === 2 && SIZE[y] === 2 && (probe === undefined || probe === 'F64');
+
+/**
+ * F16 inputs work 2^-112 times too small throughout (see widenGroup), so their Σ sums run 2^-224 times too small:
+ * every square is ≥ 2^-272, far from float64 underflow, so each scaled addition rounds exactly as the unscaled one.
+ */
+const SQ_SCALE = pow2(-224);
+
+const I32 = {
+  ONE: i32x4(1),
+  SIGN32: i32x4(0x80000000),
+  EXP32: i32x4(0x7f800000),
+  BF16_RND: i32x4(0x7fff),
+  BF16_KEEP: i32x4(0xffff0000),
+  F16S_RND: i32x4(0xfff),
+  F16S_KEEP: i32x4(0xffffe000),
+  // F16 from unscaled F32: the float64 magic of round16 in F32 (binade clamped at 2^-14; 23 − 10 = 13).
+  F16_LO32: i32x4(0x38800000),
+  F16_MAGIC32: i32x4((13 << 23) + (1 << 22) - (113 << 10)),
+  F16_LOW22: i32x4(0x3fffff),
+};
+
+/** Widens 16-bit elements 0..3 (`high` false) or 4..7 of `raw` to F32 (F16: scaled by 2^-112). */
+function widen32(f: Func, x: 'BF16' | 'F16', raw: string, high: boolean): string {
+  const h = toHighHalves(f, get(raw), high);
+  return x === 'BF16' ? h : op('v128.and', `(i32x4.shr_s ${h} (i32.const 3))`, get(f.const('H_MASK', K.H_MASK)));
+}
+
+/**
+ * The F32 lanes' test, on the 16-bit exponent fields of base and post (all 8 lanes at once). The difference of two
+ * values whose exponent fields differ by at most `gap` has at most 24 significant bits (BF16: gap + 9, F16: gap + 12,
+ * subnormals on the smallest normal's grid), so it is exact in F32. Fields above `top` (above `topF16` for F16 out)
+ * are left to the rare function: Inf and NaN, and inputs large enough for a delta to overflow F32 (BF16 ≥ 2^127)
+ * or to round to Inf in F16 (≥ 2^14, so |d| < 2^15 otherwise).
+ */
+const NARROW = {
+  BF16: { exp: 0x7f80, gap: 15 << 7, top: 253 << 7, topF16: 140 << 7 },
+  F16: { exp: 0x7c00, gap: 12 << 10, top: 28 << 10, topF16: 28 << 10 },
+} as const;
+
+function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
+  const name = subtractName(x, y, undefined);
+  const f = new Func(`${name}_n32`, `${SUB_PARAMS} (param $i i32) (param $nspan i32) (result i32)`, false);
+  const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
+  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
+  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
+  const cntE = f.local('cntE', 'v128');
+  const mx32 = f.local('mx32', 'v128');
+  const state: [string, number][] = [
+    [sq[0], WORK.sq],
+    [sq[1], WORK.sq + 16],
+    [sb[0], WORK.sb],
+    [sb[1], WORK.sb + 16],
+    [cntE, WORK.cnt32],
+    [mx32, WORK.mx32],
+  ];
+  for (const [l, at] of state) f.emit(set(l, load(at)));
+  const c = (name: keyof typeof I32) => get(f.const(name, I32[name]));
+  const abs32 = (v: string) => op('v128.and', v, get(f.const('ABS32', i32x4(0x7fffffff))));
+  const bq = [0, 1].map((j) => f.local(`bq${j}`, 'v128'));
+  const dq = [0, 1].map((j) => f.local(`dq${j}`, 'v128'));
+  let raw: string[] = [];
+  hotLoop(
+    f,
+    1,
+    [
+      [qb, '$pb', 2],
+      [qp, '$pp', 2],
+      [qo, '$po', 2],
+    ],
+    {
+      body: () => {
+        const [rb, rp] = (raw = ['rb', 'rp'].map((n) => f.local(n, 'v128')));
+        f.emit(set(rb, `(v128.load ${get(qb)})`), set(rp, `(v128.load ${get(qp)})`));
+        const g = NARROW[x];
+        const exp = get(f.const(`${x}_EXP16`, lanes16(g.exp)));
+        const [eb, ep] = [rb, rp].map((r) => op('v128.and', get(r), exp));
+        const big = y === 'F16' ? g.topF16 : g.top;
+        return op(
+          'v128.or',
+          op('i16x8.gt_s', op('i16x8.abs', op('i16x8.sub', eb, ep)), get(f.const(`${x}_GAP16`, lanes16(g.gap)))),
+          op('i16x8.gt_u', op('i16x8.max_u', eb, ep), get(f.const(`${x}_TOP16_${big}`, lanes16(big)))),
+        );
+      },
+      commit: () => {
+        const [rb, rp] = raw;
+        for (const j of [0, 1]) {
+          const p = f.local(`pq${j}`, 'v128');
+          f.emit(set(bq[j], widen32(f, x, rb, j === 1)), set(p, widen32(f, x, rp, j === 1)), set(dq[j], op('f32x4.sub', get(p), get(bq[j]))));
+        }
+        // Slots by i mod 4: lanes 0–1 of each quad feed sq[0], lanes 2–3 sq[1], quad 0 before quad 1. Squares of F32
+        // values are exact in float64, so relaxed_madd matches the reference's product-then-sum.
+        const dw: string[][] = [[], []];
+        for (const j of [0, 1]) {
+          for (const h of [0, 1]) {
+            const e = f.local(`de${j}${h}`, 'v128');
+            const b = f.local(`be${j}${h}`, 'v128');
+            f.emit(
+              set(e, `(f64x2.promote_low_f32x4 ${h ? high64(get(dq[j])) : get(dq[j])})`),
+              set(sq[h], op('f64x2.relaxed_madd', get(e), get(e), get(sq[h]))),
+              set(b, `(f64x2.promote_low_f32x4 ${h ? high64(get(bq[j])) : get(bq[j])})`),
+              set(sb[h], op('f64x2.relaxed_madd', get(b), get(b), get(sb[h]))),
+            );
+            dw[j].push(e);
+          }
+        }
+        const hs = [0, 1].map((j) => {
+          const [u, w, a, hb] = ['u', 'w', 'a', 'hb'].map((n) => f.local(`${n}${j}`, 'v128'));
+          if (y === 'BF16') {
+            // Unscaled F32 delta (F16 inputs: scaled back in float64, exactly, from the promotes above).
+            if (x === 'F16') {
+              const up = (e: string) => `(f32x4.demote_f64x2_zero ${op('f64x2.mul', get(e), get(f.const('H_UP', K.H_UP)))})`;
+              f.emit(set(u, `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 ${up(dw[j][0])} ${up(dw[j][1])})`));
+            } else f.emit(set(u, get(dq[j])));
+            // Half to even on the bits: add 0x7fff plus the kept lsb; a carry into the exponent is right, Inf included.
+            const r = f.local(`r${j}`, 'v128');
+            f.emit(
+              set(r, op('i32x4.add', get(u), op('i32x4.add', op('v128.and', `(i32x4.shr_u ${get(u)} (i32.const 16))`, c('ONE')), c('BF16_RND')))),
+              set(w, op('v128.and', get(r), c('BF16_KEEP'))),
+              set(hb, `(i32x4.shr_u ${get(r)} (i32.const 16))`),
+              set(a, get(u)),
+            );
+          } else if (x === 'F16') {
+            // The scaled F32 pattern >> 13 is the F16 pattern, subnormals included: round half to even on the bits.
+            const r = f.local(`r${j}`, 'v128');
+            f.emit(
+              set(a, abs32(get(dq[j]))),
+              set(r, op('i32x4.add', get(a), op('i32x4.add', op('v128.and', `(i32x4.shr_u ${get(a)} (i32.const 13))`, c('ONE')), c('F16S_RND')))),
+              set(w, op('v128.and', get(r), c('F16S_KEEP'))),
+              set(hb, op('v128.or', `(i32x4.shr_u ${get(r)} (i32.const 13))`, op('v128.and', `(i32x4.shr_u ${get(dq[j])} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
+            );
+          } else {
+            // F16 from an unscaled F32: round16's magic addition in F32 (below 2^-14 the quantum stays 2^-24).
+            const [e, m, s] = ['e', 'm', 's'].map((n) => f.local(`${n}${j}`, 'v128'));
+            f.emit(
+              set(a, abs32(get(dq[j]))),
+              set(e, op('i32x4.max_s', op('v128.and', get(dq[j]), c('EXP32')), c('F16_LO32'))),
+              set(m, op('i32x4.add', get(e), op('i32x4.add', `(i32x4.shr_u ${get(e)} (i32.const 13))`, c('F16_MAGIC32')))),
+              set(s, op('f32x4.add', get(a), get(m))),
+              set(w, op('f32x4.sub', get(s), get(m))),
+              set(hb, op('v128.or', op('v128.and', get(s), c('F16_LOW22')), op('v128.and', `(i32x4.shr_u ${get(dq[j])} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
+            );
+          }
+          // w and a share a sign, so w − a is the (exact) rounding error; Inf after a BF16 overflow.
+          f.emit(set(cntE, op('i32x4.add', get(cntE), op('f32x4.eq', get(w), get(a)))), set(mx32, op('f32x4.pmax', get(mx32), abs32(op('f32x4.sub', get(w), get(a))))));
+          return hb;
+        });
+        f.emit(`(v128.store ${get(qo)} (i16x8.narrow_i32x4_u ${get(hs[0])} ${get(hs[1])}))`);
+      },
+      save: () => {
+        for (const [l, at] of state) f.emit(store(at, get(l)));
+      },
+    },
+  );
+  return f;
+}
+
+/** The group at $i, which the F32 lanes could not take, in float64: sums, rounding, counts (the WORK state). */
+function narrowRare(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
+  const name = subtractName(x, y, undefined);
+  const f = new Func(`${name}_n64`, `${SUB_PARAMS} (param $i i32)`, false);
+  const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
+  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
+  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
+  const [cntR, mx, spec] = ['cntR', 'mx', 'spec'].map((n) => f.local(n, 'v128'));
+  const state: [string, number][] = [
+    [sq[0], WORK.sq],
+    [sq[1], WORK.sq + 16],
+    [sb[0], WORK.sb],
+    [sb[1], WORK.sb + 16],
+    [cntR, WORK.cntR],
+    [mx, WORK.mx],
+    [spec, WORK.spec],
+  ];
+  for (const [l, at] of state) f.emit(set(l, load(at)));
+  for (const [q, p] of [
+    [qb, '$pb'],
+    [qp, '$pp'],
+    [qo, '$po'],
+  ] as const)
+    f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const 2)))`));
+  const scaled = x === 'F16';
+  const bs = widenGroup(f, x, qb, 'b', scaled ? spec : undefined, scaled);
+  const ps = widenGroup(f, x, qp, 'p', scaled ? spec : undefined, scaled);
+  const ds = bs.map((b, k) => {
+    const [d, u] = [f.local(`d${k}`, 'v128'), f.local(`u${k}`, 'v128')];
+    f.emit(
+      set(d, op('f64x2.sub', get(ps[k]), get(b))),
+      // Non-finite squares need no masks: any NaN or Inf delta sets spec, and the call is then redone in scalar.
+      set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
+      set(sb[k & 1], op('f64x2.relaxed_madd', get(b), get(b), get(sb[k & 1]))),
+      set(u, scaled ? op('f64x2.mul', get(d), get(f.const('H_UP', K.H_UP))) : get(d)),
+    );
+    return u;
+  });
+  const r = roundGroup(f, y, ds);
+  storeVectors(f, qo, r.vectors);
+  f.emit(set(spec, op('v128.or', get(spec), r.special())));
+  r.compare().forEach(([stored, exact], k) => {
+    const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
+    f.emit(
+      set(w, stored),
+      set(v, exact),
+      set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
+      set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(v)), get(f.const('ABS', K.ABS))))),
+    );
+  });
+  for (const [l, at] of state) f.emit(store(at, get(l)));
+  return f;
+}
+
+function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
+  const name = subtractName(x, y, undefined);
+  const f = new Func(name, `${SUB_PARAMS} (param $n i32)`, true);
+  f.local('i', 'i32');
+  f.local('nspan', 'i32');
+  f.local('stops', 'i32');
+  const scaled = x === 'F16';
+  const toWork = (v: string) => (scaled ? op('f64x2.mul', v, get(f.const('SQ_DOWN', f64x2(SQ_SCALE)))) : v);
+  const fromWork = (v: string) => (scaled ? op('f64x2.mul', v, get(f.const('SQ_UP', f64x2(pow2(224))))) : v);
+  f.emit(
+    set('$nspan', `(i32.and (local.get $n) (i32.const -8))`),
+    ...[0, 16, 32, 48].map((o) => store(WORK.sq + o, toWork(load(STATS.sqD + o)))),
+    ...[WORK.cntR, WORK.cnt32, WORK.mx, WORK.mx32, WORK.spec].map((at) => store(at, ZERO)),
+  );
+  const args = '(local.get $pb) (local.get $pp) (local.get $po)';
+  driveLoop(f, 8, `(call $${name}_n32 ${args} (local.get $i) (local.get $nspan))`, `(call $${name}_n64 ${args} (local.get $i)) (local.set $stops (i32.add (local.get $stops) (i32.const 1)))`);
+  const scalar = `$${name}_s`;
+  // A NaN or Inf anywhere, or a delta that overflows the output, and the whole call is redone in scalar.
+  f.emit(`(if (v128.any_true ${load(WORK.spec)}) (then (call ${scalar} ${args} (i32.const 0) (local.get $n)) (return)))`);
+  const i64at = (at: number) => `(i64.load offset=${at} (i32.const 0))`;
+  const i32at = (at: number) => `(i64.extend_i32_s (i32.load offset=${at} (i32.const 0)))`;
+  // Rounded: the rare groups' count, plus the F32 groups' lanes less their exact ones (cnt32 holds −1 per exact lane).
+  const rounded = [i64at(WORK.cntR), i64at(WORK.cntR + 8), `(i64.extend_i32_u (i32.sub (local.get $nspan) (i32.shl (local.get $stops) (i32.const 3))))`, ...[0, 4, 8, 12].map((o) => i32at(WORK.cnt32 + o))].reduce((a, b) => op('i64.add', a, b));
+  const mx32 = [0, 4, 8, 12].map((o) => `(f64.promote_f32 (f32.load offset=${WORK.mx32 + o} (i32.const 0)))`).reduce((a, b) => op('f64.max', a, b));
+  const mxAll = op('f64.max', op('f64.max', `(f64.load offset=${WORK.mx} (i32.const 0))`, `(f64.load offset=${WORK.mx + 8} (i32.const 0))`), x === 'F16' && y === 'F16' ? op('f64.mul', mx32, f64c('0x1p112')) : mx32);
+  f.emit(
+    ...[0, 16, 32, 48].map((o) => store(STATS.sqD + o, fromWork(load(WORK.sq + o)))),
+    `(i64.store offset=${STATS.rounded} (i32.const 0) (i64.add ${i64at(STATS.rounded)} ${rounded}))`,
+    `(f64.store offset=${STATS.maxError} (i32.const 0) (f64.max (f64.load offset=${STATS.maxError} (i32.const 0)) ${mxAll}))`,
+    `(call ${scalar} ${args} (local.get $nspan) (local.get $n))`,
+  );
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Apply: out = round_y(x) with x = widen(base), then x = x + s·widen(delta) per delta, in float64. One or two
 // deltas are fused in one loop; more chain through F64 scratch (see wasm.ts).
 
@@ -944,6 +1204,10 @@ function moduleText(funcs: Func[]): string {
 
 /** The module of one subtract kernel: its exported driver `subtractName(x, y, probe)` and what the driver calls. */
 export function subtractWat(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
+  if (narrowSubtract(x, y, probe)) {
+    const [nx, ny] = [x, y] as ['BF16' | 'F16', 'BF16' | 'F16'];
+    return moduleText([scalarSubtract(x, y, undefined), narrowDriver(nx, ny), narrowHot(nx, ny), narrowRare(nx, ny)]);
+  }
   const { count } = subtractPlan(x, y, probe);
   const funcs = [scalarSubtract(x, y, probe), simdSubtract(x, y, probe), subtractHot(x, y, probe, count === 'bits' ? 'inline' : count)];
   if (count === 'bits') funcs.push(subtractHot(x, y, probe, 'bits'), subtractRare(x, y, probe));
