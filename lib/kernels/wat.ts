@@ -26,7 +26,7 @@ export const LAYOUT = {
 export const STATS = { sqD: 0, sqB: 32, rounded: 64, misses: 72, maxError: 80, bytes: 88 } as const;
 
 /** A subtract call's vector state while it runs (so that the redo can start again from STATS). */
-const WORK = { sq: 128, sb: 160, cntR: 192, cntP: 208, cnt32: 224, mx: 240, spec: 256, mx32: 272 } as const;
+const WORK = { sq: 128, sb: 160, cntR: 192, cntP: 208, cnt32: 224, mx: 240, spec: 256, mx32: 272, mn32: 288 } as const;
 
 export function subtractName(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
   return `sub_${x}_${y}_${probe === undefined || probe === 'F64' ? 'none' : probe}`;
@@ -909,9 +909,7 @@ const I32 = {
   SIGN32: i32x4(0x80000000),
   EXP32: i32x4(0x7f800000),
   BF16_RND: i32x4(0x7fff),
-  BF16_KEEP: i32x4(0xffff0000),
   F16S_RND: i32x4(0xfff),
-  F16S_KEEP: i32x4(0xffffe000),
   // F16 from unscaled F32: the float64 magic of round16 in F32 (binade clamped at 2^-14; 23 − 10 = 13).
   F16_LO32: i32x4(0x38800000),
   F16_MAGIC32: i32x4((13 << 23) + (1 << 22) - (113 << 10)),
@@ -944,6 +942,7 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
   const cntE = f.local('cntE', 'v128');
   const mx32 = f.local('mx32', 'v128');
+  const mn32 = f.local('mn32', 'v128');
   const state: [string, number][] = [
     [sq[0], WORK.sq],
     [sq[1], WORK.sq + 16],
@@ -951,6 +950,7 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
     [sb[1], WORK.sb + 16],
     [cntE, WORK.cnt32],
     [mx32, WORK.mx32],
+    [mn32, WORK.mn32],
   ];
   for (const [l, at] of state) f.emit(set(l, load(at)));
   const c = (name: keyof typeof I32) => get(f.const(name, I32[name]));
@@ -977,7 +977,8 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
         return op(
           'v128.or',
           op('i16x8.gt_s', op('i16x8.abs', op('i16x8.sub', eb, ep)), get(f.const(`${x}_GAP16`, lanes16(g.gap)))),
-          op('i16x8.gt_u', op('i16x8.max_u', eb, ep), get(f.const(`${x}_TOP16_${big}`, lanes16(big)))),
+          // Masked fields are below 2^15: signed compares (one instruction) order them.
+          op('i16x8.gt_s', op('i16x8.max_s', eb, ep), get(f.const(`${x}_TOP16_${big}`, lanes16(big)))),
         );
       },
       commit: () => {
@@ -1002,6 +1003,7 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
             dw[j].push(e);
           }
         }
+        const exact: string[] = [];
         const hs = [0, 1].map((j) => {
           const [u, w, a, hb] = ['u', 'w', 'a', 'hb'].map((n) => f.local(`${n}${j}`, 'v128'));
           if (y === 'BF16') {
@@ -1014,8 +1016,8 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
             const r = f.local(`r${j}`, 'v128');
             f.emit(
               set(r, op('i32x4.add', get(u), op('i32x4.add', op('v128.and', `(i32x4.shr_u ${get(u)} (i32.const 16))`, c('ONE')), c('BF16_RND')))),
-              set(w, op('v128.and', get(r), c('BF16_KEEP'))),
               set(hb, `(i32x4.shr_u ${get(r)} (i32.const 16))`),
+              set(w, `(i32x4.shl ${get(hb)} (i32.const 16))`),
               set(a, get(u)),
             );
           } else if (x === 'F16') {
@@ -1024,8 +1026,9 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
             f.emit(
               set(a, abs32(get(dq[j]))),
               set(r, op('i32x4.add', get(a), op('i32x4.add', op('v128.and', `(i32x4.shr_u ${get(a)} (i32.const 13))`, c('ONE')), c('F16S_RND')))),
-              set(w, op('v128.and', get(r), c('F16S_KEEP'))),
-              set(hb, op('v128.or', `(i32x4.shr_u ${get(r)} (i32.const 13))`, op('v128.and', `(i32x4.shr_u ${get(dq[j])} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
+              set(hb, `(i32x4.shr_u ${get(r)} (i32.const 13))`),
+              set(w, `(i32x4.shl ${get(hb)} (i32.const 13))`),
+              set(hb, op('v128.or', get(hb), op('v128.and', `(i32x4.shr_u ${get(dq[j])} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
             );
           } else {
             // F16 from an unscaled F32: round16's magic addition in F32 (below 2^-14 the quantum stays 2^-24).
@@ -1039,10 +1042,14 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
               set(hb, op('v128.or', op('v128.and', get(s), c('F16_LOW22')), op('v128.and', `(i32x4.shr_u ${get(dq[j])} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
             );
           }
-          // w and a share a sign, so w − a is the (exact) rounding error; Inf after a BF16 overflow.
-          f.emit(set(cntE, op('i32x4.add', get(cntE), op('f32x4.eq', get(w), get(a)))), set(mx32, op('f32x4.pmax', get(mx32), abs32(op('f32x4.sub', get(w), get(a))))));
+          // w and a share a sign, so w − a is the (exact) rounding error (±Inf after a BF16 overflow): its largest
+          // and least values bound |error| without an abs per lane.
+          const err = f.local(`err${j}`, 'v128');
+          f.emit(set(err, op('f32x4.sub', get(w), get(a))), set(mx32, op('f32x4.pmax', get(mx32), get(err))), set(mn32, op('f32x4.pmin', get(mn32), get(err))));
+          exact.push(op('f32x4.eq', get(w), get(a)));
           return hb;
         });
+        f.emit(set(cntE, op('i32x4.add', get(cntE), op('i32x4.add', exact[0], exact[1]))));
         f.emit(`(v128.store ${get(qo)} (i16x8.narrow_i32x4_u ${get(hs[0])} ${get(hs[1])}))`);
       },
       save: () => {
@@ -1119,7 +1126,7 @@ function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   f.emit(
     set('$nspan', `(i32.and (local.get $n) (i32.const -8))`),
     ...[0, 16, 32, 48].map((o) => store(WORK.sq + o, toWork(load(STATS.sqD + o)))),
-    ...[WORK.cntR, WORK.cnt32, WORK.mx, WORK.mx32, WORK.spec].map((at) => store(at, ZERO)),
+    ...[WORK.cntR, WORK.cnt32, WORK.mx, WORK.mx32, WORK.mn32, WORK.spec].map((at) => store(at, ZERO)),
   );
   const args = '(local.get $pb) (local.get $pp) (local.get $po)';
   driveLoop(f, 8, `(call $${name}_n32 ${args} (local.get $i) (local.get $nspan))`, `(call $${name}_n64 ${args} (local.get $i)) (local.set $stops (i32.add (local.get $stops) (i32.const 1)))`);
@@ -1130,7 +1137,8 @@ function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   const i32at = (at: number) => `(i64.extend_i32_s (i32.load offset=${at} (i32.const 0)))`;
   // Rounded: the rare groups' count, plus the F32 groups' lanes less their exact ones (cnt32 holds −1 per exact lane).
   const rounded = [i64at(WORK.cntR), i64at(WORK.cntR + 8), `(i64.extend_i32_u (i32.sub (local.get $nspan) (i32.shl (local.get $stops) (i32.const 3))))`, ...[0, 4, 8, 12].map((o) => i32at(WORK.cnt32 + o))].reduce((a, b) => op('i64.add', a, b));
-  const mx32 = [0, 4, 8, 12].map((o) => `(f64.promote_f32 (f32.load offset=${WORK.mx32 + o} (i32.const 0)))`).reduce((a, b) => op('f64.max', a, b));
+  const f32at = (at: number) => `(f64.promote_f32 (f32.load offset=${at} (i32.const 0)))`;
+  const mx32 = [0, 4, 8, 12].flatMap((o) => [f32at(WORK.mx32 + o), op('f64.neg', f32at(WORK.mn32 + o))]).reduce((a, b) => op('f64.max', a, b));
   const mxAll = op('f64.max', op('f64.max', `(f64.load offset=${WORK.mx} (i32.const 0))`, `(f64.load offset=${WORK.mx + 8} (i32.const 0))`), x === 'F16' && y === 'F16' ? op('f64.mul', mx32, f64c('0x1p112')) : mx32);
   f.emit(
     ...[0, 16, 32, 48].map((o) => store(STATS.sqD + o, fromWork(load(WORK.sq + o)))),
