@@ -840,6 +840,143 @@ describe('every pairing on adversarial inputs', () => {
     }
   });
 
+  describe('lossy subtracts between 16-bit formats (the F32-lane kernels)', () => {
+    const NARROW = ['BF16', 'F16'] as const;
+    type Narrow = (typeof NARROW)[number];
+    const LAYOUT16 = { BF16: { mant: 7, maxField: 255, one: 127 }, F16: { mant: 10, maxField: 31, one: 15 } };
+    /** Largest exponent-field gap whose differences are always exact in F32 (8 or 11 significant bits + gap ≤ 24). */
+    const EXACT_GAP = { BF16: 16, F16: 13 };
+    /** Largest field with no delta overflowing F32 or the output (BF16 out: |x| < 2^127; F16 out: |x| < 2^15). */
+    const topField = (x: Narrow, y: Narrow) => (x === 'BF16' ? (y === 'BF16' ? 253 : 141) : y === 'BF16' ? 30 : 29);
+
+    function put(x: Narrow, buf: Uint8Array, i: number, bits: number): void {
+      new DataView(buf.buffer, buf.byteOffset, buf.byteLength).setUint16(2 * i, bits, true);
+    }
+    /** A pattern with the given field, a random mantissa and sign. */
+    function pattern(x: Narrow, field: number, r: () => number): number {
+      const { mant } = LAYOUT16[x];
+      return (r() < 0.5 ? 0x8000 : 0) | (field << mant) | Math.floor(r() * 2 ** mant);
+    }
+    const fieldOf = (x: Narrow, bits: number) => (bits & 0x7fff) >> LAYOUT16[x].mant;
+    /** Whether d lies exactly halfway between two neighbours in `y` (by the BigInt oracle). */
+    function isTie(d: number, y: Narrow): boolean {
+      const w = oracleDecode(oracleRound(d, FMT[y]), FMT[y]);
+      if (w === d || !Number.isFinite(w)) return false;
+      const other = 2 * d - w;
+      return other !== w && oracleDecode(oracleRound(other, FMT[y]), FMT[y]) === other;
+    }
+
+    /** Random base/post pairs whose exponent fields differ by up to `spread`, base fields in [lo, hi]. */
+    function fillPairs(x: Narrow, n: number, r: () => number, lo: number, hi: number, spread: number, top: number): void {
+      for (let i = 0; i < n; i++) {
+        const eb = lo + Math.floor(r() * (hi - lo + 1));
+        const ep = Math.max(0, Math.min(top, eb + Math.floor(r() * (2 * spread + 1)) - spread));
+        put(x, B, i, pattern(x, eb, r));
+        put(x, P, i, r() < 0.1 ? pattern(x, eb, r) : pattern(x, ep, r));
+      }
+    }
+
+    for (const x of NARROW) {
+      for (const y of NARROW) {
+        it(`${x} → ${y}: exponent gaps on both sides of the exact range, ties, subnormal outputs, large inputs`, () => {
+          const n = 4096;
+          const top = topField(x, y);
+          const one = LAYOUT16[x].one;
+          // Ranges of base fields: around 1; small enough for F16 subnormal deltas (and F16 subnormal inputs); the top.
+          const ranges: [number, number][] = [
+            [one - 4, one + 4],
+            x === 'F16' ? [0, 6] : [one - 30, one - 12],
+            [top - 6, top],
+          ];
+          let ties = 0;
+          let beyond = 0;
+          let subnormal = 0;
+          ranges.forEach(([lo, hi], k) => {
+            const r = rng(500 + 31 * k + (x === 'F16' ? 7 : 0) + (y === 'F16' ? 3 : 0));
+            fillPairs(x, n, r, Math.max(0, lo), hi, EXACT_GAP[x] + 4, top);
+            for (let i = 0; i < n; i++) {
+              const bb = new DataView(B.buffer, B.byteOffset).getUint16(2 * i, true);
+              const pb = new DataView(P.buffer, P.byteOffset).getUint16(2 * i, true);
+              const d = readElement(x, P, i) - readElement(x, B, i);
+              if (isTie(d, y)) ties++;
+              if (Math.abs(fieldOf(x, bb) - fieldOf(x, pb)) > EXACT_GAP[x]) beyond++;
+              if (y === 'F16' && d !== 0 && Math.abs(d) < p2(-14)) subnormal++;
+            }
+            const st = sameSubtract(x, n, y, undefined, `${x} → ${y}, base fields ${lo}..${hi}`);
+            expect(st.rounded).toBeGreaterThan(0);
+          });
+          // The data reach what the test is about (counted independently of the kernels).
+          expect(ties).toBeGreaterThan(20);
+          expect(beyond).toBeGreaterThan(20);
+          if (y === 'F16') expect(subnormal).toBeGreaterThan(20);
+        });
+
+        it(`${x} → ${y}: overflow to Inf, NaN and Inf inputs, fields just past the top, signed zeros`, () => {
+          const n = 1003;
+          const top = topField(x, y);
+          const one = LAYOUT16[x].one;
+          const nanBits = x === 'BF16' ? 0x7fc1 : 0x7e01;
+          const infBits = x === 'BF16' ? 0x7f80 : 0x7c00;
+          const big = (field: number, neg: boolean) => (neg ? 0x8000 : 0) | (field << LAYOUT16[x].mant) | ((1 << LAYOUT16[x].mant) - 1);
+          const maxField = LAYOUT16[x].maxField - 1;
+          const cases: [string, [number, number][]][] = [
+            ['overflow to Inf', [[big(maxField, true), big(maxField, false)]]],
+            ['fields just past the top', [[big(top + 1, false), big(top + 1, true)], [pattern(x, top + 1, rng(3)), pattern(x, top, rng(4))]]],
+            ['NaN post', [[0x3c00, nanBits | 0x8000]]],
+            ['NaN base', [[nanBits, 0x3c00]]],
+            ['Inf − Inf', [[infBits, infBits]]],
+            ['Inf against a finite value', [[infBits | 0x8000, 0x3c00]]],
+            ['signed zeros', [[0x8000, 0x0000], [0x0000, 0x8000], [0x8000, 0x8000], [0x0000, 0x0000]]],
+          ];
+          for (const [what, pairs] of cases) {
+            for (const at of [0, 5, 8, 500, n - 1]) {
+              const r = rng(900 + at);
+              fillPairs(x, n, r, one - 3, one + 3, EXACT_GAP[x], top);
+              pairs.forEach(([b, p], k) => {
+                put(x, B, (at + 3 * k) % n, b);
+                put(x, P, (at + 3 * k) % n, p);
+              });
+              const st = sameSubtract(x, n, y, undefined, `${x} → ${y}, ${what} at ${at}`);
+              // (F16 deltas always fit BF16.)
+              if (what === 'overflow to Inf' && !(x === 'F16' && y === 'BF16')) expect(st.maxError).toBe(Infinity);
+            }
+          }
+        });
+      }
+    }
+
+    it('accumulates Σd², Σbase², counts and max error over calls and staging blocks like the reference', () => {
+      const n = 5000; // several staging blocks
+      for (const x of NARROW) {
+        for (const y of NARROW) {
+          const r = rng(1234);
+          fillPairs(x, n, r, LAYOUT16[x].one - 8, LAYOUT16[x].one + 2, EXACT_GAP[x] + 2, topField(x, y));
+          const copy = (src: Uint8Array) => {
+            const c = new Uint8Array(2 * n + 1).subarray(1);
+            c.set(src.subarray(0, 2 * n));
+            return c;
+          };
+          const [b, p] = [copy(B), copy(P)];
+          const sw = newSubtractStats();
+          const sr = newSubtractStats();
+          const want = new Uint8Array(2 * n);
+          const got = new Uint8Array(2 * n);
+          for (const [from, to] of [
+            [0, 1000],
+            [1000, 1001],
+            [1001, n],
+          ]) {
+            ref.subtract(x, b.subarray(2 * from), p.subarray(2 * from), to - from, y, want.subarray(2 * from), sr);
+            wasm.subtract(x, b.subarray(2 * from), p.subarray(2 * from), to - from, y, got.subarray(2 * from), sw);
+          }
+          expectSame(got, want, y, n, `${x} → ${y} in pieces`);
+          expect(sw, `${x} → ${y} in pieces`).toEqual(sr);
+          expect(sr.sumSqDelta).toBeGreaterThan(0);
+        }
+      }
+    });
+  });
+
   it('hands off NaNs in either group of an unrolled span, and runs the tails, at every length near a span', () => {
     const r = rng(70);
     for (const n of [1, 15, 16, 17, 31, 32, 33, 2047, 2048, 2049, 4111]) {

@@ -923,15 +923,16 @@ function widen32(f: Func, x: 'BF16' | 'F16', raw: string, high: boolean): string
 }
 
 /**
- * The F32 lanes' test, on the 16-bit exponent fields of base and post (all 8 lanes at once). The difference of two
- * values whose exponent fields differ by at most `gap` has at most 24 significant bits (BF16: gap + 9, F16: gap + 12,
- * subnormals on the smallest normal's grid), so it is exact in F32. Fields above `top` (above `topF16` for F16 out)
- * are left to the rare function: Inf and NaN, and inputs large enough for a delta to overflow F32 (BF16 ≥ 2^127)
- * or to round to Inf in F16 (≥ 2^14, so |d| < 2^15 otherwise).
+ * The F32 lanes' test, on the 16-bit exponent fields of base and post (all 8 lanes at once). With fields `gap` or more
+ * apart (gap ≥ 8 for BF16, ≥ 11 for F16) |d| stays below the larger operand's binade's top, so d has gap + 8 (BF16)
+ * or gap + 11 (F16) significant bits, fewer for closer fields; a subnormal lies on the smallest normal's grid. Up to
+ * `gap`, then, d is exact in F32. Fields above `top` (above `topF16` for F16 out) go to the rare function: Inf and
+ * NaN, and inputs large enough for |d| to pass F32's max (BF16 field 254) or F16's (|x| ≤ 32640 or 32752 keeps
+ * |d| ≤ 65504).
  */
 const NARROW = {
-  BF16: { exp: 0x7f80, gap: 15 << 7, top: 253 << 7, topF16: 140 << 7 },
-  F16: { exp: 0x7c00, gap: 12 << 10, top: 28 << 10, topF16: 28 << 10 },
+  BF16: { exp: 0x7f80, gap: 16 << 7, top: 253 << 7, topF16: 141 << 7 },
+  F16: { exp: 0x7c00, gap: 13 << 10, top: 30 << 10, topF16: 29 << 10 },
 } as const;
 
 function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
