@@ -556,7 +556,7 @@ function unrollFor(kernel: 'subtract' | 'apply', deltas = 1, narrow = false): nu
  * returns the index it stopped at: $nspan when done, else the start of the 8·unroll elements its caller must finish
  * by other means before calling again after them.
  */
-function hotLoop(f: Func, unroll: number, pointers: [string, string, number][], parts: { body: (g: number) => string | undefined; commit: (g: number) => void; save: () => void }): void {
+function hotLoop(f: Func, unroll: number, pointers: [string, string, number][], parts: { body: (g: number) => string | undefined; commit: (g: number) => void; save: () => void; bitmask?: boolean }): void {
   const span = 8 * unroll;
   for (const [q, p, size] of pointers) f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
   f.emit(`(block $stop (loop $group`, `(br_if $stop (i32.ge_u (local.get $i) (local.get $nspan)))`);
@@ -567,7 +567,9 @@ function hotLoop(f: Func, unroll: number, pointers: [string, string, number][], 
     if (cond) conds.push(cond);
   }
   f.suffix = '';
-  if (conds.length) f.emit(`(br_if $stop (v128.any_true ${conds.reduce((a, b) => op('v128.or', a, b))}))`);
+  // i8x16.bitmask of lane masks is a shorter test than any_true (pmovmskb, test, jump: no setcc).
+  const any = parts.bitmask ? 'i8x16.bitmask' : 'v128.any_true';
+  if (conds.length) f.emit(`(br_if $stop (${any} ${conds.reduce((a, b) => op('v128.or', a, b))}))`);
   for (let g = 0; g < unroll; g++) parts.commit(g);
   for (const [q, , size] of pointers) f.emit(set(q, `(i32.add ${get(q)} (i32.const ${span * size}))`));
   f.emit(`(local.set $i (i32.add (local.get $i) (i32.const ${span})))`, `(br $group)))`);
@@ -951,8 +953,8 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
     [sb[1], WORK.sb + 16],
     [cntE, WORK.cnt32],
     [mx32, WORK.mx32],
-    [mn32, WORK.mn32],
   ];
+  if (y === 'BF16') state.push([mn32, WORK.mn32]);
   for (const [l, at] of state) f.emit(set(l, load(at)));
   const c = (name: keyof typeof I32) => get(f.const(name, I32[name]));
   const abs32 = (v: string) => op('v128.and', v, get(f.const('ABS32', i32x4(0x7fffffff))));
@@ -1043,10 +1045,12 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
               set(hb, op('v128.or', op('v128.and', get(s), c('F16_LOW22')), op('v128.and', `(i32x4.shr_u ${get(dq[j])} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
             );
           }
-          // w and a share a sign, so w − a is the (exact) rounding error (±Inf after a BF16 overflow): its largest
-          // and least values bound |error| without an abs per lane.
+          // w and a share a sign, so w − a is the (exact) rounding error (±Inf after a BF16 overflow). For BF16 its
+          // largest and least values bound |error| without an abs per lane; F16 has the abs constant loaded anyway,
+          // and one accumulator fewer spills less.
           const err = f.local(`err${j}`, 'v128');
-          f.emit(set(err, op('f32x4.sub', get(w), get(a))), set(mx32, op('f32x4.pmax', get(mx32), get(err))), set(mn32, op('f32x4.pmin', get(mn32), get(err))));
+          if (y === 'F16') f.emit(set(err, abs32(op('f32x4.sub', get(w), get(a)))), set(mx32, op('f32x4.pmax', get(mx32), get(err))));
+          else f.emit(set(err, op('f32x4.sub', get(w), get(a))), set(mx32, op('f32x4.pmax', get(mx32), get(err))), set(mn32, op('f32x4.pmin', get(mn32), get(err))));
           exact.push(op('f32x4.eq', get(w), get(a)));
           return hb;
         });
@@ -1056,6 +1060,7 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
       save: () => {
         for (const [l, at] of state) f.emit(store(at, get(l)));
       },
+      bitmask: true,
     },
   );
   return f;
