@@ -893,12 +893,12 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
 
 // ---------------------------------------------------------------------------------------------------------------
 // Lossy subtract between 16-bit formats, in F32 lanes: four lanes per vector instead of float64 pairs. The difference
-// of two BF16 (or two 2^-112-scaled F16) values is nearly always exact in F32, and then it is the float64 delta, so
-// rounding it to BF16/F16 on its F32 bits rounds the float64 delta once. Groups where it is not exact (or that hold
-// an F16 Inf/NaN, or a delta that overflows F16) go to the float64 rare function.
+// of two BF16 (or two 2^-112-scaled F16) values with close exponents is exact in F32, so it is the float64 delta, and
+// rounding it to BF16/F16 on its F32 bits rounds the float64 delta once. Groups with distant exponents, Inf/NaN, or
+// inputs large enough to overflow go to the float64 rare function; the Σ sums stay float64, in the reference's order.
 
 /** Subtracts that take the F32-lane family: 16-bit in, 16-bit out, no probe to count. */
-export const narrowSubtract = (x: FloatDType, y: FloatDType, probe: FloatDType | undefined) => SIZE[x] === 2 && SIZE[y] === 2 && (probe === undefined || probe === 'F64');
+const narrowSubtract = (x: FloatDType, y: FloatDType, probe: FloatDType | undefined) => SIZE[x] === 2 && SIZE[y] === 2 && (probe === undefined || probe === 'F64');
 
 /**
  * F16 inputs work 2^-112 times too small throughout (see widenGroup), so their Σ sums run 2^-224 times too small:
@@ -908,7 +908,6 @@ const SQ_SCALE = pow2(-224);
 
 const I32 = {
   ONE: i32x4(1),
-  SIGN32: i32x4(0x80000000),
   EXP32: i32x4(0x7f800000),
   BF16_RND: i32x4(0x7fff),
   F16S_RND: i32x4(0xfff),
@@ -925,12 +924,11 @@ function widen32(f: Func, x: 'BF16' | 'F16', raw: string, high: boolean): string
 }
 
 /**
- * The F32 lanes' test, on the 16-bit exponent fields of base and post (all 8 lanes at once). With fields `gap` or more
- * apart (gap ≥ 8 for BF16, ≥ 11 for F16) |d| stays below the larger operand's binade's top, so d has gap + 8 (BF16)
- * or gap + 11 (F16) significant bits, fewer for closer fields; a subnormal lies on the smallest normal's grid. Up to
- * `gap`, then, d is exact in F32. Fields above `top` (above `topF16` for F16 out) go to the rare function: Inf and
- * NaN, and inputs large enough for |d| to pass F32's max (BF16 field 254) or F16's (|x| ≤ 32640 or 32752 keeps
- * |d| ≤ 65504).
+ * The F32 lanes' test, on the 16-bit exponent fields of base and post (8 lanes at once). Fields g apart give d at
+ * most g + 9 (BF16) or g + 12 (F16) significant bits, one fewer from g = 8 (BF16) or 11 (F16) on, where |d| cannot
+ * reach the next binade; subnormals lie on the smallest normal's grid. So d is exact in F32 up to `gap`. Fields
+ * above `top` (`topF16` for F16 out) go to the rare function: Inf and NaN, and inputs large enough for |d| to pass
+ * F32's max (BF16 field 254) or F16's (below fields 142 and 30, |x| ≤ 32640 and 32752, so |d| ≤ 65504).
  */
 const NARROW = {
   BF16: { exp: 0x7f80, gap: 16 << 7, top: 253 << 7, topF16: 141 << 7 },
@@ -1015,7 +1013,7 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
               const up = (e: string) => `(f32x4.demote_f64x2_zero ${op('f64x2.mul', get(e), get(f.const('H_UP', K.H_UP)))})`;
               f.emit(set(u, `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 ${up(dw[j][0])} ${up(dw[j][1])})`));
             } else f.emit(set(u, get(dq[j])));
-            // Half to even on the bits: add 0x7fff plus the kept lsb; a carry into the exponent is right, Inf included.
+            // Half to even on the bits: add 0x7fff plus the kept lsb; a carry into the exponent is right.
             const r = f.local(`r${j}`, 'v128');
             f.emit(
               set(r, op('i32x4.add', get(u), op('i32x4.add', op('v128.and', `(i32x4.shr_u ${get(u)} (i32.const 16))`, c('ONE')), c('BF16_RND')))),
@@ -1045,7 +1043,7 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
               set(hb, op('v128.or', op('v128.and', get(s), c('F16_LOW22')), op('v128.and', `(i32x4.shr_u ${get(dq[j])} (i32.const 16))`, get(f.const('H_SGN', K.H_SGN))))),
             );
           }
-          // w and a share a sign, so w − a is the (exact) rounding error (±Inf after a BF16 overflow). For BF16 its
+          // w and a share a sign, so w − a is the (exact) rounding error (never Inf: see NARROW). For BF16 its
           // largest and least values bound |error| without an abs per lane; F16 has the abs constant loaded anyway,
           // and one accumulator fewer spills less.
           const err = f.local(`err${j}`, 'v128');
