@@ -1119,12 +1119,19 @@ function narrowRare(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   return f;
 }
 
+/**
+ * BF16 → BF16 first runs the 'bits' test loop (subtractHot), which outpaces the F32 lanes while deltas fit (compute's
+ * redo to the model dtype: 2.0 vs 1.5 G el/s); after FALLBACK_AFTER rounded spans the F32 lanes take the rest.
+ */
+const testFirst = (x: FloatDType, y: FloatDType) => x === 'BF16' && y === 'BF16';
+
 function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   const name = subtractName(x, y, undefined);
   const f = new Func(name, `${SUB_PARAMS} (param $n i32)`, true);
   f.local('i', 'i32');
   f.local('nspan', 'i32');
   f.local('stops', 'i32');
+  f.local('start', 'i32');
   const scaled = x === 'F16';
   const toWork = (v: string) => (scaled ? op('f64x2.mul', v, get(f.const('SQ_DOWN', f64x2(SQ_SCALE)))) : v);
   const fromWork = (v: string) => (scaled ? op('f64x2.mul', v, get(f.const('SQ_UP', f64x2(pow2(224))))) : v);
@@ -1134,14 +1141,35 @@ function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
     ...[WORK.cntR, WORK.cnt32, WORK.mx, WORK.mx32, WORK.mn32, WORK.spec].map((at) => store(at, ZERO)),
   );
   const args = '(local.get $pb) (local.get $pp) (local.get $po)';
+  if (testFirst(x, y)) {
+    // The test loop's spans of 16, each it stops at to the rare function, until FALLBACK_AFTER stops.
+    const span = 16;
+    f.local('n16', 'i32');
+    f.emit(
+      set('$n16', `(i32.and (local.get $n) (i32.const -${span}))`),
+      `(block $tested (loop $test`,
+      `  (local.set $i (call $${name}_test ${args} (local.get $i) (local.get $n16)))`,
+      `  (br_if $tested (i32.ge_u (local.get $i) (local.get $n16)))`,
+      `  (call $${name}_rare ${args} (local.get $i)) (call $${name}_rare ${args} (i32.add (local.get $i) (i32.const 8)))`,
+      `  (local.set $i (i32.add (local.get $i) (i32.const ${span})))`,
+      `  (local.set $stops (i32.add (local.get $stops) (i32.const 1)))`,
+      `  (br_if $test (i32.lt_u (local.get $stops) (i32.const ${FALLBACK_AFTER})))))`,
+      set('$start', get('$i')),
+      set('$stops', i32(0)),
+    );
+  }
   driveLoop(f, 8, `(call $${name}_n32 ${args} (local.get $i) (local.get $nspan))`, `(call $${name}_n64 ${args} (local.get $i)) (local.set $stops (i32.add (local.get $stops) (i32.const 1)))`);
   const scalar = `$${name}_s`;
-  // A NaN or Inf anywhere, or a delta that overflows the output, and the whole call is redone in scalar.
-  f.emit(`(if (v128.any_true ${load(WORK.spec)}) (then (call ${scalar} ${args} (i32.const 0) (local.get $n)) (return)))`);
+  // A NaN or Inf anywhere, or a delta that overflows the output, and the whole call is redone in scalar; after the
+  // test loop also when a Σd² slot reached 2^256 (its bit test needs |d| < 2^128, see subtractPlan) or went NaN.
+  const redo = [load(WORK.spec)];
+  if (testFirst(x, y)) redo.push(...[load(WORK.sq), load(WORK.sq + 16)].map((v) => op('v128.not', op('f64x2.lt', v, get(f.const('GUARD', f64x2(pow2(256))))))));
+  f.emit(`(if (v128.any_true ${redo.reduce((a, b) => op('v128.or', a, b))}) (then (call ${scalar} ${args} (i32.const 0) (local.get $n)) (return)))`);
   const i64at = (at: number) => `(i64.load offset=${at} (i32.const 0))`;
   const i32at = (at: number) => `(i64.extend_i32_s (i32.load offset=${at} (i32.const 0)))`;
-  // Rounded: the rare groups' count, plus the F32 groups' lanes less their exact ones (cnt32 holds −1 per exact lane).
-  const rounded = [i64at(WORK.cntR), i64at(WORK.cntR + 8), `(i64.extend_i32_u (i32.sub (local.get $nspan) (i32.shl (local.get $stops) (i32.const 3))))`, ...[0, 4, 8, 12].map((o) => i32at(WORK.cnt32 + o))].reduce((a, b) => op('i64.add', a, b));
+  // Rounded: the rare groups' count, plus the F32 groups' lanes less their exact ones (cnt32 holds −1 per exact lane);
+  // the test loop's spans have none but those its rare function counted.
+  const rounded = [i64at(WORK.cntR), i64at(WORK.cntR + 8), `(i64.extend_i32_u (i32.sub (i32.sub (local.get $nspan) (local.get $start)) (i32.shl (local.get $stops) (i32.const 3))))`, ...[0, 4, 8, 12].map((o) => i32at(WORK.cnt32 + o))].reduce((a, b) => op('i64.add', a, b));
   const f32at = (at: number) => `(f64.promote_f32 (f32.load offset=${at} (i32.const 0)))`;
   const mx32 = [0, 4, 8, 12].flatMap((o) => [f32at(WORK.mx32 + o), op('f64.neg', f32at(WORK.mn32 + o))]).reduce((a, b) => op('f64.max', a, b));
   const mxAll = op('f64.max', op('f64.max', `(f64.load offset=${WORK.mx} (i32.const 0))`, `(f64.load offset=${WORK.mx + 8} (i32.const 0))`), x === 'F16' && y === 'F16' ? op('f64.mul', mx32, f64c('0x1p112')) : mx32);
@@ -1219,7 +1247,8 @@ function moduleText(funcs: Func[]): string {
 export function subtractWat(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): string {
   if (narrowSubtract(x, y, probe)) {
     const [nx, ny] = [x, y] as ['BF16' | 'F16', 'BF16' | 'F16'];
-    return moduleText([scalarSubtract(x, y, undefined), narrowDriver(nx, ny), narrowHot(nx, ny), narrowRare(nx, ny)]);
+    const test = testFirst(x, y) ? [subtractHot(x, y, undefined, 'bits'), subtractRare(x, y, undefined)] : [];
+    return moduleText([scalarSubtract(x, y, undefined), narrowDriver(nx, ny), narrowHot(nx, ny), narrowRare(nx, ny), ...test]);
   }
   const { count } = subtractPlan(x, y, probe);
   const funcs = [scalarSubtract(x, y, probe), simdSubtract(x, y, probe), subtractHot(x, y, probe, count === 'bits' ? 'inline' : count)];
