@@ -536,6 +536,19 @@ function roundGroup(f: Func, fmt: FloatDType, xs: string[], scaled = false): Gro
   };
 }
 
+/** Counts the group's rounded elements into `cntR` and keeps the largest rounding error in `mx`. */
+function countRounded(f: Func, r: GroupRounding, cntR: string, mx: string): void {
+  r.compare().forEach(([stored, exact], k) => {
+    const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
+    f.emit(
+      set(w, stored),
+      set(v, exact),
+      set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
+      set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(v)), get(f.const('ABS', K.ABS))))),
+    );
+  });
+}
+
 function storeVectors(f: Func, ptr: string, vectors: string[], at = 0): void {
   vectors.forEach((v, j) => f.emit(`(v128.store offset=${at + 16 * j} ${get(ptr)} ${get(v)})`));
 }
@@ -825,15 +838,7 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     f.emit(set(spec, op('v128.or', get(spec), r.special())));
   }
   // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
-  r.compare().forEach(([stored, exact], k) => {
-    const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
-    f.emit(
-      set(w, stored),
-      set(v, exact),
-      set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
-      set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(v)), get(f.const('ABS', K.ABS))))),
-    );
-  });
+  countRounded(f, r, cntR, mx);
   if (pTest === 'packed' && (pr === 'BF16' || pr === 'F16')) {
     // Take back the packed probe count of this group and count it exactly instead.
     for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.add', get(cnt32), exact32(f, pr, v))));
@@ -1107,15 +1112,7 @@ function narrowRare(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   const r = roundGroup(f, y, ds);
   storeVectors(f, qo, r.vectors);
   f.emit(set(spec, op('v128.or', get(spec), r.special())));
-  r.compare().forEach(([stored, exact], k) => {
-    const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
-    f.emit(
-      set(w, stored),
-      set(v, exact),
-      set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
-      set(mx, op('f64x2.pmax', get(mx), op('v128.and', op('f64x2.sub', get(w), get(v)), get(f.const('ABS', K.ABS))))),
-    );
-  });
+  countRounded(f, r, cntR, mx);
   for (const [l, at] of state) f.emit(store(at, get(l)));
   return f;
 }
