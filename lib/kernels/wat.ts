@@ -536,6 +536,27 @@ function roundGroup(f: Func, fmt: FloatDType, xs: string[], scaled = false): Gro
   };
 }
 
+/** The Σd² and Σbase² partial sums' locals (slots by i mod 4: pairs 0 and 2 of a group feed [0]) and their WORK slots. */
+function sumLocals(f: Func): { sq: string[]; sb: string[]; slots: [string, number][] } {
+  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
+  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
+  return { sq, sb, slots: [[sq[0], WORK.sq], [sq[1], WORK.sq + 16], [sb[0], WORK.sb], [sb[1], WORK.sb + 16]] };
+}
+
+/** Loads a call's vector state (locals and their WORK offsets; undefined: unused) from WORK; save() stores it back. */
+function loadWork(f: Func, state: [string | undefined, number][]): () => void {
+  const live = state.filter((e): e is [string, number] => e[0] !== undefined);
+  for (const [l, at] of live) f.emit(set(l, load(at)));
+  return () => {
+    for (const [l, at] of live) f.emit(store(at, get(l)));
+  };
+}
+
+/** Points each of a group's pointer locals at element $i of its buffer: [local, pointer param, element size]. */
+function pointAtGroup(f: Func, pointers: readonly (readonly [string, string, number])[]): void {
+  for (const [q, p, size] of pointers) f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
+}
+
 /** Counts the group's rounded elements into `cntR` and keeps the largest rounding error in `mx`. */
 function countRounded(f: Func, r: GroupRounding, cntR: string, mx: string): void {
   r.compare().forEach(([stored, exact], k) => {
@@ -572,7 +593,7 @@ function unrollFor(kernel: 'subtract' | 'apply', deltas = 1, narrow = false): nu
  */
 function hotLoop(f: Func, unroll: number, pointers: [string, string, number][], parts: { body: (g: number) => string | undefined; commit: (g: number) => void; save: () => void; bitmask?: boolean }): void {
   const span = 8 * unroll;
-  for (const [q, p, size] of pointers) f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
+  pointAtGroup(f, pointers);
   f.emit(`(block $stop (loop $group`, `(br_if $stop (i32.ge_u (local.get $i) (local.get $nspan)))`);
   const conds: string[] = [];
   for (let g = 0; g < unroll; g++) {
@@ -670,25 +691,20 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
   const cntR = count === 'inline' ? f.local('cntR', 'v128') : undefined;
   const mx = count === 'inline' ? f.local('mx', 'v128') : undefined;
   const spec = x === 'F16' || (count === 'inline' && (y === 'BF16' || y === 'F16')) ? f.local('spec', 'v128') : undefined;
-  // Partial sums by i mod 4: pairs 0 and 2 of a group feed sq[0] (slots 0, 1), pairs 1 and 3 feed sq[1].
-  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
-  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
+  const { sq, sb, slots } = sumLocals(f);
   const zero = ZERO;
   const low = (t: 'BF16' | 'F16' | 'F32') => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t])));
   const abs = (v: string) => op('v128.and', v, get(f.const('ABS', K.ABS)));
   const tooBig = (d: string) => op('f64x2.ge', abs(get(d)), get(f.const('F16_HI', f64x2(GRID.F16.vhi))));
   const state: [string | undefined, number][] = [
-    [sq[0], WORK.sq],
-    [sq[1], WORK.sq + 16],
-    [sb[0], WORK.sb],
-    [sb[1], WORK.sb + 16],
+    ...slots,
     [cntP, WORK.cntP],
     [cnt32, WORK.cnt32],
     [cntR, WORK.cntR],
     [mx, WORK.mx],
     [spec, WORK.spec],
   ];
-  for (const [l, at] of state) if (l) f.emit(set(l, load(at)));
+  const saveWork = loadWork(f, state);
 
   hotLoop(
     f,
@@ -786,9 +802,7 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
         return big ? op('v128.or', lowBits, big) : lowBits;
       },
       commit: () => {},
-      save: () => {
-        for (const [l, at] of state) if (l) f.emit(store(at, get(l)));
-      },
+      save: saveWork,
     },
   );
   return f;
@@ -810,20 +824,18 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   const f = new Func(`${name}_rare`, `${SUB_PARAMS} (param $i i32)`, false);
   const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
   const [cntR, cntP, cnt32, mx, spec] = ['cntR', 'cntP', 'cnt32', 'mx', 'spec'].map((n) => f.local(n, 'v128'));
-  const state: [string, number][] = [
+  const saveWork = loadWork(f, [
     [cntR, WORK.cntR],
     [cntP, WORK.cntP],
     [cnt32, WORK.cnt32],
     [mx, WORK.mx],
     [spec, WORK.spec],
-  ];
-  for (const [l, at] of state) f.emit(set(l, load(at)));
-  for (const [q, p, size] of [
+  ]);
+  pointAtGroup(f, [
     [qb, '$pb', SIZE[x]],
     [qp, '$pp', SIZE[x]],
     [qo, '$po', SIZE[y]],
-  ] as const)
-    f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
+  ]);
   const bs = widenGroup(f, x, qb, 'b', undefined);
   const ps = widenGroup(f, x, qp, 'p', undefined);
   const ds = bs.map((b, k) => {
@@ -848,7 +860,7 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
       f.emit(set(cntP, op('i64x2.sub', get(cntP), exact)));
     }
   }
-  for (const [l, at] of state) f.emit(store(at, get(l)));
+  saveWork();
   return f;
 }
 
@@ -946,21 +958,11 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   const name = subtractName(x, y, undefined);
   const f = new Func(`${name}_n32`, `${SUB_PARAMS} (param $i i32) (param $nspan i32) (result i32)`, false);
   const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
-  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
-  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
+  const { sq, sb, slots } = sumLocals(f);
   const cntE = f.local('cntE', 'v128');
   const mx32 = f.local('mx32', 'v128');
   const mn32 = f.local('mn32', 'v128');
-  const state: [string, number][] = [
-    [sq[0], WORK.sq],
-    [sq[1], WORK.sq + 16],
-    [sb[0], WORK.sb],
-    [sb[1], WORK.sb + 16],
-    [cntE, WORK.cnt32],
-    [mx32, WORK.mx32],
-  ];
-  if (y === 'BF16') state.push([mn32, WORK.mn32]);
-  for (const [l, at] of state) f.emit(set(l, load(at)));
+  const saveWork = loadWork(f, [...slots, [cntE, WORK.cnt32], [mx32, WORK.mx32], [y === 'BF16' ? mn32 : undefined, WORK.mn32]]);
   const c = (name: keyof typeof I32) => get(f.const(name, I32[name]));
   const abs32 = (v: string) => op('v128.and', v, get(f.const('ABS32', i32x4(0x7fffffff))));
   const bq = [0, 1].map((j) => f.local(`bq${j}`, 'v128'));
@@ -1062,9 +1064,7 @@ function narrowHot(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
         f.emit(set(cntE, op('i32x4.add', get(cntE), op('i32x4.add', exact[0], exact[1]))));
         f.emit(`(v128.store ${get(qo)} (i16x8.narrow_i32x4_u ${get(hs[0])} ${get(hs[1])}))`);
       },
-      save: () => {
-        for (const [l, at] of state) f.emit(store(at, get(l)));
-      },
+      save: saveWork,
       bitmask: true,
     },
   );
@@ -1076,25 +1076,14 @@ function narrowRare(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   const name = subtractName(x, y, undefined);
   const f = new Func(`${name}_n64`, `${SUB_PARAMS} (param $i i32)`, false);
   const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
-  const sq = [0, 1].map((k) => f.local(`sq${k}`, 'v128'));
-  const sb = [0, 1].map((k) => f.local(`sb${k}`, 'v128'));
+  const { sq, sb, slots } = sumLocals(f);
   const [cntR, mx, spec] = ['cntR', 'mx', 'spec'].map((n) => f.local(n, 'v128'));
-  const state: [string, number][] = [
-    [sq[0], WORK.sq],
-    [sq[1], WORK.sq + 16],
-    [sb[0], WORK.sb],
-    [sb[1], WORK.sb + 16],
-    [cntR, WORK.cntR],
-    [mx, WORK.mx],
-    [spec, WORK.spec],
-  ];
-  for (const [l, at] of state) f.emit(set(l, load(at)));
-  for (const [q, p] of [
-    [qb, '$pb'],
-    [qp, '$pp'],
-    [qo, '$po'],
-  ] as const)
-    f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const 2)))`));
+  const saveWork = loadWork(f, [...slots, [cntR, WORK.cntR], [mx, WORK.mx], [spec, WORK.spec]]);
+  pointAtGroup(f, [
+    [qb, '$pb', 2],
+    [qp, '$pp', 2],
+    [qo, '$po', 2],
+  ]);
   const scaled = x === 'F16';
   const bs = widenGroup(f, x, qb, 'b', scaled ? spec : undefined, scaled);
   const ps = widenGroup(f, x, qp, 'p', scaled ? spec : undefined, scaled);
@@ -1113,7 +1102,7 @@ function narrowRare(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   storeVectors(f, qo, r.vectors);
   f.emit(set(spec, op('v128.or', get(spec), r.special())));
   countRounded(f, r, cntR, mx);
-  for (const [l, at] of state) f.emit(store(at, get(l)));
+  saveWork();
   return f;
 }
 
