@@ -3,8 +3,8 @@ import type { BlobClient, BlobServiceClient, BlockBlobClient, ContainerClient } 
 import { PLAN_TAG, type ByteSource, type FileStat, type ShardOptions, type ShardSink, type Store } from './types.js';
 import { StreamingDigest, sha256OfSource } from './digest.js';
 import { ReadAhead } from './readahead.js';
-import { rangeInto } from './rangeget.js';
-import { createHttpHeaders, createPipelineRequest, type Pipeline as CorePipeline } from '@azure/core-rest-pipeline';
+import { corePipeline, rangeInto } from './rangeget.js';
+import type { Pipeline as CorePipeline } from '@azure/core-rest-pipeline';
 import { formatRef, isValidContainerName, parseModelRef } from './refs.js';
 import { InputError } from '../errors.js';
 
@@ -123,6 +123,7 @@ export class BlobByteSource implements ByteSource {
   /** One ranged GET, signed and retried by the SDK's pipeline, its body read into `out` (rangeget.ts). */
   private async fetchDirect(offset: number, length: number, out: Uint8Array): Promise<Uint8Array> {
     const { pipeline, version } = this.direct!;
+    const { createHttpHeaders, createPipelineRequest } = await corePipeline();
     const headers = createHttpHeaders({ 'x-ms-version': version, 'x-ms-range': `bytes=${offset}-${offset + length - 1}` });
     if (this.etag) headers.set('If-Match', this.etag);
     const target = out.subarray(0, length);

@@ -2,7 +2,7 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { InvalidApiResponseFormatError, downloadFile, getRepoFolderName, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
+import type { ListFileEntry } from '@huggingface/hub';
 import { InputError } from '../errors.js';
 import { LocalFileSource } from './local.js';
 import type { ByteSource, ShardSink, Store } from './types.js';
@@ -118,6 +118,8 @@ interface HubContext {
   offline: boolean;
   fetch: typeof fetch;
   reread: RereadCache;
+  /** The Hub client, loaded with the context: with its hashing WebAssembly it costs every CLI start a tenth of a second otherwise. */
+  api: typeof import('@huggingface/hub');
 }
 
 function envValue(env: Record<string, string | undefined>, key: string): string | undefined {
@@ -272,6 +274,7 @@ function contextFrom(opts: HubOptions): () => Promise<HubContext> {
         endpoint, hasToken: !!token, cache, offline,
         fetch: hubFetch(new URL(endpoint).origin, token, opts.retries ?? 3),
         reread: new RereadCache(opts.rereadBytes ?? 32 << 20),
+        api: await import('@huggingface/hub'),
       };
     })());
 }
@@ -421,7 +424,7 @@ export class HubStore implements Store {
       return sha;
     }
     try {
-      const info = await modelInfo({ name: this.repoId, revision: rev, additionalFields: ['sha'], hubUrl: hub.endpoint, fetch: hub.fetch });
+      const info = await hub.api.modelInfo({ name: this.repoId, revision: rev, additionalFields: ['sha'], hubUrl: hub.endpoint, fetch: hub.fetch });
       if (typeof info.sha !== 'string' || !COMMIT.test(info.sha)) throw new Error(`${this.ref}: the Hub gave no commit for revision "${rev}"`);
       return info.sha;
     } catch (e) {
@@ -430,7 +433,7 @@ export class HubStore implements Store {
   }
 
   private cacheDir(hub: HubContext): string | null {
-    return hub.cache && path.join(hub.cache, getRepoFolderName({ type: 'model', name: this.repoId }));
+    return hub.cache && path.join(hub.cache, hub.api.getRepoFolderName({ type: 'model', name: this.repoId }));
   }
 
   private entries(): Promise<Map<string, ListFileEntry>> {
@@ -456,7 +459,7 @@ export class HubStore implements Store {
       return out;
     }
     try {
-      for await (const e of listFiles({ repo: this.repoId, revision: commit, hubUrl: hub.endpoint, fetch: hub.fetch })) {
+      for await (const e of hub.api.listFiles({ repo: this.repoId, revision: commit, hubUrl: hub.endpoint, fetch: hub.fetch })) {
         if (!e.path.includes('/')) out.set(e.path, e);
       }
     } catch (e) {
@@ -483,7 +486,7 @@ export class HubStore implements Store {
         return Object.assign(new Error(`${this.ref}: ${e.message}`), { code, hint: 'check HF_ENDPOINT and the network' });
       }
       // JSON that does not parse, or answers without the fields the Hub sends: not a Hub at all.
-      if (e instanceof SyntaxError || e instanceof InvalidApiResponseFormatError) {
+      if (e instanceof SyntaxError || e instanceof hub.api.InvalidApiResponseFormatError) {
         return new InputError(`${this.ref}: ${hub.endpoint} does not answer like a Hugging Face Hub (${e.message}); check HF_ENDPOINT`);
       }
       return e;
@@ -542,7 +545,7 @@ export class HubStore implements Store {
     // a signed CDN URL kept for a whole run could expire in the middle of it.
     const url = `${hub.endpoint}/${this.repoId}/resolve/${commit}/${encodeURIComponent(file)}`;
     const etag = entry.lfs?.oid ?? entry.xetHash ?? entry.oid ?? commit;
-    const blob = await downloadFile({
+    const blob = await hub.api.downloadFile({
       repo: this.repoId, path: file, revision: commit, hubUrl: hub.endpoint, fetch: hub.fetch,
       xet: false, downloadInfo: { size, etag, url },
     });

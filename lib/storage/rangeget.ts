@@ -6,7 +6,15 @@
 // client reads a response body into a caller's buffer; the SDK's pipeline still signs and retries.
 import net from 'node:net';
 import type { HttpClient, PipelineRequest, PipelineResponse } from '@azure/core-rest-pipeline';
-import { createHttpHeaders } from '@azure/core-rest-pipeline';
+
+let core: Promise<typeof import('@azure/core-rest-pipeline')> | undefined;
+/**
+ * The SDK's HTTP pipeline module, loaded on first use: it comes with the Azure SDK, which only blob
+ * references load, and would otherwise cost every CLI start about a tenth of a second.
+ */
+export function corePipeline(): Promise<typeof import('@azure/core-rest-pipeline')> {
+  return (core ??= import('@azure/core-rest-pipeline'));
+}
 
 const READ_BUFFER_BYTES = 64 << 10;
 /** Longest status line and headers accepted. */
@@ -223,7 +231,7 @@ export function rangeInto(into: Uint8Array): HttpClient {
           const { head: res, reusable } = await exchange(conn, head, into, request.abortSignal);
           if (reusable) release(conn);
           else conn.socket.destroy();
-          return { request, status: res.status, headers: createHttpHeaders(res.headers) };
+          return { request, status: res.status, headers: (await corePipeline()).createHttpHeaders(res.headers) };
         } catch (e) {
           // A kept-alive socket the server closed just before this request: once more on a fresh one.
           const received = (e as { received?: number }).received ?? 0;
