@@ -66,6 +66,23 @@ describe('the built JavaScript (npm test builds it first)', () => {
     expect(Number(stdout)).toBeGreaterThan(0);
   });
 
+  it('loads for a local compute neither the Azure SDK, the Hub client nor ONNX (every command would start half a second later)', () =>
+    withTempDir(async (tmp) => {
+      const fam = path.join(fixturesDir, 'tiny-llama-f16');
+      // A preloaded resolve hook lists every module the process loads.
+      const hook = `import { registerHooks } from 'node:module'; import { writeFileSync } from 'node:fs';
+        const seen = []; registerHooks({ resolve(s, c, next) { const r = next(s, c); seen.push(r.url); return r; } });
+        process.on('exit', () => writeFileSync(process.env.LOADED_LIST, seen.join('\\n')));`;
+      const list = path.join(tmp, 'loaded.txt');
+      await run(process.execPath, ['--import', `data:text/javascript,${encodeURIComponent(hook)}`, cli, 'compute', '--base', `${fam}/base`, '--post', `${fam}/post`, '--out', `${tmp}/d`], {
+        env: { ...process.env, LOADED_LIST: list },
+      });
+      const loaded = (await readFile(list, 'utf8')).split('\n');
+      expect(loaded.filter((u) => /node_modules\/(commander|zstd-napi)\//.test(u)).length).toBeGreaterThan(0);
+      expect(loaded.filter((u) => /node_modules\/(@azure|@huggingface|onnx-proto|onnxruntime-node|protobufjs)\//.test(u))).toEqual([]);
+      expect(loaded.filter((u) => /dist\/(cli\/commands\/(?!compute)|lib\/eval\/(forward|graphs|probes))/.test(u))).toEqual([]);
+    }));
+
   it('runs the paramdelta bin: compute then apply, byte for byte', () =>
     withTempDir(async (tmp) => {
       const fam = path.join(fixturesDir, 'tiny-llama-f16');
