@@ -2,8 +2,9 @@
 // subtract (input, output, probe dtype) or an apply (base, delta dtypes, output dtype), an exported driver, a
 // call-free SIMD hot loop over groups of 8 elements, and a scalar twin for tails and for what the hot loop hands off (NaNs, whose sign the scalar code sets explicitly; F16
 // Inf/NaN inputs; non-finite sums). Every hot loop rounds exactly, once, from float64 (no double rounding through
-// F32; the F32-lane subtracts between 16-bit formats round F32 deltas only where those are the float64 delta), so no
-// data but NaN and Inf leaves it. No library emits SIMD rounding to BF16/F16, so those snippets are
+// F32; the F32-lane subtracts between 16-bit formats round F32 deltas only where those are the float64 delta, and
+// F32/F64 → BF16 rounds fl32(d) only where no BF16 midpoint can lie between it and d), so no data but NaN and Inf
+// leaves it (the F32/F64 → BF16 loop also stops at groups with a midpoint lane). No library emits SIMD rounding to BF16/F16, so those snippets are
 // written out here; the tests check all of it against reference.ts.
 import type { FloatDType } from '../format/dtype.js';
 
