@@ -144,6 +144,11 @@ function nearTies(r: () => number, f: Fmt, count: number): number[] {
   return out;
 }
 
+/** A standard normal deviate from r (Box–Muller). */
+function gauss(r: () => number): number {
+  return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
+}
+
 type Profile = 'clean' | 'dirty';
 
 /** Writes n random elements of `dtype`: normals over the whole range, subnormals, ±0, and (dirty) ±Inf and NaNs. */
@@ -974,6 +979,135 @@ describe('every pairing on adversarial inputs', () => {
           expect(sr.sumSqDelta).toBeGreaterThan(0);
         }
       }
+    });
+  });
+
+  describe('lossy subtracts from F32 and F64 (BF16 rounded from fl32(d) in F32 lanes)', () => {
+    // The F32-lane loop rounds r = fl32(d) half to even on its bits, which is d's rounding unless r is itself a
+    // 16-bit midpoint and d is not r: such groups must leave the loop for the exact path. F16 outputs are checked
+    // the same way (their kernels round in float64).
+    const f32 = new Float32Array(1);
+    const u32 = new Uint32Array(f32.buffer);
+    const f32Of = (bits: number) => ((u32[0] = bits >>> 0), f32[0]);
+    const bitsOf32 = (x: number) => ((f32[0] = x), u32[0]);
+    /** A random finite 16-bit midpoint of `y` as an F32 value: BF16 low half 0x8000; F16 (normal or subnormal) half a quantum. */
+    function midpoint(y: 'BF16' | 'F16', r: () => number): number {
+      const neg = r() < 0.5 ? -1 : 1;
+      if (y === 'BF16') {
+        // Binades from the subnormal range to the top (field 0..254); low half 0x8000.
+        const field = r() < 0.1 ? 0 : r() < 0.1 ? 254 : 1 + Math.floor(r() * 253);
+        return neg * f32Of((field << 23) | (Math.floor(r() * 128) << 16) | 0x8000);
+      }
+      // F16: (2k + 1)·2^(E − 11) for E in [−14, 15] (k < 2^11), or a subnormal (2k + 1)·2^-25.
+      if (r() < 0.2) return neg * (2 * Math.floor(r() * 1024) + 1) * p2(-25);
+      const e = -14 + Math.floor(r() * 30);
+      return neg * (2048 + 2 * Math.floor(r() * 1024) + 1) * p2(e - 11);
+    }
+    /** The exponent of |x|'s binade. */
+    const binade = (x: number) => Math.floor(Math.log2(Math.abs(x)));
+    /** Residuals below half an F32 ulp of m: d = m − b stays m in F32; some gaps also round in float64 (2^-53 and beyond). */
+    const residuals = (m: number) => [30, 40, 53, 54, 60, 100].map((gap) => p2(Math.max(-149, binade(m) - gap)));
+    const isMid = (d: number, y: 'BF16' | 'F16') => {
+      const r32 = Math.fround(d);
+      const w = oracleDecode(oracleRound(r32, FMT[y]), FMT[y]);
+      return Number.isFinite(w) && w !== r32 && Number.isFinite(2 * r32 - w) && oracleDecode(oracleRound(2 * r32 - w, FMT[y]), FMT[y]) === 2 * r32 - w;
+    };
+
+    for (const x of ['F32', 'F64'] as const) {
+      for (const y of ['BF16', 'F16'] as const) {
+        it(`${x} → ${y}: fl32(d) on a midpoint with d above or below it, both signs, huge exponent gaps, among fine-tune deltas`, () => {
+          const n = 4099;
+          const r = rng(700 + x.length * 3 + y.length);
+          let hits = 0;
+          for (const every of [1, 3, 8, 64]) {
+            for (let i = 0; i < n; i++) {
+              // Background: fine-tune-like deltas; every `every`-th element a midpoint with a residual.
+              const base = gauss(r) * 0.02;
+              writeElement(x, B, i, base);
+              writeElement(x, P, i, readElement(x, B, i) + gauss(r) * 1e-3);
+              if (i % every !== every - 1) continue;
+              const m = midpoint(y, r);
+              const res = residuals(m)[Math.floor(r() * 6)] * (r() < 0.5 ? -1 : 1);
+              // post − base = m − res; or base on the other side: −base + post, with the midpoint in post or base.
+              const [b, p] = r() < 0.5 ? [res, m] : [-m, -res];
+              writeElement(x, B, i, b);
+              writeElement(x, P, i, p);
+              const d = readElement(x, P, i) - readElement(x, B, i);
+              if (isMid(d, y) && Math.fround(d) !== d) hits++;
+            }
+            sameSubtract(x, n, y, undefined, `${x} → ${y}, a midpoint every ${every}`);
+          }
+          // The data reach the case (checked independently of the kernels): fl32(d) a midpoint, d not.
+          expect(hits).toBeGreaterThan(300);
+        });
+      }
+    }
+
+    it('F32 → BF16: calls with many midpoints (deltas of few bits) finish in the inline loop, from any group', () => {
+      // Exact midpoints (d = fl32(d)) stop the F32-lane loop as the inexact ones do; past a rate of stops the call
+      // goes to the inline loop at a span boundary. Inexact midpoints before and after that point, at every offset.
+      const n = 4099;
+      const r = rng(801);
+      for (const x of ['F32', 'F64'] as const) {
+        for (const start of [0, 8, 24, 200, 1000, 3000]) {
+          for (const period of [1, 2, 3, 5]) {
+            for (let i = 0; i < n; i++) {
+              const base = gauss(r) * 0.02;
+              writeElement(x, B, i, base);
+              // From `start` on, one group in `period` gets an exact midpoint (1 + (2k + 1)·2^-8, base 0).
+              const g = i >> 3;
+              if (i >= start && g % period === 0 && (i & 7) === (g & 7)) {
+                writeElement(x, B, i, 0);
+                writeElement(x, P, i, (1 + (2 * (g & 63) + 1) * p2(-8)) * (g & 1 ? -1 : 1));
+              } else writeElement(x, P, i, readElement(x, B, i) + gauss(r) * 1e-3);
+              // Inexact midpoints sprinkled everywhere: d = m ± 2^-40 with fl32(d) = m.
+              if (i % 97 === 13) {
+                writeElement(x, B, i, (i & 1 ? 1 : -1) * p2(-40));
+                writeElement(x, P, i, (i & 2 ? 1 : -1) * (1 + 3 * p2(-8)));
+              }
+            }
+            sameSubtract(x, n, 'BF16', undefined, `${x} → BF16, exact midpoints from ${start}, one group in ${period}`);
+          }
+        }
+      }
+    });
+
+    it('F32 → BF16: overflow near the threshold and past F32, signed zeros, subnormal deltas and outputs', () => {
+      const n = 1003;
+      const r = rng(802);
+      const thr = f32Of(0x7f7f8000); // (2 − 2^-8)·2^127: BF16's overflow threshold, an F32 midpoint
+      const max32 = f32Of(0x7f7fffff);
+      const cases: [string, number, number][] = [
+        ['just below the threshold', 0, f32Of(0x7f7f7fff)],
+        ['just above the threshold', 0, f32Of(0x7f7f8001)],
+        ['the threshold', 0, thr],
+        ['the threshold, negative', 0, -thr],
+        ['F32 max', 0, max32],
+        ['past F32: fl32(d) = Inf, d finite', -max32, max32],
+        ['past F32, negative', max32, -max32],
+        ['threshold less a residual', p2(80), thr],
+        ['threshold plus a residual', -p2(80), thr],
+        ['−0 − +0', 0, -0],
+        ['+0 − −0', -0, 0],
+        ['−0 − −0', -0, -0],
+        ['x − x', 1.5, 1.5],
+        ['smallest subnormal delta', p2(-149), 2 * p2(-149)],
+        ['subnormal BF16 midpoint', 0, 3 * p2(-134)],
+        ['subnormal BF16 midpoint less 2^-149', p2(-149), 3 * p2(-134)],
+        ['subnormal BF16 midpoint plus 2^-149', -p2(-149), 3 * p2(-134)],
+        ['largest subnormal less a half', p2(-149), p2(-126) - p2(-134)],
+      ];
+      for (const [what, b, p] of cases) {
+        for (const at of [0, 7, 8, 500, n - 1]) {
+          fillRandom('F32', B, n, r, 'clean');
+          fillRandom('F32', P, n, r, 'clean', B);
+          writeElement('F32', B, at, b);
+          writeElement('F32', P, at, p);
+          const st = sameSubtract('F32', n, 'BF16', undefined, `F32 → BF16, ${what} at ${at}`);
+          if (what.startsWith('past F32')) expect(st.maxError).toBe(Infinity);
+        }
+      }
+      expect(bitsOf32(thr)).toBe(0x7f7f8000);
     });
   });
 

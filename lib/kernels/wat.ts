@@ -2,8 +2,9 @@
 // subtract (input, output, probe dtype) or an apply (base, delta dtypes, output dtype), an exported driver, a
 // call-free SIMD hot loop over groups of 8 elements, and a scalar twin for tails and for what the hot loop hands off (NaNs, whose sign the scalar code sets explicitly; F16
 // Inf/NaN inputs; non-finite sums). Every hot loop rounds exactly, once, from float64 (no double rounding through
-// F32; the F32-lane subtracts between 16-bit formats round F32 deltas only where those are the float64 delta), so no
-// data but NaN and Inf leaves it. No library emits SIMD rounding to BF16/F16, so those snippets are
+// F32; the F32-lane subtracts between 16-bit formats round F32 deltas only where those are the float64 delta, and
+// F32/F64 → BF16 rounds fl32(d) only where no BF16 midpoint can lie between it and d), so no data but NaN and Inf
+// leaves it (the F32/F64 → BF16 loop also stops at groups with a midpoint lane). No library emits SIMD rounding to BF16/F16, so those snippets are
 // written out here; the tests check all of it against reference.ts.
 import type { FloatDType } from '../format/dtype.js';
 
@@ -864,6 +865,101 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   return f;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Lossy subtracts from F32 and F64 to BF16, rounded in F32 lanes. Let d be the float64 delta and r = fl32(d) (from
+// F32 inputs, their F32 difference: fl32(fl64(p − b)) = fl32(p − b), as 53 ≥ 2·24 + 2 bits). Every BF16 value and
+// every midpoint between two neighbouring ones is an F32 value, and r is the F32 value nearest d, so no midpoint
+// lies strictly between r and d: rounding r half to even on its bits gives BF16(d), unless r is itself a midpoint
+// (its low 16 bits are 0x8000) and d is not r. Groups with a midpoint lane stop the loop and go to the rare function
+// (exact, in float64). The rounded count and max error compare the stored value with d in float64, as the inline
+// loop does. Overflow needs nothing: |r| at or above the BF16 threshold (r = Inf included) rounds to Inf on the
+// bits as d does, and the error is Inf in both. NaN and Inf deltas poison Σd², which sends the call to the scalar
+// redo.
+
+/** Subtracts whose test loop rounds in F32 lanes (see above): F32 or F64 in, BF16 out, no probe. */
+const roundsInF32 = (x: FloatDType, y: FloatDType, probe: FloatDType | undefined) => (probe === undefined || probe === 'F64') && (x === 'F32' || x === 'F64') && y === 'BF16';
+
+/**
+ * The F32-rounding loop hands a call over to the inline loop once it has stopped more than FALLBACK_AFTER + i/2^STOP_SHIFT
+ * times by element i: midpoints are common where deltas have few bits (most are exact, so harmless, but each
+ * stops), and a stop costs several groups' time. Fine-tune deltas of F32 models stop about once per 700 elements.
+ */
+const STOP_SHIFT = 6;
+
+function f32RoundHot(x: FloatDType): Func {
+  const name = subtractName(x, 'BF16', undefined);
+  const f = new Func(`${name}_test`, `${SUB_PARAMS} (param $i i32) (param $nspan i32) (result i32)`, false);
+  const [qb, qp, qo] = ['qb', 'qp', 'qo'].map((n) => f.local(n, 'i32'));
+  const { sq, sb, slots } = sumLocals(f);
+  const [cntR, mx, gcnt, gmx] = ['cntR', 'mx', 'gcnt', 'gmx'].map((n) => f.local(n, 'v128'));
+  const saveWork = loadWork(f, [...slots, [cntR, WORK.cntR], [mx, WORK.mx]]);
+  const c = (name: string, bytes: Uint8Array) => get(f.const(name, bytes));
+  // One group per iteration: unrolled, the loop spills its accumulators and runs slower (measured).
+  hotLoop(
+    f,
+    1,
+    [
+      [qb, '$pb', SIZE[x]],
+      [qp, '$pp', SIZE[x]],
+      [qo, '$po', 2],
+    ],
+    {
+      body: () => {
+        const bs = widenGroup(f, x, qb, 'b', undefined);
+        const ps = widenGroup(f, x, qp, 'p', undefined);
+        const ds = bs.map((b, k) => {
+          const d = f.local(`d${k}`, 'v128');
+          f.emit(
+            set(d, op('f64x2.sub', get(ps[k]), get(b))),
+            // No finiteness masks: a non-finite square poisons its sum, and then the whole call is redone in scalar.
+            set(sq[k & 1], op('f64x2.add', get(sq[k & 1]), op('f64x2.mul', get(d), get(d)))),
+            set(sb[k & 1], sumSquare(x, 'BF16', get(sb[k & 1]), get(b))),
+          );
+          return d;
+        });
+        // r, four lanes at a time, rounded half to even on its bits (a carry into the exponent is right); w, the stored
+        // value as an F32.
+        const demote = (d: string) => `(f32x4.demote_f64x2_zero ${get(d)})`;
+        const ws: string[] = [];
+        const quads = [0, 1].map((j) => {
+          const [r, t, w] = ['rq', 'rt', 'rw'].map((n) => f.local(`${n}${j}`, 'v128'));
+          f.emit(
+            // (Subtracting the F32 inputs again is faster than demoting and packing the float64 deltas.)
+            set(r, x === 'F32' ? op('f32x4.sub', `(v128.load offset=${16 * j} ${get(qp)})`, `(v128.load offset=${16 * j} ${get(qb)})`) : lo64Of(demote(ds[2 * j]), demote(ds[2 * j + 1]))),
+            set(t, op('i32x4.add', get(r), op('i32x4.add', op('v128.and', `(i32x4.shr_u ${get(r)} (i32.const 16))`, c('ONE', I32.ONE)), c('BF16_RND', I32.BF16_RND)))),
+            set(w, op('v128.and', get(t), c('HI16', i32x4(0xffff0000)))),
+          );
+          for (const h of [0, 1]) {
+            const wl = f.local(`w${2 * j + h}`, 'v128');
+            f.emit(set(wl, `(f64x2.promote_low_f32x4 ${h ? high64(get(w)) : get(w)})`));
+            ws.push(wl);
+          }
+          return { r, t };
+        });
+        f.emit(`(v128.store ${get(qo)} (i16x8.narrow_i32x4_u (i32x4.shr_u ${get(quads[0].t)} (i32.const 16)) (i32x4.shr_u ${get(quads[1].t)} (i32.const 16))))`);
+        // The group's rounded lanes (−1 each) and largest error, folded as trees before the stop test and committed
+        // after it (a group that stops is counted by the rare function instead).
+        const tree = (xs: string[], fn: string) => op(fn, op(fn, xs[0], xs[1]), op(fn, xs[2], xs[3]));
+        f.emit(
+          set(gcnt, tree(ds.map((d, k) => op('f64x2.ne', get(ws[k]), get(d))), 'i64x2.add')),
+          set(gmx, tree(ds.map((d, k) => op('v128.and', op('f64x2.sub', get(ws[k]), get(d)), c('ABS', K.ABS))), 'f64x2.pmax')),
+        );
+        // Midpoint lanes, by 16-bit compares (a high half can match only as 0x7fff, a NaN's, which the rare
+        // function hands on to the redo).
+        const mid = c('MID16', i32x4(0x7fff8000));
+        return op('v128.or', op('i16x8.eq', get(quads[0].r), mid), op('i16x8.eq', get(quads[1].r), mid));
+      },
+      commit: () => f.emit(set(cntR, op('i64x2.sub', get(cntR), get(gcnt))), set(mx, op('f64x2.pmax', get(mx), get(gmx)))),
+      save: saveWork,
+      bitmask: true,
+    },
+  );
+  return f;
+}
+
+/** The low halves of two vectors, as one (a single punpcklqdq). */
+const lo64Of = (a: string, b: string) => `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 ${a} ${b})`;
+
 function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefined): Func {
   const { name, pr, count, guard } = subtractPlan(x, y, probe);
   const f = new Func(name, `${SUB_PARAMS} (param $n i32)`, true);
@@ -878,7 +974,16 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   );
   const args = '(local.get $pb) (local.get $pp) (local.get $po)';
   const hot = (from: string) => `(call $${name}_hot ${args} ${from} (local.get $nspan))`;
-  if (count === 'bits') {
+  if (roundsInF32(x, y, probe)) {
+    // The F32-rounding loop (one group per iteration), each group it stops at to the rare function. Once it stops too
+    // often (see STOP_SHIFT) the inline loop takes the rest, from the next span boundary it stops at (the inline
+    // loop's spans are 16 elements, and $nspan a multiple of 16).
+    f.local('stops', 'i32');
+    const next = `(i32.add (local.get $i) (i32.const 8))`;
+    const many = `(i32.gt_u (local.get $stops) (i32.add (i32.shr_u (local.get $i) (i32.const ${STOP_SHIFT})) (i32.const ${FALLBACK_AFTER})))`;
+    const fallback = `(local.set $stops (i32.add (local.get $stops) (i32.const 1))) (if (i32.and ${many} (i32.eqz (i32.and ${next} (i32.const 8)))) (then (local.set $i ${hot(next)})))`;
+    driveLoop(f, 8, `(call $${name}_test ${args} (local.get $i) (local.get $nspan))`, `(call $${name}_rare ${args} (local.get $i)) ${fallback}`);
+  } else if (count === 'bits') {
     // The test loop, each group it stops at to the rare function; after FALLBACK_AFTER stops, the inline loop (which
     // never stops) takes the rest.
     f.local('stops', 'i32');
@@ -1240,6 +1345,7 @@ export function subtractWat(x: FloatDType, y: FloatDType, probe: FloatDType | un
   const { count } = subtractPlan(x, y, probe);
   const funcs = [scalarSubtract(x, y, probe), simdSubtract(x, y, probe), subtractHot(x, y, probe, count === 'bits' ? 'inline' : count)];
   if (count === 'bits') funcs.push(subtractHot(x, y, probe, 'bits'), subtractRare(x, y, probe));
+  else if (roundsInF32(x, y, probe)) funcs.push(f32RoundHot(x), subtractRare(x, y, probe));
   return moduleText(funcs);
 }
 
