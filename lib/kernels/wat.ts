@@ -1174,15 +1174,15 @@ function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
 // deltas are fused in one loop; more chain through F64 scratch (see wasm.ts).
 
 /**
- * round16 for apply, in fewer instructions (the loop of BF16 + two F16 deltas: 118 x86 instructions a group, 13 of
+ * round16 for apply, in fewer instructions (the loop of BF16 + two F16 deltas: 115 x86 instructions a group, 13 of
  * them spills, against 143 and 22 with round16, by V8's --print-wasm-code; the subtracts keep round16, whose
  * compare() their counts need). The same magic addition, with m built from x's high
  * dwords, two pairs' at a time in one i32x4: the binade e = max(exponent bits, emin); m's high dword e + (52 − mant)·2^20
  * + 2^19, ored with x's sign; m's low dword (e − emin) >> (20 − mant), that is (e − emin)·2^mant in float64 terms; two
  * interleaves make the pairs of m. As m has x's sign, x + m needs no abs: |x + m| = |x| + |m| (rounding is symmetric),
- * and the sums' low dwords are the BF16/F16 patterns of |x| rounded, as in round16; x's sign goes to bit 15. Where
+ * and the sums' low dwords are the BF16/F16 patterns of |x| rounded, as in round16; the sign dwords narrow to bit 15. Where
  * round16 hands off |x| ≥ over, this hands off only binades above emax (Inf, NaN, and finite x that large): for |x| in
- * [over, 2^(emax+1)) the sum carries into the pattern of Inf, which is the right answer.
+ * [over, 2^(emax+1)) the sum carries into the pattern of Inf, which is the right answer (one compare of the largest e).
  */
 function round16Apply(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled: boolean): { vectors: string[]; special: () => string } {
   const { mant } = SMALL[fmt];
@@ -1192,8 +1192,9 @@ function round16Apply(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled: boolea
   // Constants named by their biased exponents (BF16 and the scaled F16 share emin).
   const c = (name: string, v: number) => get(f.const(`A_${name}`, i32x4(v >>> 0)));
   const lo = c(`LO${1023 + emin}`, (1023 + emin) << 20);
-  const sps: string[] = [];
-  const bits = [0, 1].map((j) => {
+  const es: string[] = [];
+  const sgs: string[] = [];
+  const los = [0, 1].map((j) => {
     const [hi, sg, e, mh, ml] = ['hi', 'sg', 'e', 'mh', 'ml'].map((n) => f.local(`a${n}${j}`, 'v128'));
     const [a, b] = [xs[2 * j], xs[2 * j + 1]];
     f.emit(
@@ -1203,19 +1204,19 @@ function round16Apply(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled: boolea
       set(mh, op('v128.or', op('i32x4.add', get(e), c(`MHI${mant}`, ((52 - mant) << 20) + (1 << 19))), get(sg))),
       set(ml, `(i32x4.shr_u ${op('i32x4.sub', get(e), lo)} (i32.const ${20 - mant}))`),
     );
-    sps.push(op('i32x4.gt_s', get(e), c(`TOP${1023 + emax}`, (1023 + emax) << 20)));
+    es.push(e);
+    sgs.push(sg);
     const [sa, sb] = [f.local(`as${2 * j}`, 'v128'), f.local(`as${2 * j + 1}`, 'v128')];
     f.emit(
       set(sa, op('f64x2.add', get(a), `(i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 ${get(ml)} ${get(mh)})`)),
       set(sb, op('f64x2.add', get(b), `(i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 ${get(ml)} ${get(mh)})`)),
     );
-    const h = f.local(`ah${j}`, 'v128');
-    f.emit(set(h, op('v128.or', `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(sa)} ${get(sb)})`, `(i32x4.shr_u ${get(sg)} (i32.const 16))`)));
-    return h;
+    return `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(sa)} ${get(sb)})`;
   });
+  // The magnitudes' patterns (below 2^16) packed, and the signs: 0x80000000 narrows with signed saturation to 0x8000.
   const w = f.local('aw', 'v128');
-  f.emit(set(w, `(i16x8.narrow_i32x4_u ${get(bits[0])} ${get(bits[1])})`));
-  return { vectors: [w], special: () => op('v128.or', sps[0], sps[1]) };
+  f.emit(set(w, op('v128.or', `(i16x8.narrow_i32x4_u ${los[0]} ${los[1]})`, `(i16x8.narrow_i32x4_s ${get(sgs[0])} ${get(sgs[1])})`)));
+  return { vectors: [w], special: () => op('i32x4.gt_s', op('i32x4.max_s', get(es[0]), get(es[1])), c(`TOP${1023 + emax}`, (1023 + emax) << 20)) };
 }
 
 function applyHot(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): Func {
