@@ -1176,13 +1176,13 @@ function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
 /**
  * round16 for apply, in fewer instructions (the loop of BF16 + two F16 deltas: 115 x86 instructions a group, 13 of
  * them spills, against 143 and 22 with round16, by V8's --print-wasm-code; the subtracts keep round16, whose
- * compare() their counts need). The same magic addition, with m built from x's high
- * dwords, two pairs' at a time in one i32x4: the binade e = max(exponent bits, emin); m's high dword e + (52 − mant)·2^20
- * + 2^19, ored with x's sign; m's low dword (e − emin) >> (20 − mant), that is (e − emin)·2^mant in float64 terms; two
- * interleaves make the pairs of m. As m has x's sign, x + m needs no abs: |x + m| = |x| + |m| (rounding is symmetric),
- * and the sums' low dwords are the BF16/F16 patterns of |x| rounded, as in round16; the sign dwords narrow to bit 15. Where
- * round16 hands off |x| ≥ over, this hands off only binades above emax (Inf, NaN, and finite x that large): for |x| in
- * [over, 2^(emax+1)) the sum carries into the pattern of Inf, which is the right answer (one compare of the largest e).
+ * compare() their counts need). The same magic addition, with m built from x's high dwords, two pairs' at a time in
+ * one i32x4: the binade e = max(exponent bits, emin); m's high dword e + (52 − mant)·2^20 + 2^19, ored with x's sign;
+ * m's low dword (e − emin) >> (20 − mant), that is (e − emin)·2^mant in float64 terms; two interleaves make the pairs
+ * of m. As m has x's sign, x + m needs no abs: |x + m| = |x| + |m| (rounding is symmetric), and the sums' low dwords
+ * are the BF16/F16 patterns of |x| rounded, as in round16; the sign dwords narrow to bit 15. Where round16 hands off
+ * |x| ≥ over, this hands off only binades above emax (Inf, NaN, and finite x that large; one compare of the larger
+ * e): for |x| in [over, 2^(emax+1)) the sum carries into the pattern of Inf, which is the right answer.
  */
 function round16Apply(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled: boolean): { vectors: string[]; special: () => string } {
   const { mant } = SMALL[fmt];
