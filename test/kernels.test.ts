@@ -1162,6 +1162,96 @@ describe('every pairing on adversarial inputs', () => {
     }
   });
 
+  it('rounds applies to BF16/F16 across the vector rounding\'s limits: the band below 2^(emax+1) it rounds to Inf, the binades above it it hands off, subnormal and ±0 results', () => {
+    // x = base + s0·d0 (+ s1·d1) aimed at each region, both signs, every lane position: max finite, the overflow tie
+    // and the band above it, 2^(emax+1) and past it (to 2^1000 from an F64 base), ties among subnormals and at the
+    // smallest normal, exact cancellation to +0 and signed zeros. The scales are fractions of the region's quantum, so
+    // small integer deltas of any dtype move x by exact multiples of a quarter quantum.
+    const n = 2048;
+    const r = rng(95);
+    const int = (lo: number, hi: number) => lo + Math.floor(r() * (hi - lo + 1));
+    for (const y of ['BF16', 'F16'] as const) {
+      const { emin, emax, mant } = y === 'BF16' ? { emin: -126, emax: 127, mant: 7 } : { emin: -14, emax: 15, mant: 10 };
+      const [qTop, qLow] = [p2(emax - mant), p2(emin - mant)];
+      const over = (2 - p2(-mant - 1)) * p2(emax);
+      const region = (t: number) =>
+        Object.is(t, -0) ? '−0' : t === 0 ? '+0' : Math.abs(t) < p2(emin) ? 'subnormal' : Math.abs(t) >= p2(emax + 1) ? 'above' : Math.abs(t) >= over ? 'Inf band' : 'finite';
+      for (const [x, dts] of [
+        [y, ['F16', 'F16']],
+        [y, ['F16']],
+        [y, ['BF16', 'F32']],
+        ['F64', ['F16']],
+      ] as [FloatDType, FloatDType[]][]) {
+        const seen: Record<string, number> = {};
+        for (const kind of ['top', 'past', 'low', 'zero'] as const) {
+          const q = kind === 'top' || kind === 'past' ? qTop : qLow;
+          const scales = kind === 'past' || kind === 'zero' ? [q, q / 2] : [q / 2, q / 4];
+          const deltas = dts.map((dtype, k) => ({ dtype, data: DS[k], scale: scales[k] }));
+          for (let i = 0; i < n; i++) {
+            const sign = r() < 0.5 ? -1 : 1;
+            let base: number;
+            let ds: number[];
+            if (kind === 'top') {
+              base = sign * (2 - int(1, 3) * p2(-mant)) * p2(emax);
+              ds = deltas.map(() => int(-8, 8));
+            } else if (kind === 'past') {
+              base = x === 'F64' && r() < 0.5 ? sign * p2(int(emax + 1, 1000)) : sign * (1 + r()) * p2(emax);
+              ds = deltas.map(() => sign * p2(mant + int(0, 4)));
+            } else if (kind === 'low') {
+              base = sign * qLow * int(0, 2 ** (mant + 1) + 4);
+              ds = deltas.map(() => int(-8, 8));
+            } else if (r() < 0.5) {
+              const k = int(1, 64);
+              base = sign * qLow * k;
+              ds = deltas.map((_, j) => (j === 0 ? -sign * k : r() < 0.5 ? -0 : 0));
+            } else {
+              base = r() < 0.5 ? -0 : 0;
+              ds = deltas.map(() => (r() < 0.5 ? -0 : 0));
+            }
+            writeElement(x, B, i, base);
+            let t = readElement(x, B, i);
+            deltas.forEach((d, j) => {
+              writeElement(d.dtype, d.data, i, ds[j]);
+              t = t + d.scale * readElement(d.dtype, d.data, i);
+            });
+            seen[region(t)] = (seen[region(t)] ?? 0) + 1;
+          }
+          sameApply(x, deltas, n, y, `${x} + ${dts.join('+')} → ${y}, ${kind}`);
+        }
+        for (const k of ['finite', 'Inf band', 'above', 'subnormal', '+0', '−0']) {
+          expect(seen[k] ?? 0, `${x} + ${dts.join('+')} → ${y}: results ${k} (${JSON.stringify(seen)})`).toBeGreaterThan(20);
+        }
+      }
+    }
+  });
+
+  it('hands off an F16 Inf or NaN in any one input of an apply (base, first or second delta), in every lane', () => {
+    const r = rng(96);
+    const n = 64;
+    const specials = [0x7c00, 0xfc00, 0x7e00, 0xfe01, 0x7c01];
+    for (const [x, y] of [
+      ['F16', 'F16'],
+      ['BF16', 'BF16'],
+      ['F16', 'F32'],
+      ['F32', 'F32'],
+    ] as [FloatDType, FloatDType][]) {
+      for (const dts of [['F16', 'F16'], ['F16'], ['BF16', 'F16'], ['F16', 'F32']] as FloatDType[][]) {
+        if (dts.length === 2 && y !== x) continue; // chained: the one-delta kernels take it
+        const inputs = [...(x === 'F16' ? [B] : []), ...dts.flatMap((dt, k) => (dt === 'F16' ? [DS[k]] : []))];
+        for (const [which, buf] of inputs.entries()) {
+          for (let lane = 0; lane < 8; lane++) {
+            fillRandom(x, B, n, r, 'clean');
+            dts.forEach((dt, k) => fillRandom(dt, DS[k], n, r, 'clean'));
+            const v = new DataView(buf.buffer, buf.byteOffset);
+            for (const g of [0, 3, 7]) v.setUint16(2 * (8 * g + lane), specials[(g + lane) % specials.length], true);
+            const deltas = dts.map((dt, k) => ({ dtype: dt, data: DS[k], scale: [0.7, -0.3][k] }));
+            sameApply(x, deltas, n, y, `${x} + ${dts.join('+')} → ${y}: Inf/NaN in F16 input ${which}, lane ${lane}`);
+          }
+        }
+      }
+    }
+  });
+
   it('accumulates stats over calls like the reference, through the fallback too', () => {
     const n = 4096;
     const r = rng(90);
