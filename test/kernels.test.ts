@@ -1215,6 +1215,32 @@ describe('every pairing on adversarial inputs', () => {
     }
   });
 
+  it('rounds F32/F64 → BF16 with a probe and BF16 → F16 with a probe (round16Sub\'s inline loop with its hand-off flag) across the Inf band and beyond', () => {
+    const n = 1003;
+    const r = rng(907);
+    const thr = (2 - p2(-8)) * p2(127);
+    const bf16Cases = [thr * (1 - p2(-20)), thr, -thr, thr * (1 + p2(-10)), p2(128), p2(130), -p2(200), p2(511), p2(600), p2(-133), p2(-134), 3 * p2(-134), -p2(-150), -0, 1 + p2(-8), 1 + 3 * p2(-8)];
+    const f16Cases = [65519.99, 65520, -65530, 65536, p2(20), -p2(30), p2(-24), p2(-25), 3 * p2(-25), -p2(-26), -0, 1 + p2(-11)];
+    const runs: [FloatDType, 'BF16' | 'F16', number[]][] = [
+      ['F32', 'BF16', bf16Cases],
+      ['F64', 'BF16', bf16Cases],
+      ['BF16', 'F16', f16Cases],
+    ];
+    for (const [x, y, ds] of runs) {
+      for (const d of ds) {
+        for (const at of [0, 9, 991, n - 1]) {
+          for (let i = 0; i < n; i++) {
+            writeElement(x, B, i, (r() - 0.5) * 0.04);
+            writeElement(x, P, i, readElement(x, B, i) + (r() - 0.5) * 2e-3);
+          }
+          writeElement(x, B, at, 0);
+          writeElement(x, P, at, d);
+          for (const probe of ['F32', x === 'BF16' ? 'BF16' : 'F16'] as const) sameSubtract(x, n, y, probe, `${x} → ${y} (probe ${probe}), d = ${d} at ${at}`);
+        }
+      }
+    }
+  });
+
   it('hands off NaNs in either group of an unrolled span, and runs the tails, at every length near a span', () => {
     const r = rng(70);
     for (const n of [1, 15, 16, 17, 31, 32, 33, 2047, 2048, 2049, 4111]) {
