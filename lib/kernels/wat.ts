@@ -839,7 +839,8 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
           // |d| ≥ 2^16 overflows F16 however few its bits: its scaled F32 pattern is ≥ 2^-96's.
           if (y === 'F16') big = packed.f32.map((v) => op('i32x4.gt_s', op('v128.and', get(v), get(f.const('ABS32', i32x4(0x7fffffff)))), get(f.const('F16_BIG32', i32x4(0x0f7fffff))))).reduce((a, b) => op('v128.or', a, b));
         } else {
-          const r = y === 'BF16' || y === 'F16' ? round16Sub(f, y, ds) : roundGroup(f, y, ds);
+          // From F32/F64 (where this loop is the main one) round16Sub; the 'bits' kernels' fallback loops keep round16.
+          const r = (y === 'BF16' || y === 'F16') && (x === 'F32' || x === 'F64') ? round16Sub(f, y, ds) : roundGroup(f, y, ds);
           vectors = r.vectors;
           compare = r.compare;
           errors = r.errors;
