@@ -4,7 +4,8 @@
 // Inf/NaN inputs; non-finite sums). Every hot loop rounds exactly, once, from float64 (no double rounding through
 // F32; the F32-lane subtracts between 16-bit formats round F32 deltas only where those are the float64 delta, and
 // F32/F64 → BF16 rounds fl32(d) only where no BF16 midpoint can lie between it and d), so no data but NaN and Inf
-// leaves it (the F32/F64 → BF16 loop also stops at groups with a midpoint lane). No library emits SIMD rounding to BF16/F16, so those snippets are
+// leaves it (the F32/F64 → BF16 loop also stops at groups with a midpoint lane; F32/F64 → F16 stops at an overflowing
+// group, for the scalar redo that overflow always meant). No library emits SIMD rounding to BF16/F16, so those snippets are
 // written out here; the tests check all of it against reference.ts.
 import type { FloatDType } from '../format/dtype.js';
 
@@ -1364,8 +1365,8 @@ function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
 
 /**
  * round16 for apply, in fewer instructions (the loop of BF16 + two F16 deltas: 115 x86 instructions a group, 13 of
- * them spills, against 143 and 22 with round16, by V8's --print-wasm-code; the subtracts keep round16, whose
- * compare() their counts need). The same magic addition, with m built from x's high dwords, two pairs' at a time in
+ * them spills, against 143 and 22 with round16, by V8's --print-wasm-code; the subtracts from F32/F64 use its
+ * variant round16Sub, the others keep round16). The same magic addition, with m built from x's high dwords, two pairs' at a time in
  * one i32x4: the binade e = max(exponent bits, emin); m's high dword e + (52 − mant)·2^20 + 2^19, ored with x's sign;
  * m's low dword (e − emin) >> (20 − mant), that is (e − emin)·2^mant in float64 terms; two interleaves make the pairs
  * of m. As m has x's sign, x + m needs no abs: |x + m| = |x| + |m| (rounding is symmetric), and the sums' low dwords
