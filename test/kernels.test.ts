@@ -1111,6 +1111,136 @@ describe('every pairing on adversarial inputs', () => {
     });
   });
 
+  describe('lossy subtracts from F32 and F64 to F16 (round16Sub in float64 lanes)', () => {
+    // The inline loop rounds with a signed magic constant, finds exact lanes as stored − d = +0, stops at a group whose
+    // stored pattern has an all-ones exponent (the band [65520, 65536) that rounds to Inf, and beyond) for a scalar
+    // redo of the call, and counts exact lanes against $nspan. Deltas land at lanes of both groups of a span, in the
+    // last span and in the tail; probes use the same loop.
+    const cases: [string, number, number][] = [
+      ['65519.99 (below the threshold)', 0, 65519.99],
+      ['the threshold 65520', 0, 65520],
+      ['the threshold, negative', 0, -65520],
+      ['inside the Inf band', 100, 65630],
+      ['just below 2^16', 0, 65535.5],
+      ['2^16', 0, 65536],
+      ['−2^16 − 1', 1, -65535],
+      ['2^20', 0, p2(20)],
+      ['2^100', -p2(100), p2(100) * 2],
+      ['largest F32', 0, 3.4028234663852886e38],
+      ['F32 max − (−F32 max): d past F32', -3.4028234663852886e38, 3.4028234663852886e38],
+      ['65504 (max F16, exact)', 0, 65504],
+      ['65504 + 15.99 (rounds down)', 0, 65519.98],
+      ['−0 − +0', 0, -0],
+      ['+0 − −0', -0, 0],
+      ['−0 − −0', -0, -0],
+      ['x − x', 1.5, 1.5],
+      ['smallest F16 subnormal', 0, p2(-24)],
+      ['a tie between 0 and the smallest subnormal', 0, p2(-25)],
+      ['a negative tie to −0', 0, -p2(-25)],
+      ['3·2^-25: a tie to even (2^-23)', 0, 3 * p2(-25)],
+      ['just above the tie to 0', 0, p2(-25) + p2(-40)],
+      ['largest subnormal plus a half quantum', 0, p2(-14) - p2(-25)],
+      ['a tie at 1 + 2^-11', 1, 2 + p2(-11)],
+      ['a tie at 1 + 3·2^-11', -1, p2(-10) * 1.5],
+      ['far below F16: 2^-60', 0, p2(-60)],
+      ['a tiny negative (rounds to −0)', 0, -p2(-30)],
+    ];
+    const f64Only: [string, number, number][] = [
+      ['2^511 (d² finite)', 0, p2(511)],
+      ['2^600 (d² overflows Σd²)', 0, p2(600)],
+      ['2^1000', 0, p2(1000)],
+      ['−2^1023', 0, -p2(1023)],
+      ['float64 subnormal delta', 0, 5e-324],
+      ['float64 subnormal, negative', 0, -p2(-1040)],
+      ['float64 smallest normal', 0, p2(-1022)],
+    ];
+    /** Fine-tune-like inputs (no lane overflows F16, so the vector loop keeps every call). */
+    const fineTune = (x: FloatDType, n: number, r: () => number) => {
+      for (let i = 0; i < n; i++) {
+        writeElement(x, B, i, (r() - 0.5) * 0.04);
+        writeElement(x, P, i, readElement(x, B, i) + (r() - 0.5) * 2e-3);
+      }
+    };
+    for (const x of ['F32', 'F64'] as const) {
+      it(`${x} → F16: the Inf band and beyond, ties, subnormal outputs, ±0, among fine-tune deltas, with and without probes`, () => {
+        const n = 1003;
+        const r = rng(x === 'F32' ? 903 : 904);
+        for (const [what, b, p] of x === 'F64' ? [...cases, ...f64Only] : cases) {
+          for (const at of [0, 3, 9, 15, 500, 991, n - 1]) {
+            fineTune(x, n, r);
+            writeElement(x, B, at, b);
+            writeElement(x, P, at, p);
+            for (const probe of at === 9 ? [undefined, 'BF16', 'F16', 'F32'] as const : [undefined] as const) {
+              const st = sameSubtract(x, n, 'F16', probe, `${x} → F16, ${what} at ${at}, probe ${probe}`);
+              const d = readElement(x, P, at) - readElement(x, B, at);
+              if (Math.abs(d) >= 65520) expect(st.maxError, what).toBe(Infinity);
+              else expect(st.maxError, what).toBeLessThan(Infinity);
+            }
+          }
+        }
+      });
+
+      it(`${x} → F16: exact and tied deltas in every lane, rounded count and max error over calls, redo after a clean call`, () => {
+        const n = 4099;
+        const r = rng(x === 'F32' ? 905 : 906);
+        // Deltas on the F16 grid (exact), on its midpoints (ties both ways), and just off them, in every lane.
+        for (let i = 0; i < n; i++) {
+          const k = Math.floor(r() * 4096) - 2048;
+          const e = Math.floor(r() * 30) - 24;
+          const q = p2(e - 10);
+          const d = i % 3 === 0 ? k * q : i % 3 === 1 ? (k + 0.5) * q : (k + 0.5) * q + (r() < 0.5 ? 1 : -1) * p2(e - 30);
+          writeElement(x, B, i, i % 2 ? 0.25 : 0);
+          writeElement(x, P, i, readElement(x, B, i) + d);
+        }
+        const st = sameSubtract(x, n, 'F16', undefined, `${x} → F16 grid, ties and near ties`);
+        expect(st.rounded).toBeGreaterThan(n / 3);
+        expect(st.rounded).toBeLessThan(n);
+        // Over calls: a clean call, then one that overflows (redone in scalar from the stats so far), then a clean one.
+        const sw = newSubtractStats();
+        const sr = newSubtractStats();
+        const m = 1000;
+        const want = new Uint8Array(3 * m * 2);
+        const got = new Uint8Array(3 * m * 2);
+        for (let c = 0; c < 3; c++) {
+          fineTune(x, m, r);
+          if (c === 1) writeElement(x, P, 333, 70000);
+          ref.subtract(x, B, P, m, 'F16', want.subarray(2 * m * c), sr);
+          wasm.subtract(x, B, P, m, 'F16', got.subarray(2 * m * c), sw);
+        }
+        expectSame(got, want, 'F16', 3 * m, `${x} → F16 over calls`);
+        expect(sw).toEqual(sr);
+        expect(sr.maxError).toBe(Infinity);
+        expect(sr.rounded).toBeGreaterThan(2 * m);
+      });
+    }
+  });
+
+  it('rounds F32/F64 → BF16 with a probe and BF16 → F16 with a probe (round16Sub\'s inline loop with its hand-off flag) across the Inf band and beyond', () => {
+    const n = 1003;
+    const r = rng(907);
+    const thr = (2 - p2(-8)) * p2(127);
+    const bf16Cases = [thr * (1 - p2(-20)), thr, -thr, thr * (1 + p2(-10)), p2(128), p2(130), -p2(200), p2(511), p2(600), p2(-133), p2(-134), 3 * p2(-134), -p2(-150), -0, 1 + p2(-8), 1 + 3 * p2(-8)];
+    const f16Cases = [65519.99, 65520, -65530, 65536, p2(20), -p2(30), p2(-24), p2(-25), 3 * p2(-25), -p2(-26), -0, 1 + p2(-11)];
+    const runs: [FloatDType, 'BF16' | 'F16', number[]][] = [
+      ['F32', 'BF16', bf16Cases],
+      ['F64', 'BF16', bf16Cases],
+      ['BF16', 'F16', f16Cases],
+    ];
+    for (const [x, y, ds] of runs) {
+      for (const d of ds) {
+        for (const at of [0, 9, 991, n - 1]) {
+          for (let i = 0; i < n; i++) {
+            writeElement(x, B, i, (r() - 0.5) * 0.04);
+            writeElement(x, P, i, readElement(x, B, i) + (r() - 0.5) * 2e-3);
+          }
+          writeElement(x, B, at, 0);
+          writeElement(x, P, at, d);
+          for (const probe of ['F32', x === 'BF16' ? 'BF16' : 'F16'] as const) sameSubtract(x, n, y, probe, `${x} → ${y} (probe ${probe}), d = ${d} at ${at}`);
+        }
+      }
+    }
+  });
+
   it('hands off NaNs in either group of an unrolled span, and runs the tails, at every length near a span', () => {
     const r = rng(70);
     for (const n of [1, 15, 16, 17, 31, 32, 33, 2047, 2048, 2049, 4111]) {

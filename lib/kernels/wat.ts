@@ -4,7 +4,8 @@
 // Inf/NaN inputs; non-finite sums). Every hot loop rounds exactly, once, from float64 (no double rounding through
 // F32; the F32-lane subtracts between 16-bit formats round F32 deltas only where those are the float64 delta, and
 // F32/F64 → BF16 rounds fl32(d) only where no BF16 midpoint can lie between it and d), so no data but NaN and Inf
-// leaves it (the F32/F64 → BF16 loop also stops at groups with a midpoint lane). No library emits SIMD rounding to BF16/F16, so those snippets are
+// leaves it (the F32/F64 → BF16 loop also stops at groups with a midpoint lane; F32/F64 → F16 stops at an overflowing
+// group, for the scalar redo that overflow always meant). No library emits SIMD rounding to BF16/F16, so those snippets are
 // written out here; the tests check all of it against reference.ts.
 import type { FloatDType } from '../format/dtype.js';
 
@@ -456,6 +457,8 @@ interface GroupRounding {
   special: () => string;
   /** Per pair, the stored value and x, or for BF16/F16 their magnitudes: equal iff exact, |difference| the error. */
   compare: () => [string, string][];
+  /** Per pair, stored − x (round16Sub): +0 iff exact, never −0. */
+  errors?: () => string[];
 }
 
 /** The 16-bit formats: explicit mantissa bits, smallest normal exponent, and the least |x| that rounds to Inf. */
@@ -512,6 +515,56 @@ function round16(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled = false): Gr
     // 64-bit compare of the lanewise i32 max, whose high dwords are the largest high dword and dominate.
     special: () => op('i64x2.gt_s', [op('i32x4.max_s', get(ts[0]), get(ts[1])), op('i32x4.max_s', get(ts[2]), get(ts[3]))].reduce((a, b) => op('i32x4.max_s', a, b)), f.constAt(`${key}_OVER`, i64x2(overHigh(over)))),
     compare: () => xs.map((_, k) => [op('f64x2.sub', get(ss[k]), get(ms[k])), get(ts[k])] as [string, string]),
+  };
+}
+
+/**
+ * round16 for the subtracts' float64 lanes, with round16Apply's magic constant: m built from x's high dwords, two pairs
+ * at a time in one i32x4, carrying x's sign, so x + m rounds x itself (no abs) and the sums' low dwords are the
+ * patterns of |x| rounded, the signs narrowed in by signed saturation. s − m is the stored value with x's sign (exact:
+ * s and m share a binade; +0 for x = ±0), so errors() gives (s − m) − x: +0 iff the lane is exact (never −0), its
+ * magnitude the error. For |x| in [over, 2^(emax+1)) the sum carries into Inf's pattern, right for the store, but s − m
+ * is the finite 2^(emax+1) where the reference's error is Inf; larger |x| (up to 2^512, beyond which d² overflows Σd²)
+ * give larger magnitude patterns, up to the unsigned narrow's saturation at 0xffff. So special() flags every lane whose
+ * magnitude pattern (before the sign) is at least Inf's, unsigned: the caller hands those off (NaN and Inf deltas,
+ * whose patterns are arbitrary, poison Σd² instead).
+ */
+function round16Sub(f: Func, fmt: 'BF16' | 'F16', xs: string[]): GroupRounding {
+  const { mant, emin } = SMALL[fmt];
+  const c = (name: string, v: number) => get(f.const(`A_${name}`, i32x4(v >>> 0)));
+  const lo = c(`LO${1023 + emin}`, (1023 + emin) << 20);
+  const sgs: string[] = [];
+  const ms: string[] = [];
+  const ss: string[] = [];
+  const los = [0, 1].map((j) => {
+    const [hi, sg, e, mh, ml] = ['hi', 'sg', 'e', 'mh', 'ml'].map((n) => f.local(`u${n}${j}`, 'v128'));
+    const [a, b] = [xs[2 * j], xs[2 * j + 1]];
+    f.emit(
+      set(hi, `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})`),
+      set(sg, op('v128.and', get(hi), c('SIGN32', 0x80000000))),
+      set(e, op('i32x4.max_s', op('v128.and', get(hi), c('EXP64HI', 0x7ff00000)), lo)),
+      set(mh, op('v128.or', op('i32x4.add', get(e), c(`MHI${mant}`, ((52 - mant) << 20) + (1 << 19))), get(sg))),
+      set(ml, `(i32x4.shr_u ${op('i32x4.sub', get(e), lo)} (i32.const ${20 - mant}))`),
+    );
+    sgs.push(sg);
+    const [ma, mb, sa, sb] = ['ma', 'mb', 'sa', 'sb'].map((n) => f.local(`u${n}${j}`, 'v128'));
+    f.emit(
+      set(ma, `(i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 ${get(ml)} ${get(mh)})`),
+      set(mb, `(i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 ${get(ml)} ${get(mh)})`),
+      set(sa, op('f64x2.add', get(a), get(ma))),
+      set(sb, op('f64x2.add', get(b), get(mb))),
+    );
+    ms.push(ma, mb);
+    ss.push(sa, sb);
+    return `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(sa)} ${get(sb)})`;
+  });
+  const [u, w] = [f.local('uu', 'v128'), f.local('uw', 'v128')];
+  f.emit(set(u, `(i16x8.narrow_i32x4_u ${los[0]} ${los[1]})`), set(w, op('v128.or', get(u), `(i16x8.narrow_i32x4_s ${get(sgs[0])} ${get(sgs[1])})`)));
+  return {
+    vectors: [w],
+    special: () => op('i16x8.ge_u', get(u), get(f.const(`${fmt}_EXP16`, lanes16(NARROW[fmt].exp)))),
+    compare: () => xs.map((x, k) => [op('f64x2.sub', get(ss[k]), get(ms[k])), get(x)] as [string, string]),
+    errors: () => xs.map((x, k) => op('f64x2.sub', op('f64x2.sub', get(ss[k]), get(ms[k])), get(x))),
   };
 }
 
@@ -669,6 +722,13 @@ function sumSquare(x: FloatDType, y: FloatDType, acc: string, b: string): string
   return x === 'F64' || (x === 'BF16' && y === 'F64') ? op('f64x2.add', acc, op('f64x2.mul', b, b)) : op('f64x2.relaxed_madd', b, b, acc);
 }
 
+/**
+ * F32/F64 → F16 (any probe), whose inline loop runs every span from 0 to $nspan: it stops only at a group with an
+ * overflowing lane, where the driver redoes the whole call in scalar (no `spec` accumulator to keep in a register),
+ * and it counts exact lanes (−1 each), to which the driver adds $nspan (no constant to keep for the lane count).
+ */
+const f16Inline = (x: FloatDType, y: FloatDType) => y === 'F16' && (x === 'F32' || x === 'F64');
+
 /** Rare hand-offs a 'bits' subtract call takes before it finishes with its 'inline' loop. */
 const FALLBACK_AFTER = 16;
 
@@ -691,7 +751,8 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
   const cnt32 = pTest === 'packed' ? f.local('cnt32', 'v128') : undefined;
   const cntR = count === 'inline' ? f.local('cntR', 'v128') : undefined;
   const mx = count === 'inline' ? f.local('mx', 'v128') : undefined;
-  const spec = x === 'F16' || (count === 'inline' && (y === 'BF16' || y === 'F16')) ? f.local('spec', 'v128') : undefined;
+  const stopOver = count === 'inline' && f16Inline(x, y);
+  const spec = x === 'F16' || (count === 'inline' && !stopOver && (y === 'BF16' || y === 'F16')) ? f.local('spec', 'v128') : undefined;
   const { sq, sb, slots } = sumLocals(f);
   const zero = ZERO;
   const low = (t: 'BF16' | 'F16' | 'F32') => get(f.const(`LOW_${t}`, i64x2(LOW_BITS[t])));
@@ -760,7 +821,9 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
         }
         let vectors: string[];
         let compare: () => [string, string][];
+        let errors: (() => string[]) | undefined;
         let big: string | undefined;
+        let over: string | undefined;
         if (inF32) {
           vectors = quads.map((q) => q.o);
           compare = () => [0, 1, 2, 3].map((k) => [half(quads[k >> 1].o, k), get(ds[k])]);
@@ -777,15 +840,32 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
           // |d| ≥ 2^16 overflows F16 however few its bits: its scaled F32 pattern is ≥ 2^-96's.
           if (y === 'F16') big = packed.f32.map((v) => op('i32x4.gt_s', op('v128.and', get(v), get(f.const('ABS32', i32x4(0x7fffffff)))), get(f.const('F16_BIG32', i32x4(0x0f7fffff))))).reduce((a, b) => op('v128.or', a, b));
         } else {
-          const r = roundGroup(f, y, ds);
+          // From F32/F64 (where this loop is the main one) round16Sub; the 'bits' kernels' fallback loops keep round16.
+          const r = (y === 'BF16' || y === 'F16') && (x === 'F32' || x === 'F64') ? round16Sub(f, y, ds) : roundGroup(f, y, ds);
           vectors = r.vectors;
           compare = r.compare;
+          errors = r.errors;
+          if (stopOver) over = r.special();
           // Overflowing lanes of a 16-bit output (NaN and Inf deltas too) send the whole call to the scalar redo.
           if (spec && (y === 'BF16' || y === 'F16')) f.emit(set(spec, op('v128.or', get(spec), r.special())));
         }
         storeVectors(f, qo, vectors, 8 * SIZE[y] * g);
         if (cnt32) for (const v of vectors) f.emit(set(cnt32, op('i32x4.sub', get(cnt32), exact32(f, pr as 'BF16' | 'F16', v))));
-        if (cntR && mx) {
+        if (cntR && mx && errors) {
+          // stored − x per pair (round16Sub): +0 exactly where the lane is exact, so an integer compare finds those
+          // (no float compare); exact lanes count −1 each, plus 4 per lane pair unless the driver adds $nspan instead.
+          const es = errors().map((e, k) => {
+            const l = f.local(`e${k}`, 'v128');
+            f.emit(set(l, e));
+            return l;
+          });
+          const tree = (v: string[], fn: string) => op(fn, op(fn, v[0], v[1]), op(fn, v[2], v[3]));
+          const exact = tree(es.map((e) => op('i64x2.eq', get(e), zero)), 'i64x2.add');
+          f.emit(
+            set(cntR, op('i64x2.add', get(cntR), stopOver ? exact : op('i64x2.add', exact, get(f.const('FOUR64', i64x2(4n)))))),
+            set(mx, op('f64x2.pmax', get(mx), tree(es.map((e) => abs(get(e))), 'f64x2.pmax'))),
+          );
+        } else if (cntR && mx) {
           // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
           compare().forEach(([stored, exact], k) => {
             const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
@@ -798,12 +878,14 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
           });
         }
         // Low bits of any delta (and distributes over or): a lane the store rounded (for F16, also one it overflowed).
+        if (over) return over;
         if (!bad) return undefined;
         const lowBits = op('v128.and', get(bad), low(y as 'BF16' | 'F16' | 'F32'));
         return big ? op('v128.or', lowBits, big) : lowBits;
       },
       commit: () => {},
       save: saveWork,
+      bitmask: count === 'inline',
     },
   );
   return f;
@@ -990,6 +1072,9 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     const rare = Array.from({ length: unroll }, (_, g) => `(call $${name}_rare ${args} (i32.add (local.get $i) (i32.const ${8 * g})))`).join(' ');
     const fallback = `(local.set $stops (i32.add (local.get $stops) (i32.const 1))) (if (i32.ge_u (local.get $stops) (i32.const ${FALLBACK_AFTER})) (then (local.set $i ${hot(`(i32.add (local.get $i) (i32.const ${8 * unroll}))`)})))`;
     driveLoop(f, 8 * unroll, `(call $${name}_test ${args} (local.get $i) (local.get $nspan))`, `${rare} ${fallback}`);
+  } else if (f16Inline(x, y)) {
+    // The inline loop stops only at a group with an overflowing lane (see f16Inline): redo the call in scalar.
+    driveLoop(f, 8 * unroll, hot('(local.get $i)'), `(call $${name}_s (local.get $pb) (local.get $pp) (local.get $po) (i32.const 0) (local.get $n)) (return)`);
   } else driveLoop(f, 8 * unroll, hot('(local.get $i)'), '');
 
   // Redo the whole call in scalar, from the stats as they were, if Σd² went NaN or Inf (a NaN or Inf delta, whose
@@ -1006,7 +1091,7 @@ function simdSubtract(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
   const addI64 = (at: number, v: string) => `(i64.store offset=${at} (i32.const 0) (i64.add (i64.load offset=${at} (i32.const 0)) ${v}))`;
   f.emit(
     ...[0, 16, 32, 48].map((o) => store(STATS.sqD + o, load(WORK.sq + o))),
-    addI64(STATS.rounded, lanesum(WORK.cntR)),
+    addI64(STATS.rounded, f16Inline(x, y) ? `(i64.add ${lanesum(WORK.cntR)} (i64.extend_i32_u (local.get $nspan)))` : lanesum(WORK.cntR)),
     // cntP and cnt32 counted the exact lanes.
     ...(pr === undefined ? [] : [addI64(STATS.misses, `(i64.sub (i64.extend_i32_u (local.get $nspan)) ${exact})`)]),
     `(f64.store offset=${STATS.maxError} (i32.const 0) (f64.max (f64.load offset=${STATS.maxError} (i32.const 0)) (f64.max (f64.load offset=${WORK.mx} (i32.const 0)) (f64.load offset=${WORK.mx + 8} (i32.const 0)))))`,
@@ -1280,8 +1365,8 @@ function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
 
 /**
  * round16 for apply, in fewer instructions (the loop of BF16 + two F16 deltas: 115 x86 instructions a group, 13 of
- * them spills, against 143 and 22 with round16, by V8's --print-wasm-code; the subtracts keep round16, whose
- * compare() their counts need). The same magic addition, with m built from x's high dwords, two pairs' at a time in
+ * them spills, against 143 and 22 with round16, by V8's --print-wasm-code; the subtracts from F32/F64 use its
+ * variant round16Sub, the others keep round16). The same magic addition, with m built from x's high dwords, two pairs' at a time in
  * one i32x4: the binade e = max(exponent bits, emin); m's high dword e + (52 − mant)·2^20 + 2^19, ored with x's sign;
  * m's low dword (e − emin) >> (20 − mant), that is (e − emin)·2^mant in float64 terms; two interleaves make the pairs
  * of m. As m has x's sign, x + m needs no abs: |x + m| = |x| + |m| (rounding is symmetric), and the sums' low dwords
