@@ -519,6 +519,23 @@ function round16(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled = false): Gr
 }
 
 /**
+ * The signed magic constant's dwords for two pairs a, b (see round16Apply): x's high dwords' sign, the binade
+ * e = max(exponent bits, lo), m's high dword e + (52 − mant)·2^20 + 2^19 ored with the sign, m's low dword.
+ */
+function magicDwords(f: Func, mant: number, lo: string, a: string, b: string, name: (n: string) => string): Record<'sg' | 'e' | 'mh' | 'ml', string> {
+  const c = (n: string, v: number) => get(f.const(`A_${n}`, i32x4(v >>> 0)));
+  const [hi, sg, e, mh, ml] = ['hi', 'sg', 'e', 'mh', 'ml'].map((n) => f.local(name(n), 'v128'));
+  f.emit(
+    set(hi, `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})`),
+    set(sg, op('v128.and', get(hi), c('SIGN32', 0x80000000))),
+    set(e, op('i32x4.max_s', op('v128.and', get(hi), c('EXP64HI', 0x7ff00000)), lo)),
+    set(mh, op('v128.or', op('i32x4.add', get(e), c(`MHI${mant}`, ((52 - mant) << 20) + (1 << 19))), get(sg))),
+    set(ml, `(i32x4.shr_u ${op('i32x4.sub', get(e), lo)} (i32.const ${20 - mant}))`),
+  );
+  return { sg, e, mh, ml };
+}
+
+/**
  * round16 for the subtracts' float64 lanes, with round16Apply's magic constant: m built from x's high dwords, two pairs
  * at a time in one i32x4, carrying x's sign, so x + m rounds x itself (no abs) and the sums' low dwords are the
  * patterns of |x| rounded, the signs narrowed in by signed saturation. s − m is the stored value with x's sign (exact:
@@ -537,15 +554,8 @@ function round16Sub(f: Func, fmt: 'BF16' | 'F16', xs: string[]): GroupRounding {
   const ms: string[] = [];
   const ss: string[] = [];
   const los = [0, 1].map((j) => {
-    const [hi, sg, e, mh, ml] = ['hi', 'sg', 'e', 'mh', 'ml'].map((n) => f.local(`u${n}${j}`, 'v128'));
     const [a, b] = [xs[2 * j], xs[2 * j + 1]];
-    f.emit(
-      set(hi, `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})`),
-      set(sg, op('v128.and', get(hi), c('SIGN32', 0x80000000))),
-      set(e, op('i32x4.max_s', op('v128.and', get(hi), c('EXP64HI', 0x7ff00000)), lo)),
-      set(mh, op('v128.or', op('i32x4.add', get(e), c(`MHI${mant}`, ((52 - mant) << 20) + (1 << 19))), get(sg))),
-      set(ml, `(i32x4.shr_u ${op('i32x4.sub', get(e), lo)} (i32.const ${20 - mant}))`),
-    );
+    const { sg, mh, ml } = magicDwords(f, mant, lo, a, b, (n) => `u${n}${j}`);
     sgs.push(sg);
     const [ma, mb, sa, sb] = ['ma', 'mb', 'sa', 'sb'].map((n) => f.local(`u${n}${j}`, 'v128'));
     f.emit(
@@ -1385,15 +1395,8 @@ function round16Apply(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled: boolea
   const es: string[] = [];
   const sgs: string[] = [];
   const los = [0, 1].map((j) => {
-    const [hi, sg, e, mh, ml] = ['hi', 'sg', 'e', 'mh', 'ml'].map((n) => f.local(`a${n}${j}`, 'v128'));
     const [a, b] = [xs[2 * j], xs[2 * j + 1]];
-    f.emit(
-      set(hi, `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})`),
-      set(sg, op('v128.and', get(hi), c('SIGN32', 0x80000000))),
-      set(e, op('i32x4.max_s', op('v128.and', get(hi), c('EXP64HI', 0x7ff00000)), lo)),
-      set(mh, op('v128.or', op('i32x4.add', get(e), c(`MHI${mant}`, ((52 - mant) << 20) + (1 << 19))), get(sg))),
-      set(ml, `(i32x4.shr_u ${op('i32x4.sub', get(e), lo)} (i32.const ${20 - mant}))`),
-    );
+    const { sg, e, mh, ml } = magicDwords(f, mant, lo, a, b, (n) => `a${n}${j}`);
     es.push(e);
     sgs.push(sg);
     const [sa, sb] = [f.local(`as${2 * j}`, 'v128'), f.local(`as${2 * j + 1}`, 'v128')];
