@@ -9,8 +9,8 @@ type Register = (program: Command, run: (argv: string[]) => Promise<number>) => 
 
 /**
  * Each command's module, by the names it answers to. Only the command being run is loaded (all of them
- * for help or an unknown name): together they pull in the Azure SDK's HTTP stack, the Hub client, ONNX
- * and zod, about half a second of every start on 2 cores.
+ * for help or an unknown name): together they pull in the Azure SDK's HTTP stack, the Hub client and
+ * ONNX's protobuf schema, about a third of a second of every start on 2 cores.
  */
 const COMMANDS: readonly { names: readonly string[]; load: () => Promise<Register> }[] = [
   { names: ['compute', 'compute-delta'], load: async () => (await import('./commands/compute.js')).registerCompute },
