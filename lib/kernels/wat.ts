@@ -518,12 +518,15 @@ function round16(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled = false): Gr
   };
 }
 
+/** An i32x4 splat constant of the signed-magic rounding (round16Sub, round16Apply), named A_<name>. */
+const magicConst = (f: Func, name: string, v: number) => get(f.const(`A_${name}`, i32x4(v >>> 0)));
+
 /**
  * The signed magic constant's dwords for two pairs a, b (see round16Apply): x's high dwords' sign, the binade
  * e = max(exponent bits, lo), m's high dword e + (52 − mant)·2^20 + 2^19 ored with the sign, m's low dword.
  */
 function magicDwords(f: Func, mant: number, lo: string, a: string, b: string, name: (n: string) => string): Record<'sg' | 'e' | 'mh' | 'ml', string> {
-  const c = (n: string, v: number) => get(f.const(`A_${n}`, i32x4(v >>> 0)));
+  const c = (n: string, v: number) => magicConst(f, n, v);
   const [hi, sg, e, mh, ml] = ['hi', 'sg', 'e', 'mh', 'ml'].map((n) => f.local(name(n), 'v128'));
   f.emit(
     set(hi, `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})`),
@@ -548,7 +551,7 @@ function magicDwords(f: Func, mant: number, lo: string, a: string, b: string, na
  */
 function round16Sub(f: Func, fmt: 'BF16' | 'F16', xs: string[]): GroupRounding {
   const { mant, emin } = SMALL[fmt];
-  const c = (name: string, v: number) => get(f.const(`A_${name}`, i32x4(v >>> 0)));
+  const c = (name: string, v: number) => magicConst(f, name, v);
   const lo = c(`LO${1023 + emin}`, (1023 + emin) << 20);
   const sgs: string[] = [];
   const ms: string[] = [];
@@ -621,9 +624,12 @@ function pointAtGroup(f: Func, pointers: readonly (readonly [string, string, num
   for (const [q, p, size] of pointers) f.emit(set(q, `(i32.add ${get(p)} (i32.mul (local.get $i) (i32.const ${size})))`));
 }
 
-/** Counts the group's rounded elements into `cntR` and keeps the largest rounding error in `mx`. */
-function countRounded(f: Func, r: GroupRounding, cntR: string, mx: string): void {
-  r.compare().forEach(([stored, exact], k) => {
+/** Four vectors folded pairwise by `fn` (shorter dependency chains than a running fold). */
+const tree4 = (v: string[], fn: string) => op(fn, op(fn, v[0], v[1]), op(fn, v[2], v[3]));
+
+/** Counts the group's rounded elements into `cntR` and keeps the largest rounding error in `mx`, from compare()'s pairs. */
+function countRounded(f: Func, pairs: [string, string][], cntR: string, mx: string): void {
+  pairs.forEach(([stored, exact], k) => {
     const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
     f.emit(
       set(w, stored),
@@ -869,23 +875,14 @@ function subtractHot(x: FloatDType, y: FloatDType, probe: FloatDType | undefined
             f.emit(set(l, e));
             return l;
           });
-          const tree = (v: string[], fn: string) => op(fn, op(fn, v[0], v[1]), op(fn, v[2], v[3]));
-          const exact = tree(es.map((e) => op('i64x2.eq', get(e), zero)), 'i64x2.add');
+          const exact = tree4(es.map((e) => op('i64x2.eq', get(e), zero)), 'i64x2.add');
           f.emit(
             set(cntR, op('i64x2.add', get(cntR), stopOver ? exact : op('i64x2.add', exact, get(f.const('FOUR64', i64x2(4n)))))),
-            set(mx, op('f64x2.pmax', get(mx), tree(es.map((e) => abs(get(e))), 'f64x2.pmax'))),
+            set(mx, op('f64x2.pmax', get(mx), tree4(es.map((e) => abs(get(e))), 'f64x2.pmax'))),
           );
         } else if (cntR && mx) {
           // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
-          compare().forEach(([stored, exact], k) => {
-            const [w, v] = [f.local(`w${k}`, 'v128'), f.local(`v${k}`, 'v128')];
-            f.emit(
-              set(w, stored),
-              set(v, exact),
-              set(cntR, op('i64x2.sub', get(cntR), op('f64x2.ne', get(w), get(v)))),
-              set(mx, op('f64x2.pmax', get(mx), abs(op('f64x2.sub', get(w), get(v))))),
-            );
-          });
+          countRounded(f, compare(), cntR, mx);
         }
         // Low bits of any delta (and distributes over or): a lane the store rounded (for F16, also one it overflowed).
         if (over) return over;
@@ -943,7 +940,7 @@ function subtractRare(x: FloatDType, y: FloatDType, probe: FloatDType | undefine
     f.emit(set(spec, op('v128.or', get(spec), r.special())));
   }
   // NaN lanes miscount here, but a NaN forces the scalar redo of the whole call.
-  countRounded(f, r, cntR, mx);
+  countRounded(f, r.compare(), cntR, mx);
   if (pTest === 'packed' && (pr === 'BF16' || pr === 'F16')) {
     // Take back the packed probe count of this group and count it exactly instead.
     for (const v of r.vectors) f.emit(set(cnt32, op('i32x4.add', get(cnt32), exact32(f, pr, v))));
@@ -1031,10 +1028,9 @@ function f32RoundHot(x: FloatDType): Func {
         f.emit(`(v128.store ${get(qo)} (i16x8.narrow_i32x4_u (i32x4.shr_u ${get(quads[0].t)} (i32.const 16)) (i32x4.shr_u ${get(quads[1].t)} (i32.const 16))))`);
         // The group's rounded lanes (−1 each) and largest error, folded as trees before the stop test and committed
         // after it (a group that stops is counted by the rare function instead).
-        const tree = (xs: string[], fn: string) => op(fn, op(fn, xs[0], xs[1]), op(fn, xs[2], xs[3]));
         f.emit(
-          set(gcnt, tree(ds.map((d, k) => op('f64x2.ne', get(ws[k]), get(d))), 'i64x2.add')),
-          set(gmx, tree(ds.map((d, k) => op('v128.and', op('f64x2.sub', get(ws[k]), get(d)), c('ABS', K.ABS))), 'f64x2.pmax')),
+          set(gcnt, tree4(ds.map((d, k) => op('f64x2.ne', get(ws[k]), get(d))), 'i64x2.add')),
+          set(gmx, tree4(ds.map((d, k) => op('v128.and', op('f64x2.sub', get(ws[k]), get(d)), c('ABS', K.ABS))), 'f64x2.pmax')),
         );
         // Midpoint lanes, by 16-bit compares (a high half can match only as 0x7fff, a NaN's, which the rare
         // function hands on to the redo).
@@ -1301,7 +1297,7 @@ function narrowRare(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
   const r = roundGroup(f, y, ds);
   storeVectors(f, qo, r.vectors);
   f.emit(set(spec, op('v128.or', get(spec), r.special())));
-  countRounded(f, r, cntR, mx);
+  countRounded(f, r.compare(), cntR, mx);
   saveWork();
   return f;
 }
@@ -1376,7 +1372,7 @@ function narrowDriver(x: 'BF16' | 'F16', y: 'BF16' | 'F16'): Func {
 /**
  * round16 for apply, in fewer instructions (the loop of BF16 + two F16 deltas: 115 x86 instructions a group, 13 of
  * them spills, against 143 and 22 with round16, by V8's --print-wasm-code; the subtracts from F32/F64 use its
- * variant round16Sub, the others keep round16). The same magic addition, with m built from x's high dwords, two pairs' at a time in
+ * variant round16Sub, the others keep round16). The same magic addition, with m built from x's high dwords, two pairs at a time in
  * one i32x4: the binade e = max(exponent bits, emin); m's high dword e + (52 − mant)·2^20 + 2^19, ored with x's sign;
  * m's low dword (e − emin) >> (20 − mant), that is (e − emin)·2^mant in float64 terms; two interleaves make the pairs
  * of m. As m has x's sign, x + m needs no abs: |x + m| = |x| + |m| (rounding is symmetric), and the sums' low dwords
@@ -1390,7 +1386,7 @@ function round16Apply(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled: boolea
   const emin = SMALL[fmt].emin - shift;
   const emax = (fmt === 'BF16' ? 127 : 15) - shift;
   // Constants named by their biased exponents (BF16 and the scaled F16 share emin).
-  const c = (name: string, v: number) => get(f.const(`A_${name}`, i32x4(v >>> 0)));
+  const c = (name: string, v: number) => magicConst(f, name, v);
   const lo = c(`LO${1023 + emin}`, (1023 + emin) << 20);
   const es: string[] = [];
   const sgs: string[] = [];
