@@ -22,6 +22,8 @@ COPY lib ./lib
 COPY cli ./cli
 COPY functions ./functions
 COPY bench ./bench
+# build/: the build's own steps (the prebuilt WebAssembly pack).
+COPY build ./build
 # The dashboard (web/, Vite) is built into dist/web by the same `npm run build`.
 COPY web ./web
 RUN npm run build && npm prune --omit=dev

@@ -17,7 +17,7 @@ import { checkFusion, type FusionRequest } from '../lib/fusion/options.js';
 import { RankSelect } from '../lib/fusion/select.js';
 import { FusionKernel } from '../lib/fusion/combine.js';
 import { Ties2Wasm } from '../lib/fusion/ties2.js';
-import { loadWabt } from '../lib/kernels/wasm.js';
+import { loadAssembler } from '../lib/wasm/assembler.js';
 import { dareKey, dareUniforms } from '../lib/fusion/rng.js';
 import type { ApplyPlan } from '../lib/ops/plan.js';
 import type { DeltaFormat } from '../lib/ops/manifest.js';
@@ -345,7 +345,7 @@ describe('the CLI', () => {
 
 describe('rank select from F32 patterns', () => {
   it('finds the same elements as the sort when the first digit comes from F32 or BF16 bits, by the WebAssembly key histogram or the JavaScript loop (zeros, subnormals, Inf, NaN, stretches of float64 between)', async () => {
-    await loadWabt();
+    await loadAssembler();
     let state = 11;
     const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
     const special = [0, -0, 2 ** -149, -(2 ** -140), 3 * 2 ** -130, Infinity, -Infinity, NaN, -NaN, 1.5, -1.5];
@@ -396,7 +396,7 @@ describe('rank select from F32 patterns', () => {
 
 describe('the WebAssembly two-delta TIES kernel', () => {
   it('gives the JavaScript loop\'s bytes on adversarial inputs (ties at cut-offs, signed zeros, subnormals, NaN/Inf, midpoints)', async () => {
-    await loadWabt();
+    await loadAssembler();
     let state = 7;
     const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
     const pick = <T,>(xs: readonly T[]) => xs[Math.floor(rand() * xs.length)];
@@ -458,7 +458,7 @@ describe('the WebAssembly two-delta TIES kernel', () => {
 
 describe('the four-lane TIES kernel (F32 patterns, boundary ties kept per block)', () => {
   it('gives the JavaScript loop\'s bytes: cut-offs that are no F32, at 0 and Inf, ties crossing inside blocks, NaN, ±0, subnormals', async () => {
-    await loadWabt();
+    await loadAssembler();
     let state = 99;
     const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
     const pick = <T,>(xs: readonly T[]) => xs[Math.floor(rand() * xs.length)];

@@ -3,6 +3,7 @@
 // Node's own type stripping), so it imports nothing of the project and uses only erasable TypeScript.
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import zstd from 'zstd-napi/binding.js';
+import type { WasmModuleSource } from '../wasm/assembler.js';
 
 /**
  * Each byte plane is compressed in one of two modes, chosen by its content (so the same plane always gives
@@ -93,7 +94,7 @@ const zip32 = (a: string, b: string, hi: boolean) => shuffle(get(a), get(b), (i)
 const bytePair = (a: string, b: string, k: number) => shuffle(get(a), get(b), (i) => (i < 8 ? 4 * i + k : 4 * (i - 8) + k + 1));
 const halves = (a: string, b: string, hi: boolean) => shuffle(get(a), get(b), (i) => (i < 8 ? 0 : 16) + (hi ? 8 : 0) + (i % 8));
 
-function planesWat(): string {
+export function planesWat(): string {
   const V = (names: string[]) => names.map((v) => `(local $${v} v128)`).join(' ');
   const loop = (locals: string, body: string) => `
     (param $e i32) (param $p i32) (param $n i32) (param $count i32) (local $i i32) ${locals}
@@ -256,16 +257,17 @@ class PlaneCodec {
 
 let binary: Promise<Uint8Array> | null = null;
 
-/** The transposes' WebAssembly binary, assembled with wabt once per process and handed to codec workers. */
+/** The transposes' module, for the build's pack (build/wasm-pack.ts). */
+export const planesModule: WasmModuleSource = { name: 'planes', text: planesWat, source: import.meta.url };
+
+/** The transposes' WebAssembly binary, had once per process (wasm/assembler.ts) and handed to codec workers. */
 export function planesBinary(): Promise<Uint8Array> {
   binary ??= (async () => {
-    const wabt = await (await import('wabt')).default();
-    const parsed = wabt.parseWat('planes.wat', planesWat(), { simd: true });
-    try {
-      return new Uint8Array(parsed.toBinary({}).buffer);
-    } finally {
-      parsed.destroy();
-    }
+    // Imported here, not at the top: codec workers load this file as it is, and under the test runner that is
+    // the TypeScript source, whose relative imports Node cannot resolve; workers never assemble.
+    const { assemble, loadAssembler } = await import('../wasm/assembler.js');
+    await loadAssembler();
+    return assemble('planes', planesWat);
   })();
   return binary;
 }

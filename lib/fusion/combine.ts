@@ -159,7 +159,7 @@ export class FusionKernel {
     return [...F, ...T].some((v) => v !== v) ? null : { F, T };
   }
 
-  /** ties2 as a WebAssembly kernel where the dtypes allow and wabt is loaded; false where it did nothing. */
+  /** ties2 as a WebAssembly kernel where the dtypes allow and the assembler is ready (wasm/assembler.ts); false where it did nothing. */
   private ties2Wasm(tensor: string, dtype: FloatDType, base: Uint8Array, ops: readonly FusionOperand[], at: number, first: number, len: number, cut: { F: number[]; T: number[] }, out: Uint8Array): boolean {
     const [o0, o1] = ops;
     const d0 = o0.dtype;

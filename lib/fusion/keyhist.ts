@@ -3,7 +3,7 @@
 // the OR of the patterns and of their complements, so that a key holds one magnitude exactly when the two ORs
 // share no bit. Zeros count as key 0; subnormals, Inf and NaN (rare) are listed for the caller to widen.
 // Hand-written text: no library emits this loop.
-import { compileKernel, wabtLoaded } from '../kernels/wasm.js';
+import { assemblerReady, compileModule, type WasmModuleSource } from '../wasm/assembler.js';
 
 /** Elements per call. */
 export const KEYHIST_BLOCK = 16384;
@@ -75,14 +75,14 @@ export class KeyHist {
   private readonly f32 = this.fn(false);
   private readonly bf16 = this.fn(true);
 
-  /** A KeyHist, or null where wabt is not loaded (the JavaScript loop then counts). */
+  /** A KeyHist, or null where no WebAssembly can be had yet (the JavaScript loop then counts). */
   static create(): KeyHist | null {
-    return wabtLoaded() ? new KeyHist() : null;
+    return assemblerReady() ? new KeyHist() : null;
   }
 
   private fn(bf16: boolean): (n: number) => number {
-    const name = bf16 ? 'keyhist_bf16' : 'keyhist_f32';
-    return new WA.Instance(compileKernel(name, () => wat(bf16)), { env: { mem: this.memory } }).exports.keyhist as (n: number) => number;
+    const name = keyhistName(bf16);
+    return new WA.Instance(compileModule(name, () => wat(bf16)), { env: { mem: this.memory } }).exports.keyhist as (n: number) => number;
   }
 
   clear(): void {
@@ -100,9 +100,16 @@ export class KeyHist {
   }
 }
 
+const keyhistName = (bf16: boolean) => (bf16 ? 'keyhist_bf16' : 'keyhist_f32');
+
+/** Both modules this file can generate, for the build's pack (build/wasm-pack.ts). */
+export function* keyhistModules(): Generator<WasmModuleSource> {
+  for (const bf16 of [false, true]) yield { name: keyhistName(bf16), text: () => wat(bf16), source: import.meta.url };
+}
+
 const spare: KeyHist[] = [];
 
-/** A cleared KeyHist from the pool (null without wabt). */
+/** A cleared KeyHist from the pool (null where no WebAssembly can be had yet). */
 export function takeKeyHist(): KeyHist | null {
   const k = spare.pop() ?? KeyHist.create();
   k?.clear();

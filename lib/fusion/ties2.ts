@@ -5,7 +5,7 @@
 // same float32 trick as combine.ts's narrow, and a block with a lane that trick does not cover (an F32 midpoint
 // it was not, NaN) is handed back to narrow whole.
 import type { FloatDType } from '../format/dtype.js';
-import { compileKernel, wabtLoaded } from '../kernels/wasm.js';
+import { assemblerReady, compileModule, type WasmModuleSource } from '../wasm/assembler.js';
 
 export const TIES2_BLOCK = 4096;
 /** Byte offsets in the kernel's memory: the four tie counters (f64), then the block's arrays. */
@@ -276,6 +276,24 @@ function wat4(b: Ties2DType, t0: Ties2DType, t1: Ties2DType, from: boolean): str
     (v128.any_true (local.get $HV))))`;
 }
 
+const ties2Name = (b: Ties2DType, t0: Ties2DType, t1: Ties2DType) => `ties2_${b}_${t0}_${t1}`;
+const ties4Name = (b: Ties2DType, t0: Ties2DType, t1: Ties2DType, from: boolean) => `ties4_${b}_${t0}_${t1}${from ? '_from' : ''}`;
+
+/** Every module this file can generate, for the build's pack (build/wasm-pack.ts); wat4 takes no F64 delta. */
+export function* ties2Modules(): Generator<WasmModuleSource> {
+  const source = import.meta.url;
+  const all: Ties2DType[] = ['BF16', 'F32', 'F64'];
+  for (const b of all) {
+    for (const t0 of all) {
+      for (const t1 of all) {
+        yield { name: ties2Name(b, t0, t1), text: () => wat(b, t0, t1), source };
+        if (t0 === 'F64' || t1 === 'F64') continue;
+        for (const from of [false, true]) yield { name: ties4Name(b, t0, t1, from), text: () => wat4(b, t0, t1, from), source };
+      }
+    }
+  }
+}
+
 /** Where wat4 leaves its counts of elements equal to each boundary: [to0, from0, to1, from1] (i32). */
 const COUNTS = 32;
 
@@ -313,7 +331,7 @@ export interface Ties2Operand {
   ft: number;
 }
 
-/** The kernel over its own small memory, blocks staged in and out; null where wabt is not loaded (reference kernels). */
+/** The kernel over its own small memory, blocks staged in and out; null where no WebAssembly can be had yet (reference kernels). */
 export class Ties2Wasm {
   private readonly memory = new WA.Memory({ initial: PAGES, maximum: PAGES });
   private readonly u8 = new Uint8Array(this.memory.buffer);
@@ -324,24 +342,24 @@ export class Ties2Wasm {
   private readonly fns = new Map<string, Ties2Fn>();
 
   static create(): Ties2Wasm | null {
-    return wabtLoaded() ? new Ties2Wasm() : null;
+    return assemblerReady() ? new Ties2Wasm() : null;
   }
 
   private fn(b: Ties2DType, t0: Ties2DType, t1: Ties2DType): Ties2Fn {
-    const name = `ties2_${b}_${t0}_${t1}`;
+    const name = ties2Name(b, t0, t1);
     let f = this.fns.get(name);
     if (!f) {
-      f = new WA.Instance(compileKernel(name, () => wat(b, t0, t1)), { env: { mem: this.memory } }).exports.ties2 as Ties2Fn;
+      f = new WA.Instance(compileModule(name, () => wat(b, t0, t1)), { env: { mem: this.memory } }).exports.ties2 as Ties2Fn;
       this.fns.set(name, f);
     }
     return f;
   }
 
   private fn4(b: Ties2DType, t0: Ties2DType, t1: Ties2DType, from: boolean): Ties2Fn {
-    const name = `ties4_${b}_${t0}_${t1}${from ? '_from' : ''}`;
+    const name = ties4Name(b, t0, t1, from);
     let f = this.fns.get(name);
     if (!f) {
-      f = new WA.Instance(compileKernel(name, () => wat4(b, t0, t1, from)), { env: { mem: this.memory } }).exports.ties4 as Ties2Fn;
+      f = new WA.Instance(compileModule(name, () => wat4(b, t0, t1, from)), { env: { mem: this.memory } }).exports.ties4 as Ties2Fn;
       this.fns.set(name, f);
     }
     return f;

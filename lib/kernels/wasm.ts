@@ -1,10 +1,12 @@
-// The WebAssembly SIMD kernels: each kernel's text from wat.ts, assembled with wabt on its first use in the process
-// (a run uses a handful of the ~200), instantiated on first use per createKernels over that instance's fixed-size
-// memory, whose arena the caller's buffers live in.
+// The WebAssembly SIMD kernels: each kernel's text from wat.ts, compiled on its first use in the process (a run
+// uses a handful of the ~200; the binary from the build's pack, or assembled by wabt, see wasm/assembler.ts),
+// instantiated on first use per createKernels over that instance's fixed-size memory, whose arena the caller's
+// buffers live in.
 import { dtypeSize, type FloatDType } from '../format/dtype.js';
 import { BumpArena, checkApply, checkSubtract, combine4 } from './common.js';
 import { referenceApply } from './reference.js';
 import type { DeltaInput, Kernels, SubtractStats } from './types.js';
+import { compileModule, loadAssembler } from '../wasm/assembler.js';
 import { LAYOUT, STATS, applyName, applyWat, hasFusedApply, scaledApply, subtractName, subtractWat } from './wat.js';
 
 // The few WebAssembly JS API members used here (the project's TypeScript libs do not declare the namespace).
@@ -13,7 +15,6 @@ interface WasmMemory {
 }
 interface WasmApi {
   Memory: new (d: { initial: number; maximum: number; shared?: boolean }) => WasmMemory;
-  Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
 }
 const WA = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
@@ -21,45 +22,6 @@ const WA = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 type SubtractFn = (pb: number, pp: number, po: number, n: number) => void;
 /** (pb, pd…, po, s…, sneg…, n) for one or two deltas. */
 type ApplyFn = (...args: number[]) => void;
-
-interface Wabt {
-  parseWat(file: string, text: string, features: { simd: boolean; threads?: boolean; relaxed_simd?: boolean }): { toBinary(o: object): { buffer: Uint8Array }; destroy(): void };
-}
-let wabtLoading: Promise<Wabt> | undefined;
-let wabt: Wabt | undefined;
-
-/** Whether wabt is loaded (compileKernel then works synchronously). */
-export function wabtLoaded(): boolean {
-  return wabt !== undefined;
-}
-
-/** Loads wabt once per process (asynchronously); kernels are then assembled synchronously, on first use. */
-export async function loadWabt(): Promise<void> {
-  if (wabt) return;
-  if (!wabtLoading) {
-    wabtLoading = import('wabt').then((m) => m.default() as Promise<Wabt>);
-    wabtLoading.catch(() => (wabtLoading = undefined)); // let a later call retry
-  }
-  wabt = await wabtLoading;
-}
-
-/** Compiled kernel modules by export name, shared by every instance (the memory is imported). */
-const modules = new Map<string, object>();
-
-export function compileKernel(name: string, text: () => string): object {
-  let module = modules.get(name);
-  if (!module) {
-    if (!wabt) throw new Error('wabt is not loaded');
-    const parsed = wabt.parseWat(`${name}.wat`, text(), { simd: true, threads: true, relaxed_simd: true });
-    try {
-      module = new WA.Module(parsed.toBinary({}).buffer);
-    } finally {
-      parsed.destroy();
-    }
-    modules.set(name, module);
-  }
-  return module;
-}
 
 const PAGE = 65536;
 const BLOCK = LAYOUT.block;
@@ -95,7 +57,7 @@ class WasmKernels implements Kernels {
   private kernel(name: string, text: () => string): unknown {
     let fn = this.kernels.get(name);
     if (!fn) {
-      fn = new WA.Instance(compileKernel(name, text), { env: { mem: this.memory } }).exports[name];
+      fn = new WA.Instance(compileModule(name, text), { env: { mem: this.memory } }).exports[name];
       this.kernels.set(name, fn);
     }
     return fn;
@@ -207,7 +169,7 @@ class WasmKernels implements Kernels {
 export async function createWasmKernels(arenaBytes: number): Promise<Kernels> {
   const pages = Math.ceil((LAYOUT.arena + arenaBytes) / PAGE);
   if (pages > 65536) throw new RangeError(`kernel arena of ${arenaBytes} bytes exceeds the 4 GiB WebAssembly memory`);
-  await loadWabt();
+  await loadAssembler();
   // Shared, so codec workers read a computed delta where the kernel wrote it (no copy); the kernels use no atomics.
   return new WasmKernels(new WA.Memory({ initial: pages, maximum: pages, shared: true }), arenaBytes);
 }

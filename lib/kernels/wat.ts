@@ -8,6 +8,7 @@
 // group, for the scalar redo that overflow always meant). No library emits SIMD rounding to BF16/F16, so those snippets are
 // written out here; the tests check all of it against reference.ts.
 import type { FloatDType } from '../format/dtype.js';
+import type { WasmModuleSource } from '../wasm/assembler.js';
 
 export const FORMATS: readonly FloatDType[] = ['BF16', 'F16', 'F32', 'F64'];
 const SIZE: Record<FloatDType, number> = { BF16: 2, F16: 2, F32: 4, F64: 8 };
@@ -1487,4 +1488,23 @@ export function subtractWat(x: FloatDType, y: FloatDType, probe: FloatDType | un
 export function applyWat(x: FloatDType, dts: readonly FloatDType[], y: FloatDType): string {
   if (dts.length !== 1 && !hasFusedApply(x, dts, y)) throw new Error(`no fused apply kernel for ${applyName(x, dts, y)}`);
   return moduleText([scalarApply(x, dts, y), applyHot(x, dts, y), simdApply(x, dts, y)]);
+}
+
+/**
+ * Every kernel module this file can generate: each subtract (model dtype, delta dtype, probe; an F64 probe is
+ * none) and each apply (model dtype, one delta or two, output dtype) that hasFusedApply allows. The build
+ * assembles them all into the pack the built code loads (build/wasm-pack.ts).
+ */
+export function* kernelModules(): Generator<WasmModuleSource> {
+  const source = import.meta.url;
+  for (const x of FORMATS) {
+    for (const y of FORMATS) {
+      for (const probe of [undefined, 'BF16', 'F16', 'F32'] as const) yield { name: subtractName(x, y, probe), text: () => subtractWat(x, y, probe), source };
+      for (const d of FORMATS) {
+        for (const ds of [[d], ...FORMATS.map((e) => [d, e])]) {
+          if (hasFusedApply(x, ds, y)) yield { name: applyName(x, ds, y), text: () => applyWat(x, ds, y), source };
+        }
+      }
+    }
+  }
 }
