@@ -7,7 +7,9 @@ import { localEnv, withTempDir } from './helpers/models.js';
 import { runCompute, runApply } from '../lib/ops/run.js';
 import { prepareCompute, executeComputeShard } from '../lib/ops/compute.js';
 import { localOutput } from '../lib/storage/output.js';
-import { LocalStore } from '../lib/storage/local.js';
+import { LocalStore, WRITEBACK_BYTES } from '../lib/storage/local.js';
+import { createHash } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import type { ByteSource } from '../lib/storage/types.js';
 import type { ExecEnv } from '../lib/ops/env.js';
 
@@ -113,5 +115,41 @@ describe('durability', () => {
           await readFile(path.join(BF16, 'expected/apply-post-1.0/model.safetensors')),
         ),
       ).toBe(true);
+    }));
+  it('starts writing a large shard back while it is written, and a failed writeback fails the commit with no file named', () =>
+    withTempDir(async (tmp) => {
+      // FileHandle is not exported: its prototype comes from a handle.
+      const probe = await open(path.join(tmp, 'probe'), 'w');
+      const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+      await probe.close();
+      const real = proto.datasync;
+      let started = 0;
+      let fail = false;
+      proto.datasync = function (this: unknown) {
+        started++;
+        return fail ? Promise.reject(new Error('EIO: writeback failed')) : real.call(this);
+      };
+      try {
+        const piece = new Uint8Array(8 << 20).map((_, i) => (i * 131) & 0xff);
+        const pieces = Math.ceil((2 * WRITEBACK_BYTES + 1) / piece.length);
+        const store = new LocalStore(path.join(tmp, 'out'));
+        const sink = await store.createShard('big.bin', 0, new Uint8Array(0));
+        for (let i = 0; i < pieces; i++) await sink.write(piece);
+        expect(started).toBeGreaterThanOrEqual(1); // before the commit: the disk works while the run goes on
+        const r = await sink.commit(new Uint8Array(0));
+        const whole = createHash('sha256');
+        for (let i = 0; i < pieces; i++) whole.update(piece);
+        expect(r).toEqual({ sha256: whole.digest('hex'), bytes: pieces * piece.length });
+        expect(statSync(path.join(tmp, 'out', 'big.bin')).size).toBe(pieces * piece.length);
+
+        fail = true;
+        const bad = await store.createShard('bad.bin', 0, new Uint8Array(0));
+        for (let i = 0; i < pieces; i++) await bad.write(piece);
+        await expect(bad.commit(new Uint8Array(0))).rejects.toThrow(/EIO: writeback failed/);
+        await bad.abort();
+        expect(readdirSync(path.join(tmp, 'out')).sort()).toEqual(['big.bin']);
+      } finally {
+        proto.datasync = real;
+      }
     }));
 });

@@ -62,8 +62,18 @@ function tempName(file: string): string {
   return `${file}.partial-${randomBytes(4).toString('hex')}`;
 }
 
+/**
+ * Bytes a shard is written between writebacks started early: a datasync in the background every so often, so
+ * the disk writes while the run still reads and computes, and the fsync at commit waits for the last stretch
+ * only (the kernel would otherwise hold a whole shard's dirty pages until that fsync).
+ */
+export const WRITEBACK_BYTES = 32 << 20;
+
 class LocalShardSink implements ShardSink {
   private bodyLength = 0;
+  private unsynced = 0;
+  /** The early writeback in flight, if any; its failure is the commit's. */
+  private writeback: Promise<unknown> | null = null;
   private readonly digest: StreamingDigest;
   constructor(
     readonly name: string,
@@ -86,6 +96,13 @@ class LocalShardSink implements ShardSink {
       const { bytesWritten } = await this.fh.write(data, done, data.length - done, at + done);
       done += bytesWritten;
     }
+    this.unsynced += data.length;
+    if (this.unsynced >= WRITEBACK_BYTES && !this.writeback && localSync.enabled) {
+      this.unsynced = 0;
+      const w = this.fh.datasync().then(() => (this.writeback = null));
+      w.catch(() => undefined); // awaited by commit or abort
+      this.writeback = w;
+    }
   }
 
   async truncate(length: number): Promise<void> {
@@ -98,6 +115,7 @@ class LocalShardSink implements ShardSink {
     if (prefix.length !== this.prefixLength) {
       throw new Error(`${this.name}: prefix is ${prefix.length} bytes, ${this.prefixLength} were reserved`);
     }
+    await this.writeback;
     await this.fh.write(prefix, 0, prefix.length, 0);
     await this.fh.truncate(this.prefixLength + this.bodyLength);
     // Durable before it gets its name: after a power loss a named shard is never empty or short.
@@ -118,6 +136,7 @@ class LocalShardSink implements ShardSink {
   }
 
   async abort(): Promise<void> {
+    await this.writeback?.catch(() => undefined);
     await this.fh.close().catch(() => undefined);
     await rm(this.temp, { force: true });
   }
