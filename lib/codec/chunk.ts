@@ -1,6 +1,7 @@
 // One chunk's transform and entropy coding: byte planes, each plane one zstd frame. This file is also the
 // codec worker's entry point, which Node loads directly (as TypeScript source under the test runner, with
-// Node's own type stripping), so it imports nothing of the project and uses only erasable TypeScript.
+// Node's own type stripping), so it imports nothing of the project at load (types aside, which are erased; the
+// assembler only where the main thread needs it) and uses only erasable TypeScript.
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import zstd from 'zstd-napi/binding.js';
 import type { WasmModuleSource } from '../wasm/assembler.js';
@@ -263,8 +264,7 @@ export const planesModule: WasmModuleSource = { name: 'planes', text: planesWat,
 /** The transposes' WebAssembly binary, had once per process (wasm/assembler.ts) and handed to codec workers. */
 export function planesBinary(): Promise<Uint8Array> {
   binary ??= (async () => {
-    // Imported here, not at the top: codec workers load this file as it is, and under the test runner that is
-    // the TypeScript source, whose relative imports Node cannot resolve; workers never assemble.
+    // Imported here, not at the top (see above): workers never assemble.
     const { assemble, loadAssembler } = await import('../wasm/assembler.js');
     await loadAssembler();
     return assemble('planes', planesWat);
