@@ -17,7 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSyntheticFamily } from '../lib/synth/family.js';
 import { formatBytes, parseSize } from '../lib/ops/sizes.js';
-import { WRITEBACK_BYTES } from '../lib/storage/local.js';
+import { EarlyWriteback } from '../lib/storage/local.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -43,9 +43,8 @@ async function bytesOf(files: string[]): Promise<number> {
 
 /**
  * The floor: stream every input file through, then write as many files of the same sizes as the
- * operation wrote. With `fsync` it does the tool's durability work too: a datasync started in the
- * background every WRITEBACK_BYTES written (one at a time, as the tool's shard sink does), each file
- * fsynced, then its folder (the tool also renames; renames cost next to nothing).
+ * operation wrote. With `fsync` it does the tool's durability work too: the shard sink's early
+ * writeback (EarlyWriteback), each file fsynced, then its folder (the tool also renames; renames cost next to nothing).
  */
 async function ioFloor(inputs: string[], outSizes: number[], outDir: string, fsync: boolean): Promise<number> {
   await mkdir(outDir, { recursive: true });
@@ -57,18 +56,13 @@ async function ioFloor(inputs: string[], outSizes: number[], outDir: string, fsy
   const block = Buffer.alloc(8 << 20, 0x3c);
   for (const [i, size] of outSizes.entries()) {
     const fh = await open(path.join(outDir, `out-${i}`), 'w');
-    let unsynced = 0;
-    let writeback: Promise<unknown> | null = null;
+    const writeback = fsync ? new EarlyWriteback(fh) : null;
     for (let left = size; left > 0; left -= block.length) {
       const piece = left >= block.length ? block : block.subarray(0, left);
       await fh.write(piece);
-      unsynced += piece.length;
-      if (fsync && unsynced >= WRITEBACK_BYTES && !writeback) {
-        unsynced = 0;
-        writeback = fh.datasync().then(() => (writeback = null));
-      }
+      writeback?.wrote(piece.length);
     }
-    await writeback;
+    await writeback?.settle();
     if (fsync) await fh.sync();
     await fh.close();
     if (fsync) {

@@ -66,6 +66,14 @@ const listLoaded = `data:text/javascript,${encodeURIComponent(`import { register
   const seen = []; registerHooks({ resolve(s, c, next) { const r = next(s, c); seen.push(r.url); return r; } });
   process.on('exit', () => writeFileSync(process.env.LOADED_LIST, seen.join('\\n')));`)}`;
 
+/** Runs Node with `args` under listLoaded; its stdout and the URL of every module it loaded. */
+async function runListingLoaded(tmp: string, args: string[]): Promise<{ stdout: string; loaded: string[] }> {
+  const list = path.join(tmp, 'loaded.txt');
+  const { stdout } = await run(process.execPath, ['--import', listLoaded, ...args], { env: { ...process.env, LOADED_LIST: list } });
+  return { stdout, loaded: (await readFile(list, 'utf8')).split('\n') };
+}
+const wabtIn = (loaded: string[]) => loaded.filter((u) => /node_modules\/wabt\//.test(u));
+
 describe('the built JavaScript (npm test builds it first)', () => {
   it('is newer than every source it is built from', () => {
     expect(staleOutputs()).toEqual([]);
@@ -91,11 +99,7 @@ describe('the built JavaScript (npm test builds it first)', () => {
   it('loads for a local compute neither the Azure SDK, the Hub client, ONNX nor wabt (every command would start half a second later)', () =>
     withTempDir(async (tmp) => {
       const fam = path.join(fixturesDir, 'tiny-llama-f16');
-      const list = path.join(tmp, 'loaded.txt');
-      await run(process.execPath, ['--import', listLoaded, cli, 'compute', '--base', `${fam}/base`, '--post', `${fam}/post`, '--out', `${tmp}/d`], {
-        env: { ...process.env, LOADED_LIST: list },
-      });
-      const loaded = (await readFile(list, 'utf8')).split('\n');
+      const { loaded } = await runListingLoaded(tmp, [cli, 'compute', '--base', `${fam}/base`, '--post', `${fam}/post`, '--out', `${tmp}/d`]);
       expect(loaded.filter((u) => /node_modules\/(commander|zstd-napi)\//.test(u)).length).toBeGreaterThan(0);
       expect(loaded.filter((u) => /node_modules\/(@azure|@huggingface|onnx-proto|onnxruntime-node|protobufjs|wabt)\//.test(u))).toEqual([]);
       expect(loaded.filter((u) => /dist\/(cli\/commands\/(?!compute)|lib\/eval\/(forward|graphs|probes))/.test(u))).toEqual([]);
@@ -130,11 +134,10 @@ describe('the built JavaScript (npm test builds it first)', () => {
           if (!same(ow, or)) mismatches.push(['apply', x, ...ds, y]);
         }
         process.stdout.write(JSON.stringify({ checked, mismatches }));`;
-      const list = path.join(tmp, 'loaded.txt');
-      const { stdout } = await run(process.execPath, ['--import', listLoaded, '--input-type=module', '-e', code], { env: { ...process.env, LOADED_LIST: list } });
+      const { stdout, loaded } = await runListingLoaded(tmp, ['--input-type=module', '-e', code]);
       // subtract: model × delta dtype × probe; apply: model × output × (one delta, or two of any dtypes)
       expect(JSON.parse(stdout)).toEqual({ checked: 4 * 4 * 4 + 4 * 4 * 4 * (1 + 4), mismatches: [] });
-      expect((await readFile(list, 'utf8')).split('\n').filter((u) => /node_modules\/wabt\//.test(u))).toEqual([]);
+      expect(wabtIn(loaded)).toEqual([]);
     }));
 
   it('applies TIES with the pack\'s fusion kernels byte for byte as the sources do with wabt\'s', () =>
@@ -143,9 +146,7 @@ describe('the built JavaScript (npm test builds it first)', () => {
       const args = (out: string) => ['apply', '--base', `${fam}/newbase`, '--delta', `${tmp}/d1`, '--delta', `${tmp}/d2`, '--method', 'ties', '--density', '0.5', '--out', out];
       await run(process.execPath, [cli, 'compute', '--base', `${fam}/base`, '--post', `${fam}/post`, '--out', `${tmp}/d1`]);
       await run(process.execPath, [cli, 'compute', '--base', `${fam}/base`, '--post', `${fam}/post2`, '--out', `${tmp}/d2`]);
-      const list = path.join(tmp, 'loaded.txt');
-      await run(process.execPath, ['--import', listLoaded, cli, ...args(`${tmp}/built`)], { env: { ...process.env, LOADED_LIST: list } });
-      expect((await readFile(list, 'utf8')).split('\n').filter((u) => /node_modules\/wabt\//.test(u))).toEqual([]);
+      expect(wabtIn((await runListingLoaded(tmp, [cli, ...args(`${tmp}/built`)])).loaded)).toEqual([]);
       expect(await runCli(args(`${tmp}/sources`))).toMatchObject({ code: 0 });
       const got = await readFile(`${tmp}/built/model-00001-of-00001.safetensors`);
       expect(got.equals(await readFile(`${tmp}/sources/model-00001-of-00001.safetensors`))).toBe(true);

@@ -502,7 +502,6 @@ function round16(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled = false): Gr
     ss.push(sum);
   });
   // Gather the low dwords of the sums (the magnitudes) and the high dwords of x (the signs), 4 lanes at a time.
-  const dwords = (a: string, b: string, odd: boolean) => (odd ? `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})` : `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(a)} ${get(b)})`);
   const h = [0, 1].map((j) => {
     const bits = f.local(`rh${j}`, 'v128');
     f.emit(set(bits, op('v128.or', dwords(ss[2 * j], ss[2 * j + 1], false), op('v128.and', `(i32x4.shr_u ${dwords(xs[2 * j], xs[2 * j + 1], true)} (i32.const 16))`, f.constAt('H_SGN', K.H_SGN)))));
@@ -519,6 +518,12 @@ function round16(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled = false): Gr
   };
 }
 
+/** The low (or, `odd`, high) dwords of the float64 pairs in locals a and b, as one i32x4. */
+const dwords = (a: string, b: string, odd: boolean) => (odd ? `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})` : `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(a)} ${get(b)})`);
+/** Pair k (0, 1) of float64 magic constants from their low and high dwords (magicDwords' ml, mh). */
+const magicPair = (ml: string, mh: string, k: number) =>
+  k ? `(i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 ${get(ml)} ${get(mh)})` : `(i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 ${get(ml)} ${get(mh)})`;
+
 /** An i32x4 splat constant of the signed-magic rounding (round16Sub, round16Apply), named A_<name>. */
 const magicConst = (f: Func, name: string, v: number) => get(f.const(`A_${name}`, i32x4(v >>> 0)));
 
@@ -530,7 +535,7 @@ function magicDwords(f: Func, mant: number, lo: string, a: string, b: string, na
   const c = (n: string, v: number) => magicConst(f, n, v);
   const [hi, sg, e, mh, ml] = ['hi', 'sg', 'e', 'mh', 'ml'].map((n) => f.local(name(n), 'v128'));
   f.emit(
-    set(hi, `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${get(a)} ${get(b)})`),
+    set(hi, dwords(a, b, true)),
     set(sg, op('v128.and', get(hi), c('SIGN32', 0x80000000))),
     set(e, op('i32x4.max_s', op('v128.and', get(hi), c('EXP64HI', 0x7ff00000)), lo)),
     set(mh, op('v128.or', op('i32x4.add', get(e), c(`MHI${mant}`, ((52 - mant) << 20) + (1 << 19))), get(sg))),
@@ -563,14 +568,14 @@ function round16Sub(f: Func, fmt: 'BF16' | 'F16', xs: string[]): GroupRounding {
     sgs.push(sg);
     const [ma, mb, sa, sb] = ['ma', 'mb', 'sa', 'sb'].map((n) => f.local(`u${n}${j}`, 'v128'));
     f.emit(
-      set(ma, `(i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 ${get(ml)} ${get(mh)})`),
-      set(mb, `(i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 ${get(ml)} ${get(mh)})`),
+      set(ma, magicPair(ml, mh, 0)),
+      set(mb, magicPair(ml, mh, 1)),
       set(sa, op('f64x2.add', get(a), get(ma))),
       set(sb, op('f64x2.add', get(b), get(mb))),
     );
     ms.push(ma, mb);
     ss.push(sa, sb);
-    return `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(sa)} ${get(sb)})`;
+    return dwords(sa, sb, false);
   });
   const [u, w] = [f.local('uu', 'v128'), f.local('uw', 'v128')];
   f.emit(set(u, `(i16x8.narrow_i32x4_u ${los[0]} ${los[1]})`), set(w, op('v128.or', get(u), `(i16x8.narrow_i32x4_s ${get(sgs[0])} ${get(sgs[1])})`)));
@@ -1398,10 +1403,10 @@ function round16Apply(f: Func, fmt: 'BF16' | 'F16', xs: string[], scaled: boolea
     sgs.push(sg);
     const [sa, sb] = [f.local(`as${2 * j}`, 'v128'), f.local(`as${2 * j + 1}`, 'v128')];
     f.emit(
-      set(sa, op('f64x2.add', get(a), `(i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 ${get(ml)} ${get(mh)})`)),
-      set(sb, op('f64x2.add', get(b), `(i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 ${get(ml)} ${get(mh)})`)),
+      set(sa, op('f64x2.add', get(a), magicPair(ml, mh, 0))),
+      set(sb, op('f64x2.add', get(b), magicPair(ml, mh, 1))),
     );
-    return `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${get(sa)} ${get(sb)})`;
+    return dwords(sa, sb, false);
   });
   // The magnitudes' patterns (below 2^16) packed, and the signs: 0x80000000 narrows with signed saturation to 0x8000.
   const w = f.local('aw', 'v128');

@@ -69,11 +69,30 @@ function tempName(file: string): string {
  */
 export const WRITEBACK_BYTES = 32 << 20;
 
+/** Starts a file's writeback every WRITEBACK_BYTES written, one at a time; settle() waits for the last one and gives its failure. */
+export class EarlyWriteback {
+  private unsynced = 0;
+  private inFlight: Promise<unknown> | null = null;
+  constructor(private readonly fh: FileHandle) {}
+
+  wrote(bytes: number): void {
+    this.unsynced += bytes;
+    if (this.unsynced < WRITEBACK_BYTES || this.inFlight) return;
+    this.unsynced = 0;
+    const w = this.fh.datasync().then(() => (this.inFlight = null));
+    w.catch(() => undefined); // settle() reports it
+    this.inFlight = w;
+  }
+
+  async settle(): Promise<void> {
+    await this.inFlight;
+  }
+}
+
 class LocalShardSink implements ShardSink {
   private bodyLength = 0;
-  private unsynced = 0;
-  /** The early writeback in flight, if any; its failure is the commit's. */
-  private writeback: Promise<unknown> | null = null;
+  /** Its failure is the commit's. */
+  private readonly writeback: EarlyWriteback | null;
   private readonly digest: StreamingDigest;
   constructor(
     readonly name: string,
@@ -84,6 +103,7 @@ class LocalShardSink implements ShardSink {
   ) {
     this.digest = new StreamingDigest(provisional);
     this.hashing = provisional !== undefined;
+    this.writeback = localSync.enabled ? new EarlyWriteback(fh) : null;
   }
   private readonly hashing: boolean;
 
@@ -96,13 +116,7 @@ class LocalShardSink implements ShardSink {
       const { bytesWritten } = await this.fh.write(data, done, data.length - done, at + done);
       done += bytesWritten;
     }
-    this.unsynced += data.length;
-    if (this.unsynced >= WRITEBACK_BYTES && !this.writeback && localSync.enabled) {
-      this.unsynced = 0;
-      const w = this.fh.datasync().then(() => (this.writeback = null));
-      w.catch(() => undefined); // awaited by commit or abort
-      this.writeback = w;
-    }
+    this.writeback?.wrote(data.length);
   }
 
   async truncate(length: number): Promise<void> {
@@ -115,7 +129,7 @@ class LocalShardSink implements ShardSink {
     if (prefix.length !== this.prefixLength) {
       throw new Error(`${this.name}: prefix is ${prefix.length} bytes, ${this.prefixLength} were reserved`);
     }
-    await this.writeback;
+    await this.writeback?.settle();
     await this.fh.write(prefix, 0, prefix.length, 0);
     await this.fh.truncate(this.prefixLength + this.bodyLength);
     // Durable before it gets its name: after a power loss a named shard is never empty or short.
@@ -136,7 +150,7 @@ class LocalShardSink implements ShardSink {
   }
 
   async abort(): Promise<void> {
-    await this.writeback?.catch(() => undefined);
+    await this.writeback?.settle().catch(() => undefined);
     await this.fh.close().catch(() => undefined);
     await rm(this.temp, { force: true });
   }
